@@ -1,0 +1,240 @@
+"""Saliency engine: real weights where results depend on them, tiny models elsewhere."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import xpatch_core as xp
+from xpatch_core.errors import ModelError, ParameterError
+from xpatch_core.saliency import METHODS, normalize_maps
+
+# Hand-drawn object boxes [x0, y0, x1, y1] in the scikit-image photos.
+OBJECTS = {
+    "chelsea": (60, 20, 390, 300),  # the cat's face
+    "coffee": (75, 15, 480, 390),  # cup, spoon and saucer
+    "rocket": (265, 110, 375, 427),  # the rocket on its pad
+}
+
+
+def _peak_xy(m: np.ndarray, width: int, height: int) -> tuple[int, int]:
+    up = xp.upsample(m, (height, width))
+    y, x = np.unravel_index(int(up.argmax()), up.shape)
+    return int(x), int(y)
+
+
+@pytest.fixture(scope="module")
+def photos():
+    from skimage import data
+
+    return {name: getattr(data, name)() for name in OBJECTS}
+
+
+@pytest.mark.parametrize("method", ["activation", "eigencam"])
+def test_real_xception_peaks_on_object(xception, photos, method):
+    names = list(photos)
+    maps = xp.compute_saliency([photos[n] for n in names], model=xception, method=method)
+    for name, m in zip(names, maps, strict=False):
+        assert m.shape == (10, 10) and m.dtype == np.float32
+        assert m.min() == 0.0 and m.max() == 1.0
+        h, w = photos[name].shape[:2]
+        x, y = _peak_xy(m, w, h)
+        x0, y0, x1, y1 = OBJECTS[name]
+        assert x0 <= x < x1 and y0 <= y < y1, f"{method} peak of {name} at {(x, y)} is off the object"
+
+
+def test_gradcam_nested_kitchenware_targets_differ(kitchen, kitchen_model):
+    from xpatch_core.offline import kitchenware_images
+
+    images = kitchenware_images()
+    assert kitchen_model.target_layer == "xception/block14_sepconv2_act"
+    assert kitchen_model.head is not None, "the head should be split off the nested backbone"
+    items = xp.compute_saliency(images, model=kitchen_model, method="gradcam", return_items=True)
+    labelled = [(it, kitchen.labels[os.path.basename(p)[:-4]]) for it, p in zip(items, images, strict=False)
+                if os.path.basename(p)[:-4] in kitchen.labels]
+    correct = sum(kitchen.class_names[it.predicted] == lab for it, lab in labelled)
+    assert correct >= len(labelled) - 1, "the fine-tuned classifier should recognise its own photos"
+    for it in items:
+        assert it.target == it.predicted and it.map.shape == (5, 5)
+    a = xp.compute_saliency(images[:3], model=kitchen_model, method="gradcam", target="cup")
+    b = xp.compute_saliency(images[:3], model=kitchen_model, method="gradcam", target="knife")
+    for ma, mb in zip(a, b, strict=False):
+        assert np.abs(ma - mb).mean() > 0.05
+    per_image = xp.compute_saliency(images[:2], model=kitchen_model, method="gradcam++",
+                                    target=["cup", 3], return_items=True)
+    assert [it.target for it in per_image] == [0, 3]
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_batched_equals_one_at_a_time(kitchen_model, method):
+    from xpatch_core.offline import kitchenware_images
+
+    images = kitchenware_images()[:5]
+    batched = xp.compute_saliency(images, model=kitchen_model, method=method, batch_size=4)
+    single = [xp.compute_saliency([p], model=kitchen_model, method=method)[0] for p in images]
+    for a, b in zip(batched, single, strict=False):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_coco_peak_beats_centre(xception, coco_dir):
+    with open(os.path.join(coco_dir, "annotations.json")) as f:
+        coco = json.load(f)
+    boxes: dict[int, list] = {}
+    for ann in coco["annotations"]:
+        if not ann.get("iscrowd"):
+            boxes.setdefault(ann["image_id"], []).append(ann["bbox"])
+    images = [im for im in coco["images"] if im["id"] in boxes]
+    paths = [os.path.join(coco_dir, "images", im["file_name"]) for im in images]
+    maps = xp.compute_saliency(paths, model=xception, method="eigencam", batch_size=16)
+
+    def hit(x, y, bxs):
+        return any(bx <= x < bx + bw and by <= y < by + bh for bx, by, bw, bh in bxs)
+
+    peak_hits = centre_hits = 0
+    for im, m in zip(images, maps, strict=False):
+        w, h = im["width"], im["height"]
+        x, y = _peak_xy(m, w, h)
+        peak_hits += hit(x, y, boxes[im["id"]])
+        centre_hits += hit(w / 2, h / 2, boxes[im["id"]])
+    n = len(images)
+    print(f"\nCOCO subset ({n} images): saliency peak in a box {peak_hits / n:.3f}, "
+          f"image centre in a box {centre_hits / n:.3f}")
+    assert peak_hits > centre_hits
+
+
+# -- tiny random models: structure, not weights, matters ---------------------------
+
+
+def _nested_model(head: bool = True, dotted: bool = False):
+    import keras
+
+    inp = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="conv.a" if dotted else "conv_a")(inp)
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu", name="conv_b")(x)
+    inner = keras.Model(inp, x, name="backbone")
+    outer_in = keras.Input((32, 32, 3))
+    y = inner(outer_in, training=False)
+    if not head:
+        return keras.Model(outer_in, y, name="nohead")
+    y = keras.layers.GlobalAveragePooling2D()(y)
+    y = keras.layers.Dense(4, activation="softmax", name="pred")(y)
+    return keras.Model(outer_in, y, name="outer")
+
+
+def test_auto_layer_in_nested_model_and_override():
+    model = _nested_model(dotted=True)
+    sm = xp.load_model(model, cache=False)
+    assert sm.target_layer == "backbone/conv_b"
+    sm2 = xp.load_model(model, layer="conv.a", cache=False)
+    assert sm2.target_layer == "backbone/conv.a" and sm2.feature_shape[:2] == (30, 30)
+    sm3 = xp.load_model(model, layer="backbone/conv.a", cache=False)
+    assert sm3.target_layer == "backbone/conv.a"
+    with pytest.raises(ModelError, match="no layer"):
+        xp.load_model(model, layer="conv_zz", cache=False)
+    with pytest.raises(ModelError, match="4-D"):
+        xp.load_model(model, layer="pred", cache=False)
+
+
+def test_gradcam_uses_logits_not_softmax():
+    import keras
+
+    model = _nested_model()
+    sm = xp.load_model(model, cache=False)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    pre = sm.preprocess(x)
+    logits = np.asarray(sm.head(sm.backbone(pre)))
+    probs = np.asarray(model(pre))
+    np.testing.assert_allclose(np.asarray(keras.ops.softmax(logits)), probs, atol=1e-5)
+    assert not np.allclose(logits.sum(axis=1), 1.0)
+
+
+def test_gradcam_without_head_is_a_clear_error():
+    sm = xp.load_model(_nested_model(head=False), cache=False)
+    assert not sm.has_head
+    with pytest.raises(ModelError, match="classifier head"):
+        xp.compute_saliency([np.zeros((32, 32, 3))], model=sm, method="gradcam")
+    maps = xp.compute_saliency([np.full((32, 32, 3), 9.0)], model=sm, method="eigencam")
+    assert maps[0].shape == (14, 14)
+
+
+def test_constant_map_is_uniform_and_flagged():
+    raw = np.stack([np.full((4, 4), 3.0), np.full((4, 4), np.nan), np.arange(16.0).reshape(4, 4)])
+    maps, degenerate = normalize_maps(raw)
+    assert degenerate.tolist() == [True, True, False]
+    assert np.all(maps[0] == 1.0) and np.all(maps[1] == 1.0) and np.isfinite(maps).all()
+    assert maps[2].min() == 0.0 and maps[2].max() == 1.0
+    sm = xp.load_model(_nested_model(head=False), cache=False)
+    items = xp.compute_saliency([np.zeros((32, 32, 3))], model=sm, method="activation",
+                                return_items=True)
+    assert items[0].degenerate and np.all(items[0].map == 1.0)
+
+
+def test_applications_by_name_have_their_own_preprocessing():
+    seen = {}
+    for name in ("resnet50", "EfficientNetB0", "mobilenet_v2"):
+        sm = xp.load_model(name, weights="random", cache=False)
+        assert sm.has_head and sm.num_classes == 1000
+        seen[name] = sm.source["preprocess"]
+        x = np.full((1, 224, 224, 3), 200.0, np.float32)
+        seen[name + ":value"] = float(sm.preprocess(x)[0, 0, 0, 0])
+    assert seen["resnet50"] == "resnet" and seen["mobilenet_v2"] == "mobilenet_v2"
+    assert seen["resnet50:value"] != seen["mobilenet_v2:value"] != seen["EfficientNetB0:value"]
+
+
+def test_imagenet_weights_offline_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    import keras
+
+    def no_download(*args, **kwargs):
+        raise Exception("URL fetch failure: no internet")
+
+    monkeypatch.setattr(keras.utils, "get_file", no_download)
+    monkeypatch.setattr("keras.src.applications.xception.file_utils.get_file", no_download)
+    with pytest.raises(ModelError, match="weights=PATH"):
+        xp.load_model("xception", cache=False)
+
+
+def test_xpatch_weights_env_selects_offline_file(monkeypatch, xception_weights):
+    monkeypatch.setenv("XPATCH_WEIGHTS", xception_weights)
+    sm = xp.load_model("xception", cache=False)
+    assert sm.source["weights_source"] == "env:XPATCH_WEIGHTS"
+    assert sm.source["weights"] == xception_weights
+    monkeypatch.setenv("XPATCH_WEIGHTS", "/nonexistent/x.weights.h5")
+    with pytest.raises(ModelError, match="not found"):
+        xp.load_model("xception", cache=False)
+
+
+def test_bad_parameters_fail_before_work(kitchen_model):
+    with pytest.raises(ParameterError, match="unknown saliency method"):
+        xp.compute_saliency(["/nonexistent.jpg"], model=kitchen_model, method="magic")
+    with pytest.raises(ParameterError, match="unknown class name"):
+        xp.compute_saliency(["/nonexistent.jpg"], model=kitchen_model, method="gradcam", target="teapot")
+    with pytest.raises(ParameterError, match="out of range"):
+        xp.compute_saliency(["/nonexistent.jpg"], model=kitchen_model, method="gradcam", target=6)
+    with pytest.raises(ParameterError, match="targets given"):
+        xp.compute_saliency(["/a.jpg", "/b.jpg"], model=kitchen_model, method="gradcam", target=[1])
+    with pytest.raises(ModelError, match="unknown model"):
+        xp.load_model("not_a_model")
+
+
+def test_imagenet_class_names_resolve(xception_weights):
+    from tests.conftest import CLASS_INDEX
+
+    if not os.path.isfile(CLASS_INDEX):
+        pytest.skip("shared ImageNet class index not found")
+    sm = xp.load_model("xception", weights="random", cache=False)
+    assert sm.class_index("tabby") == 281
+    assert sm.class_index("Egyptian cat") == 285
+    assert sm.class_index("n02123045") == 281
+
+
+def test_upsample_shapes_and_range():
+    m = np.array([[0.0, 1.0], [0.5, 0.25]], np.float32)
+    up = xp.upsample(m, (480, 640))
+    assert up.shape == (480, 640) and up.dtype == np.float32
+    assert up.min() >= 0.0 and up.max() <= 1.0
+    assert up[0, -1] == pytest.approx(1.0) and up[0, 0] == pytest.approx(0.0)

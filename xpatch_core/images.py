@@ -1,0 +1,231 @@
+"""Image decoding: EXIF orientation, odd modes to RGB, a pixel limit.
+
+Everything here uses Pillow and NumPy only.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+from xpatch_core.errors import ImageDecodeError
+
+#: Default refusal limit for decoded pixels (width * height). A decompression
+#: bomb is refused from its header, before any pixel is decoded.
+DEFAULT_MAX_PIXELS = int(os.environ.get("XPATCH_MAX_PIXELS", 178_956_970))
+
+_ROTATING_ORIENTATIONS = (5, 6, 7, 8)
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An image prepared for a network.
+
+    Attributes:
+        array: float32 ``(height, width, 3)`` RGB array in ``[0, 255]`` at the
+            requested network size (or the original size if none was asked)
+        size: ``(width, height)`` of the image as displayed (after EXIF
+            orientation), the frame in which boxes are expressed
+        mode: the original Pillow mode
+    """
+
+    array: np.ndarray
+    size: tuple[int, int]
+    mode: str
+
+
+def _name(src: Any) -> str:
+    if isinstance(src, (str, os.PathLike)):
+        return os.fspath(src)
+    return f"<{type(src).__name__}>"
+
+
+def _open(src: Any, max_pixels: int) -> Image.Image:
+    """Opens ``src`` lazily and checks it before decoding."""
+    name = _name(src)
+    if isinstance(src, Image.Image):
+        img = src
+    else:
+        path = os.fspath(src)
+        if not os.path.exists(path):
+            raise ImageDecodeError(name, "file not found")
+        if os.path.isdir(path):
+            raise ImageDecodeError(name, "is a directory, not an image file")
+        if os.path.getsize(path) == 0:
+            raise ImageDecodeError(name, "empty file (0 bytes)")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                img = Image.open(path)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise ImageDecodeError(name, f"refused: too many pixels ({e})") from e
+        except Image.UnidentifiedImageError as e:
+            raise ImageDecodeError(name, "not a recognised image format") from e
+        except OSError as e:
+            raise ImageDecodeError(name, f"cannot open: {e}") from e
+    w, h = img.size
+    if w < 1 or h < 1:
+        raise ImageDecodeError(name, f"invalid size {w}x{h}")
+    if w * h > max_pixels:
+        raise ImageDecodeError(
+            name,
+            f"refused: {w}x{h} = {w * h:,} pixels exceeds the limit of "
+            f"{max_pixels:,} (set XPATCH_MAX_PIXELS to change it)",
+        )
+    if getattr(img, "n_frames", 1) > 1 and img.format not in ("GIF", "PNG", "WEBP", "TIFF", "MPO"):
+        raise ImageDecodeError(name, f"multi-frame {img.format} is not a still image")
+    return img
+
+
+def _display_size(img: Image.Image) -> tuple[int, int]:
+    w, h = img.size
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - broken EXIF is ignored, not fatal
+        orientation = 1
+    if orientation in _ROTATING_ORIENTATIONS:
+        return h, w
+    return w, h
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Converts any Pillow mode to 8-bit RGB.
+
+    Transparent images are composited over white; 16-bit and 32-bit
+    integer or float images are scaled to 8 bits by their value range
+    rather than clipped.
+
+    Args:
+        img: a decoded Pillow image
+
+    Returns:
+        an RGB Pillow image
+    """
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if mode.startswith("I;16"):
+            hi = 65535.0
+        else:
+            finite = arr[np.isfinite(arr)]
+            hi = float(finite.max()) if finite.size else 1.0
+            hi = 255.0 if hi <= 255.0 else (65535.0 if hi <= 65535.0 else hi)
+        arr = np.clip(np.nan_to_num(arr) / hi * 255.0, 0, 255).round().astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if mode == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+        mode = img.mode
+    if mode in ("LA", "PA", "La"):
+        img = img.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "RGBa"):
+        background = Image.new("RGB", img.size, (255, 255, 255))
+        background.paste(img.convert("RGBA"), mask=img.convert("RGBA").getchannel("A"))
+        return background
+    return img.convert("RGB")
+
+
+def load_image(
+    src: Any,
+    size: tuple[int, int] | None = None,
+    *,
+    max_pixels: int | None = None,
+) -> DecodedImage:
+    """Decodes an image for a network.
+
+    Honours EXIF orientation, converts L, LA, P, RGBA, I;16, CMYK and other
+    modes to RGB, refuses images over a pixel limit from their header, and
+    resizes (squashing, so that a map covers the whole image) to ``size``.
+
+    Args:
+        src: a path, a Pillow image or an ``(H, W)``, ``(H, W, 1|3|4)`` array
+            (uint8 or float in ``[0, 255]``)
+        size: ``(width, height)`` to resize to, or None for the original size
+        max_pixels: the pixel limit; defaults to :data:`DEFAULT_MAX_PIXELS`
+
+    Returns:
+        a :class:`DecodedImage`
+
+    Raises:
+        ImageDecodeError: if the image cannot be used, with the reason
+    """
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
+    name = _name(src)
+    if isinstance(src, np.ndarray):
+        return _from_array(src, size)
+    img = _open(src, limit)
+    try:
+        display = _display_size(img)
+        if size is not None and img.format == "JPEG" and img.mode in ("RGB", "L", "CMYK"):
+            # Decode at a reduced DCT scale when much larger than needed.
+            tw, th = size
+            if display != img.size:
+                tw, th = th, tw
+            img.draft(img.mode, (tw, th))
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        mode = img.mode
+        rgb = to_rgb(img)
+    except ImageDecodeError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any decoder failure is this image's failure
+        reason = str(e) or type(e).__name__
+        if "truncated" in reason.lower() or isinstance(e, (SyntaxError, EOFError)):
+            reason = f"truncated or corrupt image data ({reason})"
+        raise ImageDecodeError(name, f"cannot decode: {reason}") from e
+    if size is not None and rgb.size != tuple(size):
+        rgb = rgb.resize(tuple(size), Image.Resampling.BILINEAR)
+    return DecodedImage(np.asarray(rgb, dtype=np.float32), display, mode)
+
+
+def _from_array(arr: np.ndarray, size: tuple[int, int] | None) -> DecodedImage:
+    a = np.asarray(arr)
+    if a.ndim == 2:
+        a = np.repeat(a[:, :, None], 3, axis=2)
+    if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
+        raise ImageDecodeError("<array>", f"expected (H, W[, 1|3|4]) array, got shape {a.shape}")
+    if a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    if a.shape[2] == 4:
+        alpha = a[:, :, 3:4].astype(np.float32) / (255.0 if a.dtype == np.uint8 else max(1.0, float(a[:, :, 3].max())))
+        a = a[:, :, :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
+    h, w = a.shape[:2]
+    if h < 1 or w < 1:
+        raise ImageDecodeError("<array>", f"invalid size {w}x{h}")
+    if not np.all(np.isfinite(a)):
+        raise ImageDecodeError("<array>", "array holds NaN or inf")
+    a32 = a.astype(np.float32, copy=False)
+    if size is not None and (w, h) != tuple(size):
+        chans = [
+            np.asarray(Image.fromarray(a32[:, :, c], mode="F").resize(tuple(size), Image.Resampling.BILINEAR))
+            for c in range(3)
+        ]
+        a32 = np.stack(chans, axis=2)
+    return DecodedImage(np.ascontiguousarray(a32, dtype=np.float32), (w, h), "array")
+
+
+def image_size(path: str | os.PathLike, *, max_pixels: int | None = None) -> tuple[int, int]:
+    """Returns the displayed ``(width, height)`` of an image from its header.
+
+    Args:
+        path: the image file
+        max_pixels: the pixel limit
+
+    Returns:
+        ``(width, height)`` after EXIF orientation
+
+    Raises:
+        ImageDecodeError: if the header cannot be read
+    """
+    img = _open(path, DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
+    return _display_size(img)
+
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False

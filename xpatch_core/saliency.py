@@ -1,0 +1,542 @@
+"""Saliency methods over a batch API, at the cost of one forward pass.
+
+One base class, :class:`SaliencyMethod`, owns the batch loop, the model call,
+the target classes and the normalisation; each method is a small subclass
+that only says how it turns activations (and gradients) into a map:
+
+| name | class | needs a classifier head |
+| --- | --- | --- |
+| ``activation`` | :class:`ActivationMap` | no |
+| ``eigencam`` | :class:`EigenCAM` | no |
+| ``gradcam`` | :class:`GradCAM` | yes |
+| ``gradcam++`` | :class:`GradCAMPlusPlus` | yes |
+
+Maps are float32 in ``[0, 1]`` at the target layer's resolution; use
+:func:`upsample` for any other size. A constant or non-finite map comes back
+as all ones (uniform) with ``degenerate=True``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+from PIL import Image
+
+from xpatch_core.errors import ImageDecodeError, ModelError, ParameterError
+from xpatch_core.images import load_image
+
+_EPS = 1e-12
+
+
+@dataclass
+class SaliencyItem:
+    """The saliency result of one image.
+
+    Attributes:
+        index: position of the image in the input
+        map: float32 ``(h, w)`` map in ``[0, 1]``, or None on failure
+        degenerate: True if the raw map was constant or not finite (the map
+            is then uniform)
+        image_size: displayed ``(width, height)`` of the image
+        target: the class index explained (gradient methods), or None
+        predicted: the model's top-1 class index, or None without a head
+        confidence: softmax probability of ``predicted``
+        error: the failure reason, or None
+        source: the input as given (a path, or None for in-memory images)
+    """
+
+    index: int
+    map: np.ndarray | None
+    degenerate: bool = False
+    image_size: tuple[int, int] | None = None
+    target: int | None = None
+    predicted: int | None = None
+    confidence: float | None = None
+    error: str | None = None
+    source: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the image was processed."""
+        return self.error is None
+
+
+def normalize_maps(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Min-max normalises each map of a batch to ``[0, 1]``.
+
+    Args:
+        maps: ``(B, h, w)`` raw maps
+
+    Returns:
+        ``(maps, degenerate)``: float32 maps, and a bool array that flags the
+        maps that were constant or held NaN/inf (returned as all ones)
+    """
+    m = np.asarray(maps, dtype=np.float64)
+    finite = np.isfinite(m).all(axis=(1, 2))
+    safe = np.where(np.isfinite(m), m, 0.0)
+    lo = safe.min(axis=(1, 2), keepdims=True)
+    hi = safe.max(axis=(1, 2), keepdims=True)
+    span = hi - lo
+    degenerate = (~finite) | (span[:, 0, 0] <= _EPS * np.maximum(1.0, np.abs(hi[:, 0, 0])))
+    out = (safe - lo) / np.where(span > 0, span, 1.0)
+    out[degenerate] = 1.0
+    return out.astype(np.float32), degenerate
+
+
+class SaliencyMethod:
+    """Base class: runs the model on a batch and normalises the maps.
+
+    Subclasses set :attr:`name` and :attr:`needs_gradients` and implement
+    :meth:`combine`.
+
+    Args:
+        model: a loaded :class:`xpatch_core.models.SaliencyModel`
+    """
+
+    name: ClassVar[str] = ""
+    needs_gradients: ClassVar[bool] = False
+
+    def __init__(self, model: Any):
+        self.model = model
+        if self.needs_gradients and not model.has_head:
+            raise ModelError(
+                f"{self.name} needs a classifier head, but model {model.name!r} ends at a "
+                f"{len(model.keras_model.outputs[0].shape)}-D output; use 'activation' or "
+                "'eigencam', or a model with a classifier"
+            )
+
+    def combine(self, acts: np.ndarray, grads: np.ndarray | None) -> np.ndarray:
+        """Turns activations (and gradients) into raw maps.
+
+        Args:
+            acts: ``(B, h, w, C)`` activations of the target layer
+            grads: ``(B, h, w, C)`` gradients of the target logits, or None
+
+        Returns:
+            ``(B, h, w)`` raw maps
+        """
+        raise NotImplementedError
+
+    # -- compiled model calls, cached on the model --------------------------------
+    def _fn(self, key: str) -> Any:
+        import tensorflow as tf
+
+        model = self.model
+        with model.lock:
+            fn = model._compiled.get(key)
+            if fn is not None:
+                return fn
+            h, w = model.input_size
+            image_spec = tf.TensorSpec([None, h, w, 3], tf.float32)
+            if key == "backbone":
+                backbone = model.backbone
+
+                @tf.function(input_signature=[image_spec])
+                def fn(x):
+                    return backbone(x, training=False)
+
+            elif key == "head":
+                head = model.head
+                fh, fw, fc = model.feature_shape
+                feat_spec = tf.TensorSpec([None, fh, fw, fc], model.backbone.outputs[0].dtype)
+
+                @tf.function(input_signature=[feat_spec])
+                def fn(f):
+                    return head(f, training=False)
+
+            elif key == "head_grad":
+                head = model.head
+                fh, fw, fc = model.feature_shape
+                feat_spec = tf.TensorSpec([None, fh, fw, fc], model.backbone.outputs[0].dtype)
+
+                @tf.function(input_signature=[feat_spec, tf.TensorSpec([None], tf.int32)])
+                def fn(f, targets):
+                    with tf.GradientTape() as tape:
+                        tape.watch(f)
+                        logits = tf.cast(head(f, training=False), tf.float32)
+                        pred = tf.argmax(logits, axis=-1, output_type=tf.int32)
+                        t = tf.where(targets < 0, pred, targets)
+                        score = tf.reduce_sum(tf.gather(logits, t, batch_dims=1))
+                    return logits, t, tape.gradient(score, f)
+
+            elif key == "joint":
+                joint = model.joint
+
+                @tf.function(input_signature=[image_spec])
+                def fn(x):
+                    return joint(x, training=False)
+
+            elif key == "joint_grad":
+                joint = model.joint
+
+                @tf.function(input_signature=[image_spec, tf.TensorSpec([None], tf.int32)])
+                def fn(x, targets):
+                    with tf.GradientTape() as tape:
+                        f, logits = joint(x, training=False)
+                        logits = tf.cast(logits, tf.float32)
+                        pred = tf.argmax(logits, axis=-1, output_type=tf.int32)
+                        t = tf.where(targets < 0, pred, targets)
+                        score = tf.reduce_sum(tf.gather(logits, t, batch_dims=1))
+                    return f, logits, t, tape.gradient(score, f)
+
+            else:  # pragma: no cover - internal
+                raise KeyError(key)
+            model._compiled[key] = fn
+            return fn
+
+    def run_batch(
+        self, x: np.ndarray, targets: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray | None]]:
+        """Computes normalised maps for one preprocessed batch.
+
+        Args:
+            x: ``(B, H, W, 3)`` float32 network input (already preprocessed)
+            targets: ``(B,)`` int32 class indices, -1 for the predicted class
+
+        Returns:
+            ``(maps, degenerate, info)`` where ``info`` holds ``logits``
+            (or None), ``targets`` (or None) and ``predicted`` (or None)
+        """
+        model = self.model
+        b = x.shape[0]
+        t = np.full(b, -1, np.int32) if targets is None else np.asarray(targets, np.int32)
+        logits = used = grads = None
+        if model.head is not None or model.joint is None:
+            acts = self._fn("backbone")(x)
+            if self.needs_gradients:
+                logits, used, grads = self._fn("head_grad")(acts, t)
+            elif model.head is not None:
+                logits = self._fn("head")(acts)
+        else:
+            if self.needs_gradients:
+                acts, logits, used, grads = self._fn("joint_grad")(x, t)
+            else:
+                acts, logits = self._fn("joint")(x)
+        acts_np = np.asarray(acts, dtype=np.float32)
+        grads_np = None if grads is None else np.asarray(grads, dtype=np.float32)
+        raw = self.combine(acts_np, grads_np)
+        maps, degenerate = normalize_maps(raw)
+        info: dict[str, np.ndarray | None] = {"logits": None, "targets": None, "predicted": None}
+        if logits is not None:
+            lg = np.asarray(logits, dtype=np.float32)
+            info["logits"] = lg
+            info["predicted"] = lg.argmax(axis=-1)
+        if used is not None:
+            info["targets"] = np.asarray(used)
+        return maps, degenerate, info
+
+
+class ActivationMap(SaliencyMethod):
+    """Channel mean of the target layer's activations (the recipe's idea,
+    averaged over channels, not over space)."""
+
+    name = "activation"
+
+    def combine(self, acts: np.ndarray, grads: np.ndarray | None) -> np.ndarray:
+        return acts.mean(axis=-1)
+
+
+class EigenCAM(SaliencyMethod):
+    """First principal component of the activations (Eigen-CAM).
+
+    Computed from the small ``(hw, hw)`` Gram matrix of the centred
+    activations; the sign is chosen so that the map correlates positively
+    with the channel-mean activation map.
+    """
+
+    name = "eigencam"
+
+    def combine(self, acts: np.ndarray, grads: np.ndarray | None) -> np.ndarray:
+        b, h, w, c = acts.shape
+        x = acts.reshape(b, h * w, c).astype(np.float64)
+        xc = x - x.mean(axis=1, keepdims=True)
+        gram = xc @ np.swapaxes(xc, 1, 2)
+        evals, evecs = np.linalg.eigh(gram)
+        proj = evecs[:, :, -1] * np.sqrt(np.maximum(evals[:, -1:], 0.0))
+        mean_map = x.mean(axis=2)
+        mean_map = mean_map - mean_map.mean(axis=1, keepdims=True)
+        sign = np.where((proj * mean_map).sum(axis=1) < 0, -1.0, 1.0)
+        return (proj * sign[:, None]).reshape(b, h, w)
+
+
+class GradCAM(SaliencyMethod):
+    """Grad-CAM on logits: channels weighted by their mean gradient."""
+
+    name = "gradcam"
+    needs_gradients = True
+
+    def combine(self, acts: np.ndarray, grads: np.ndarray | None) -> np.ndarray:
+        weights = grads.mean(axis=(1, 2))
+        return np.maximum(np.einsum("bhwc,bc->bhw", acts, weights), 0.0)
+
+
+class GradCAMPlusPlus(SaliencyMethod):
+    """Grad-CAM++ on logits (Chattopadhyay et al., 2018), with the usual
+    exponential closed form for the higher-order derivatives."""
+
+    name = "gradcam++"
+    needs_gradients = True
+
+    def combine(self, acts: np.ndarray, grads: np.ndarray | None) -> np.ndarray:
+        g2 = grads * grads
+        g3 = g2 * grads
+        sum_acts = acts.sum(axis=(1, 2), keepdims=True)
+        denom = 2.0 * g2 + sum_acts * g3
+        alpha = np.where(grads != 0, g2 / np.where(np.abs(denom) > 1e-7, denom, 1e-7), 0.0)
+        weights = (alpha * np.maximum(grads, 0.0)).sum(axis=(1, 2))
+        return np.maximum(np.einsum("bhwc,bc->bhw", acts, weights), 0.0)
+
+
+#: Saliency methods by name.
+METHODS: dict[str, type[SaliencyMethod]] = {
+    cls.name: cls for cls in (ActivationMap, EigenCAM, GradCAM, GradCAMPlusPlus)
+}
+
+
+def get_method(name: str) -> type[SaliencyMethod]:
+    """Returns the saliency method class for a name.
+
+    Args:
+        name: one of :data:`METHODS` (``"gradcampp"`` is accepted for
+            ``"gradcam++"``)
+
+    Returns:
+        the class
+
+    Raises:
+        ParameterError: for an unknown name
+    """
+    key = str(name).lower().replace("_", "").replace("-", "")
+    key = {"gradcampp": "gradcam++", "gradcamplusplus": "gradcam++", "eigen": "eigencam"}.get(key, key)
+    if key not in METHODS:
+        raise ParameterError(f"unknown saliency method {name!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[key]
+
+
+def resolve_targets(model: Any, target: Any, count: int | None) -> Any:
+    """Validates a target specification before any work.
+
+    Args:
+        model: a :class:`SaliencyModel`
+        target: None or ``"predicted"`` (top-1), a class index or name, or a
+            sequence of them, one per image (None entries mean predicted)
+        count: the number of images, if known
+
+    Returns:
+        -1 (predicted), a class index, or a list of indices (-1 = predicted)
+
+    Raises:
+        ParameterError: for unknown classes or a length mismatch
+    """
+    if target is None or (isinstance(target, str) and target.lower() == "predicted"):
+        return -1
+    if isinstance(target, (str, int, np.integer)):
+        return model.class_index(target)
+    if isinstance(target, Sequence) or isinstance(target, np.ndarray):
+        targets = [
+            -1 if (t is None or (isinstance(t, str) and t.lower() == "predicted")) else model.class_index(t)
+            for t in target
+        ]
+        if count is not None and len(targets) != count:
+            raise ParameterError(f"{len(targets)} targets given for {count} images")
+        return targets
+    raise ParameterError(f"invalid target {target!r}")
+
+
+def _chunks(it: Iterable[Any], n: int) -> Iterator[list[Any]]:
+    it = iter(it)
+    while True:
+        chunk = list(itertools.islice(it, n))
+        if not chunk:
+            return
+        yield chunk
+
+
+def _decode(args: tuple[int, Any, tuple[int, int], int | None]) -> tuple[int, Any]:
+    index, src, size, max_pixels = args
+    try:
+        return index, load_image(src, size, max_pixels=max_pixels)
+    except ImageDecodeError as e:
+        return index, e
+    except Exception as e:  # noqa: BLE001 - a bad input fails its own sample only
+        return index, ImageDecodeError(str(src)[:200], f"{type(e).__name__}: {e}")
+
+
+def iter_saliency(
+    images: Iterable[Any],
+    model: Any = "xception",
+    method: str = "eigencam",
+    target: Any = None,
+    batch_size: int = 16,
+    *,
+    weights: str | None = None,
+    layer: str | None = None,
+    num_workers: int | None = None,
+    max_pixels: int | None = None,
+    precision: str = "float32",
+) -> Iterator[SaliencyItem]:
+    """Computes saliency maps, streaming one :class:`SaliencyItem` per image.
+
+    Images are decoded by a thread pool while the previous batch runs on the
+    model, so at most two batches are in memory. A bad image yields an item
+    with ``error`` set and does not stop the others.
+
+    Args:
+        images: an iterable of paths, PIL images or arrays
+        model: a model name, a path, a Keras model or a loaded
+            :class:`SaliencyModel`
+        method: one of :data:`METHODS`
+        target: None/``"predicted"``, a class index or name, or one per image
+        batch_size: images per model call
+        weights: weights for a named model (see :func:`load_model`)
+        layer: target layer override
+        num_workers: decoding threads (default: 2)
+        max_pixels: refuse images with more pixels than this
+        precision: ``"float32"``, ``"bfloat16"`` or ``"mixed_bfloat16"``
+
+    Returns:
+        an iterator of :class:`SaliencyItem`, in input order
+    """
+    from xpatch_core.models import load_model
+
+    method_cls = get_method(method)
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ParameterError(f"batch_size must be a positive integer, got {batch_size!r}")
+    count = len(images) if hasattr(images, "__len__") else None
+    sm = load_model(model, weights=weights, layer=layer, precision=precision)
+    runner = method_cls(sm)
+    targets = resolve_targets(sm, target, count)
+    h, w = sm.input_size
+    workers = num_workers or int(os.environ.get("XPATCH_DECODE_WORKERS", 2))
+
+    def _targets_for(indices: list[int]) -> np.ndarray:
+        if isinstance(targets, list):
+            if max(indices) >= len(targets):
+                raise ParameterError(f"{len(targets)} targets given for more images")
+            return np.array([targets[i] for i in indices], np.int32)
+        return np.full(len(indices), targets, np.int32)
+
+    def _submit(pool: ThreadPoolExecutor, chunk: list[tuple[int, Any]]) -> list[Any]:
+        return [pool.submit(_decode, (i, src, (w, h), max_pixels)) for i, src in chunk]
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xpatch-decode") as pool:
+        chunks = _chunks(enumerate(images), batch_size)
+        pending = None
+        first = next(chunks, None)
+        if first is not None:
+            pending = (first, _submit(pool, first))
+        while pending is not None:
+            chunk, futures = pending
+            nxt = next(chunks, None)
+            pending = (nxt, _submit(pool, nxt)) if nxt is not None else None
+            decoded = [f.result() for f in futures]
+            good = [(i, d) for i, d in decoded if not isinstance(d, Exception)]
+            results: dict[int, SaliencyItem] = {}
+            sources = {i: (os.fspath(s) if isinstance(s, (str, os.PathLike)) else None) for i, s in chunk}
+            for i, d in decoded:
+                if isinstance(d, Exception):
+                    results[i] = SaliencyItem(i, None, error=getattr(d, "reason", str(d)), source=sources[i])
+            if good:
+                idx = [i for i, _ in good]
+                x = np.stack([d.array for _, d in good])
+                x = np.asarray(sm.preprocess(x), dtype=np.float32)
+                maps, degenerate, info = runner.run_batch(x, _targets_for(idx))
+                logits = info["logits"]
+                probs = None
+                if logits is not None:
+                    z = logits - logits.max(axis=1, keepdims=True)
+                    e = np.exp(z)
+                    probs = e / e.sum(axis=1, keepdims=True)
+                for k, (i, d) in enumerate(good):
+                    pred = None if info["predicted"] is None else int(info["predicted"][k])
+                    results[i] = SaliencyItem(
+                        index=i,
+                        map=maps[k],
+                        degenerate=bool(degenerate[k]),
+                        image_size=d.size,
+                        target=None if info["targets"] is None else int(info["targets"][k]),
+                        predicted=pred,
+                        confidence=None if probs is None else float(probs[k, pred]),
+                        source=sources[i],
+                    )
+            for i, _ in chunk:
+                yield results[i]
+
+
+def compute_saliency(
+    images: Iterable[Any],
+    model: Any = "xception",
+    method: str = "eigencam",
+    target: Any = None,
+    batch_size: int = 16,
+    *,
+    on_error: str = "raise",
+    return_items: bool = False,
+    **kwargs: Any,
+) -> list[Any]:
+    """Computes one saliency map per image, in order.
+
+    Args:
+        images: paths, PIL images or arrays
+        model: a model name (default ``"xception"``), a saved model path, a
+            Keras model, or what :func:`xpatch_core.load_model` returned
+        method: ``"activation"``, ``"eigencam"``, ``"gradcam"`` or
+            ``"gradcam++"``
+        target: None/``"predicted"`` (top-1), a class index or name, or a
+            sequence with one per image
+        batch_size: images per model call
+        on_error: ``"raise"`` to raise the first decoding error, or
+            ``"none"`` to put None in place of images that failed
+        return_items: return :class:`SaliencyItem` objects (with predicted
+            class, degenerate flag and errors) instead of bare maps
+        **kwargs: passed to :func:`iter_saliency` (``weights``, ``layer``,
+            ``num_workers``, ``max_pixels``, ``precision``)
+
+    Returns:
+        a list of float32 ``(h, w)`` maps in ``[0, 1]`` (or of items)
+
+    Raises:
+        ImageDecodeError: if an image cannot be read and ``on_error="raise"``
+    """
+    if on_error not in ("raise", "none"):
+        raise ParameterError(f"on_error must be 'raise' or 'none', got {on_error!r}")
+    out = []
+    for item in iter_saliency(images, model, method, target, batch_size, **kwargs):
+        if item.error is not None and on_error == "raise":
+            raise ImageDecodeError(item.source or f"image #{item.index}", item.error)
+        out.append(item if return_items else item.map)
+    return out
+
+
+def upsample(saliency: np.ndarray, size: tuple[int, int], method: str = "bilinear") -> np.ndarray:
+    """Resizes a map to ``(height, width)``.
+
+    Args:
+        saliency: a 2-D map
+        size: ``(height, width)``
+        method: ``"bilinear"``, ``"bicubic"`` or ``"nearest"``
+
+    Returns:
+        a float32 ``(height, width)`` map, clipped to the input's range
+    """
+    m = np.asarray(saliency, dtype=np.float32)
+    if m.ndim != 2:
+        raise ParameterError(f"saliency must be 2-D, got shape {m.shape}")
+    height, width = int(size[0]), int(size[1])
+    if height < 1 or width < 1:
+        raise ParameterError(f"size must be positive, got {size}")
+    resample = {
+        "bilinear": Image.Resampling.BILINEAR,
+        "bicubic": Image.Resampling.BICUBIC,
+        "nearest": Image.Resampling.NEAREST,
+    }.get(method)
+    if resample is None:
+        raise ParameterError(f"unknown upsampling method {method!r}")
+    out = np.asarray(Image.fromarray(m, mode="F").resize((width, height), resample), dtype=np.float32)
+    return np.clip(out, float(np.nanmin(m)), float(np.nanmax(m)))

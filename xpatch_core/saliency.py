@@ -334,13 +334,17 @@ def resolve_targets(model: Any, target: Any, count: int | None) -> Any:
     Raises:
         ParameterError: for unknown classes or a length mismatch
     """
-    if target is None or (isinstance(target, str) and target.lower() == "predicted"):
+    def _predicted(t: Any) -> bool:
+        return (t is None or (isinstance(t, str) and t.lower() == "predicted")
+                or (isinstance(t, (int, np.integer)) and not isinstance(t, bool) and t == -1))
+
+    if _predicted(target):
         return -1
     if isinstance(target, (str, int, np.integer)):
         return model.class_index(target)
     if isinstance(target, Sequence) or isinstance(target, np.ndarray):
         targets = [
-            -1 if (t is None or (isinstance(t, str) and t.lower() == "predicted")) else model.class_index(t)
+            -1 if _predicted(t) else model.class_index(t)
             for t in target
         ]
         if count is not None and len(targets) != count:

@@ -1,0 +1,36 @@
+"""xpatch FiftyOne plugin: thin operators over :mod:`xpatch_core`.
+
+| module | operators |
+| --- | --- |
+| ``saliency_ops`` | ``compute_saliency`` |
+| ``patches_ops`` | ``sample_patches`` |
+| ``run_ops`` | ``get_xpatch_run_info``, ``load_xpatch_run_view``, ``delete_xpatch_run`` |
+| ``export_ops`` | ``export_patches``, ``evaluate_patches`` |
+
+Importing this package never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import patches_ops, run_ops, saliency_ops
+
+_MODULES = [saliency_ops, patches_ops, run_ops]
+
+try:
+    from . import export_ops
+
+    _MODULES.append(export_ops)
+except ImportError:  # pragma: no cover - export operators not present
+    pass
+
+
+def register(p: Any) -> None:
+    """Registers every xpatch operator on the plugin context.
+
+    Args:
+        p: the FiftyOne plugin context
+    """
+    for module in _MODULES:
+        module.register(p)

@@ -1,0 +1,189 @@
+"""Shared operator glue: lazy library access, progress, parameter checks.
+
+Nothing here imports TensorFlow: the App re-runs the plugin's entry file on
+every request, and listing operators must stay cheap.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from typing import Any
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def ensure_library() -> None:
+    """Makes ``xpatch_core`` importable when the plugin was downloaded
+    rather than pip-installed (its folder sits beside ``plugin/``)."""
+    try:
+        import xpatch_core  # noqa: F401
+    except ImportError:
+        if _ROOT not in sys.path:
+            sys.path.insert(0, _ROOT)
+
+
+ensure_library()
+
+import fiftyone.core.patches as fop  # noqa: E402
+import fiftyone.operators as foo  # noqa: E402
+import fiftyone.operators.types as types  # noqa: E402
+
+#: Operator URIs are ``@xpatch/xpatch/<name>``.
+PLUGIN = "@xpatch/xpatch"
+
+
+def uri(name: str) -> str:
+    """Returns the URI of one of this plugin's operators."""
+    return f"{PLUGIN}/{name}"
+
+
+def images_of(view: Any) -> Any:
+    """Returns the image samples behind a view; for a patches view, the
+    images of its patches (the base view when nothing was filtered)."""
+    if isinstance(view, fop.PatchesView):
+        base = view._base_view
+        ids = view.distinct("sample_id")
+        return base if len(ids) == len(base) else base.select(ids)
+    return view
+
+
+def target_images(ctx: Any) -> Any:
+    """The images the operator should process: the chosen view target
+    (dataset, current view or selection), with patches mapped to images."""
+    return images_of(ctx.target_view())
+
+
+def progress_event(ctx: Any, p: Any) -> Any:
+    """Reports a :class:`xpatch_core.runs.Progress` to the App or, when
+    delegated, to the delegated operation's record.
+
+    Returns:
+        an App trigger to yield, or None
+    """
+    if ctx.delegated:
+        ctx.set_progress(progress=p.fraction, label=p.message)
+        return None
+    return ctx.ops.set_progress(progress=p.fraction, label=p.message)
+
+
+def number(params: dict, name: str, default: Any, *, kind: type = float, lo: float | None = None,
+           hi: float | None = None, allow_none: bool = False) -> Any:
+    """Reads and validates a numeric parameter from the App.
+
+    Args:
+        params: ``ctx.params``
+        name: the parameter
+        default: its default
+        kind: ``int`` or ``float``
+        lo: the inclusive lower bound
+        hi: the inclusive upper bound
+        allow_none: whether None (empty) is allowed
+
+    Returns:
+        the value
+
+    Raises:
+        xpatch_core.errors.ParameterError: for a wrong type, NaN or a value
+            out of range
+    """
+    from xpatch_core.errors import ParameterError
+
+    v = params.get(name, default)
+    if v is None or v == "":
+        if allow_none:
+            return None
+        v = default
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            raise ParameterError(f"{name} must be a number, got {v!r}") from None
+    if not math.isfinite(float(v)):
+        raise ParameterError(f"{name} must be a finite number, got {v!r}")
+    if kind is int:
+        if float(v) != int(v):
+            raise ParameterError(f"{name} must be an integer, got {v!r}")
+        v = int(v)
+    else:
+        v = float(v)
+    if lo is not None and v < lo:
+        raise ParameterError(f"{name} must be >= {lo}, got {v}")
+    if hi is not None and v > hi:
+        raise ParameterError(f"{name} must be <= {hi}, got {v}")
+    return v
+
+
+def text(params: dict, name: str, default: str | None = None, *, max_len: int = 4096) -> str | None:
+    """Reads a text parameter, refusing non-strings and control characters."""
+    from xpatch_core.errors import ParameterError
+
+    v = params.get(name, default)
+    if v is None or v == "":
+        return default
+    if not isinstance(v, str):
+        raise ParameterError(f"{name} must be text, got {type(v).__name__}")
+    if len(v) > max_len or any(ord(c) < 32 for c in v):
+        raise ParameterError(f"{name} is too long or holds control characters")
+    return v.strip()
+
+
+def number_list(params: dict, name: str, default: tuple[float, ...]) -> tuple[float, ...]:
+    """Reads ``"1, 1.5"`` or a list as a tuple of positive floats."""
+    from xpatch_core.errors import ParameterError
+
+    v = params.get(name)
+    if v is None or v == "" or v == []:
+        return default
+    items = v.split(",") if isinstance(v, str) else list(v)
+    out = []
+    for item in items:
+        try:
+            f = float(item)
+        except (TypeError, ValueError):
+            raise ParameterError(f"{name}: {item!r} is not a number") from None
+        if not math.isfinite(f) or f <= 0:
+            raise ParameterError(f"{name}: values must be positive finite numbers, got {item!r}")
+        out.append(f)
+    return tuple(out)
+
+
+def fields_of(ctx: Any, doc_type: Any) -> list[str]:
+    """Names of the dataset's top-level fields holding ``doc_type`` labels."""
+    if ctx.dataset is None:
+        return []
+    schema = ctx.dataset.get_field_schema(embedded_doc_type=doc_type)
+    return sorted(schema)
+
+
+def field_name_input(ctx: Any, inputs: Any, name: str, default: str, kind: str, label: str) -> str:
+    """Adds a validated field-name input and returns its current value."""
+    value = ctx.params.get(name) or default
+    error = None
+    try:
+        from xpatch_core.runs import validate_field_name
+
+        if ctx.dataset is not None:
+            validate_field_name(ctx.dataset, value, kind)
+    except Exception as e:  # noqa: BLE001 - shown in the form
+        error = str(e)
+    inputs.str(
+        name,
+        default=default,
+        required=True,
+        label=label,
+        description="A new field, or the field of an earlier run of this kind (resumed or overwritten)",
+        invalid=error is not None,
+        error_message=error,
+    )
+    return value
+
+
+def error_view(inputs: Any, message: str) -> Any:
+    """Shows an error in the form and returns a property that blocks execution."""
+    inputs.view("error", types.Error(label="Cannot run", description=message))
+    return types.Property(inputs, invalid=True)
+
+
+__all__ = ["PLUGIN", "foo", "types", "uri"]

@@ -1,0 +1,226 @@
+"""The ``sample_patches`` operator."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .common import (
+    field_name_input,
+    fields_of,
+    foo,
+    number,
+    number_list,
+    progress_event,
+    target_images,
+    text,
+    types,
+)
+
+
+def patch_params(params: dict) -> dict[str, Any]:
+    """Turns form parameters into :func:`xpatch_core.runs.run_patches`
+    keyword arguments, validating them on the server.
+
+    Args:
+        params: ``ctx.params``
+
+    Returns:
+        a dict of keyword arguments
+    """
+    from xpatch_core.errors import ParameterError
+
+    size_mode = text(params, "size_mode", "pixels")
+    if size_mode == "pixels":
+        size: int | float = number(params, "size", 96, kind=int, lo=1, hi=100_000)
+    elif size_mode == "fraction":
+        size = number(params, "size_fraction", 0.25, lo=1e-6, hi=1.0)
+    else:
+        raise ParameterError(f"unknown size mode {size_mode!r}")
+    overlap = text(params, "overlap", "iou")
+    max_iou = min_distance = None
+    if overlap == "iou":
+        max_iou = number(params, "max_iou", 0.5, lo=0.0, hi=1.0)
+    elif overlap == "distance":
+        min_distance = number(params, "min_distance", 32.0, lo=0.0)
+    elif overlap != "none":
+        raise ParameterError(f"unknown overlap control {overlap!r}")
+    label_mode = text(params, "label_mode", "predicted")
+    label = "predicted" if label_mode == "predicted" else (text(params, "label", "patch") or "patch")
+    mode = text(params, "mode", "random")
+    if mode not in ("random", "topk", "grid"):
+        raise ParameterError(f"unknown mode {mode!r}")
+    score = text(params, "score", "mean")
+    if score not in ("mean", "center"):
+        raise ParameterError(f"unknown score {score!r}")
+    for flag in ("overwrite", "replace", "open_view"):
+        if not isinstance(params.get(flag, False), bool):
+            raise ParameterError(f"{flag} must be true or false")
+    return {
+        "heatmap_field": text(params, "heatmap_field", "saliency"),
+        "field": text(params, "field", "patches"),
+        "n": number(params, "n", 16, kind=int, lo=1, hi=100_000),
+        "size": size,
+        "scales": number_list(params, "scales", (1.0,)),
+        "aspect_ratios": number_list(params, "aspect_ratios", (1.0,)),
+        "temperature": number(params, "temperature", 1.0, lo=0.0, hi=100.0),
+        "epsilon": number(params, "epsilon", 0.0, lo=0.0, hi=1.0),
+        "max_iou": max_iou,
+        "min_distance": min_distance,
+        "replace": params.get("replace", False),
+        "score": score,
+        "mode": mode,
+        "seed": number(params, "seed", 0, kind=int, lo=0, hi=2**63 - 1),
+        "label": label,
+        "overwrite": params.get("overwrite", False),
+    }
+
+
+class SamplePatches(foo.Operator):
+    """Draws saliency-weighted patch boxes from a heatmap field into a
+    ``fo.Detections`` field, then opens the patches view sorted by score."""
+
+    @property
+    def config(self) -> foo.OperatorConfig:
+        return foo.OperatorConfig(
+            name="sample_patches",
+            label="Sample patches",
+            description="Saliency-weighted patch boxes as fo.Detections, opened as a patches view",
+            dynamic=True,
+            execute_as_generator=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+        )
+
+    def resolve_input(self, ctx: Any) -> types.Property:
+        import fiftyone as fo
+
+        inputs = types.Object()
+        ctx.target_view()
+        heatmaps = fields_of(ctx, fo.Heatmap)
+        if not heatmaps:
+            inputs.view("noheat", types.Error(label="No heatmap field",
+                                              description="Run 'Compute saliency' first"))
+            return types.Property(inputs, invalid=True)
+        inputs.enum("heatmap_field", heatmaps, default=heatmaps[0], required=True, label="Heatmap field")
+        field_name_input(ctx, inputs, "field", "patches", "patches", "Patches field")
+        inputs.int("n", default=16, min=1, label="Patches per image")
+        sm = types.RadioGroup()
+        sm.add_choice("pixels", label="Pixels")
+        sm.add_choice("fraction", label="Fraction of the short side")
+        inputs.enum("size_mode", sm.values(), default="pixels", label="Patch size in", view=sm)
+        if ctx.params.get("size_mode", "pixels") == "pixels":
+            inputs.int("size", default=96, min=1, label="Patch size (px)")
+        else:
+            inputs.float("size_fraction", default=0.25, min=0.0, max=1.0, label="Patch size (fraction)")
+        inputs.str("scales", default="1.0", label="Scales", description="Comma-separated, e.g. 1, 1.5, 2")
+        inputs.str("aspect_ratios", default="1.0", label="Aspect ratios", description="width / height, e.g. 1, 2, 0.5")
+        ov = types.RadioGroup()
+        ov.add_choice("iou", label="Max IoU (NMS)")
+        ov.add_choice("distance", label="Min centre distance")
+        ov.add_choice("none", label="None")
+        inputs.enum("overlap", ov.values(), default="iou", label="Overlap control", view=ov)
+        if ctx.params.get("overlap", "iou") == "iou":
+            inputs.float("max_iou", default=0.5, min=0.0, max=1.0, label="Max IoU")
+        elif ctx.params.get("overlap") == "distance":
+            inputs.float("min_distance", default=32.0, min=0.0, label="Min centre distance (px)")
+        inputs.float("temperature", default=1.0, min=0.0, label="Temperature (weights ** t)")
+        inputs.float("epsilon", default=0.0, min=0.0, max=1.0, label="Uniform mix")
+        mode = types.Dropdown(label="Mode")
+        for v, lab in (("random", "Random, weighted by saliency"), ("topk", "Top-k (deterministic)"),
+                       ("grid", "Grid")):
+            mode.add_choice(v, label=lab)
+        inputs.enum("mode", mode.values(), default="random", view=mode)
+        inputs.enum("score", ["mean", "center"], default="mean", label="Score",
+                    description="Window mean of the map, or its value at the centre")
+        inputs.int("seed", default=0, min=0, label="Seed")
+        lm = types.RadioGroup()
+        lm.add_choice("predicted", label="The predicted class")
+        lm.add_choice("text", label="A fixed text")
+        inputs.enum("label_mode", lm.values(), default="predicted", label="Label", view=lm)
+        if ctx.params.get("label_mode") == "text":
+            inputs.str("label", default="patch", label="Label text")
+        inputs.bool("overwrite", default=False, label="Redo samples that already have patches")
+        inputs.bool("open_view", default=True, label="Open the patches view when done")
+        return types.Property(inputs, view=types.View(label="Sample patches"))
+
+    def resolve_delegation(self, ctx: Any) -> bool | None:
+        return ctx.params.get("delegate", None)
+
+    def execute(self, ctx: Any):
+        from xpatch_core.runs import iter_run_patches, patches_view
+
+        kwargs = patch_params(ctx.params)
+        view = target_images(ctx)
+        gen = iter_run_patches(view, **kwargs)
+        while True:
+            try:
+                p = next(gen)
+            except StopIteration as stop:
+                summary = stop.value
+                break
+            event = progress_event(ctx, p)
+            if event is not None:
+                yield event
+        if not ctx.delegated:
+            yield ctx.ops.reload_dataset()
+            if ctx.params.get("open_view", True) and summary.patches:
+                yield ctx.ops.set_view(view=patches_view(ctx.dataset, kwargs["field"]))
+
+    def __call__(self, sample_collection: Any, heatmap_field: str = "saliency", field: str = "patches",
+                 n: int = 16, size: int | float = 96, *, scales: tuple[float, ...] = (1.0,),
+                 aspect_ratios: tuple[float, ...] = (1.0,), max_iou: float | None = 0.5,
+                 min_distance: float | None = None, temperature: float = 1.0, epsilon: float = 0.0,
+                 mode: str = "random", score: str = "mean", seed: int = 0, label: str = "predicted",
+                 overwrite: bool = False, delegate: bool = False) -> Any:
+        """Samples patches, as the App does.
+
+        Args:
+            sample_collection: a FiftyOne image collection
+            heatmap_field: the heatmap field to sample from
+            field: the ``fo.Detections`` field to write
+            n: patches per image
+            size: pixels (int) or a fraction of the short side (float)
+            scales: size multipliers
+            aspect_ratios: width / height ratios
+            max_iou: NMS threshold, or None
+            min_distance: minimum centre distance in pixels, or None
+            temperature: weights are raised to this power
+            epsilon: share of uniform sampling
+            mode: ``"random"``, ``"topk"`` or ``"grid"``
+            score: ``"mean"`` or ``"center"``
+            seed: the seed (each sample's generator comes from it and the
+                sample id)
+            label: ``"predicted"`` or a fixed text
+            overwrite: redo samples that have patches
+            delegate: schedule as a delegated operation
+
+        Returns:
+            the :class:`fiftyone.operators.executor.ExecutionResult`
+        """
+        params: dict[str, Any] = {
+            "heatmap_field": heatmap_field, "field": field, "n": n, "scales": ",".join(map(str, scales)),
+            "aspect_ratios": ",".join(map(str, aspect_ratios)), "temperature": temperature, "epsilon": epsilon,
+            "mode": mode, "score": score, "seed": seed, "overwrite": overwrite, "open_view": False,
+            "delegate": delegate, "view_target": "CURRENT_VIEW",
+        }
+        if isinstance(size, float):
+            params.update(size_mode="fraction", size_fraction=size)
+        else:
+            params.update(size_mode="pixels", size=size)
+        if max_iou is not None:
+            params.update(overlap="iou", max_iou=max_iou)
+        elif min_distance is not None:
+            params.update(overlap="distance", min_distance=min_distance)
+        else:
+            params["overlap"] = "none"
+        if label == "predicted":
+            params["label_mode"] = "predicted"
+        else:
+            params.update(label_mode="text", label=label)
+        ctx = {"view": sample_collection.view(), "params": params}
+        return foo.execute_operator(self.uri, ctx, request_delegation=delegate)
+
+
+def register(p: Any) -> None:
+    """Registers this module's operators."""
+    p.register(SamplePatches)

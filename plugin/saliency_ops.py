@@ -1,0 +1,259 @@
+"""The ``compute_saliency`` operator."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .common import (
+    field_name_input,
+    fields_of,
+    foo,
+    number,
+    progress_event,
+    target_images,
+    text,
+    types,
+    uri,
+)
+
+_MODEL_CHOICES = [
+    ("xception", "Xception (ImageNet)"),
+    ("resnet50", "ResNet50 (ImageNet)"),
+    ("efficientnetb0", "EfficientNetB0 (ImageNet)"),
+    ("mobilenetv2", "MobileNetV2 (ImageNet)"),
+    ("other", "Another keras.applications model"),
+    ("saved", "My saved classifier (.keras / .h5)"),
+]
+_METHODS = [
+    ("eigencam", "EigenCAM (class-agnostic, default)"),
+    ("activation", "Channel-mean activation"),
+    ("gradcam", "Grad-CAM (class-discriminative)"),
+    ("gradcam++", "Grad-CAM++ (class-discriminative)"),
+]
+
+
+def saliency_params(params: dict) -> dict[str, Any]:
+    """Turns form parameters into :func:`xpatch_core.runs.run_saliency`
+    keyword arguments, validating them on the server.
+
+    Args:
+        params: ``ctx.params``
+
+    Returns:
+        a dict of keyword arguments
+    """
+    from xpatch_core.errors import ParameterError
+    from xpatch_core.models import is_application
+
+    choice = text(params, "model", "xception")
+    if choice == "saved":
+        model = text(params, "model_path")
+        if not model:
+            raise ParameterError("give the path of your saved classifier")
+    elif choice == "other":
+        model = text(params, "model_name")
+        if not model or not is_application(model):
+            raise ParameterError(f"unknown keras.applications model {model!r}")
+    else:
+        if not is_application(choice or ""):
+            raise ParameterError(f"unknown model {choice!r}")
+        model = choice
+    method = text(params, "method", "eigencam")
+    target_mode = text(params, "target_mode", "predicted")
+    target = target_field = None
+    if target_mode == "class":
+        target = text(params, "target_class")
+        if not target:
+            raise ParameterError("give a class name or index")
+    elif target_mode == "field":
+        target_field = text(params, "target_field")
+        if not target_field:
+            raise ParameterError("choose a classification field")
+    elif target_mode != "predicted":
+        raise ParameterError(f"unknown target mode {target_mode!r}")
+    class_names = text(params, "class_names")
+    storage = text(params, "storage", "database")
+    if storage not in ("database", "png"):
+        raise ParameterError(f"unknown storage {storage!r}")
+    map_dir = text(params, "map_dir") if storage == "png" else None
+    if storage == "png" and not map_dir:
+        raise ParameterError("give a folder for the heatmap PNGs")
+    overwrite = params.get("overwrite", False)
+    if not isinstance(overwrite, bool):
+        raise ParameterError("overwrite must be true or false")
+    return {
+        "field": text(params, "field", "saliency"),
+        "model": model,
+        "method": method,
+        "target": target,
+        "target_field": target_field,
+        "weights": text(params, "weights"),
+        "layer": text(params, "layer"),
+        "batch_size": number(params, "batch_size", 16, kind=int, lo=1, hi=1024),
+        "class_names": [c.strip() for c in class_names.split(",")] if class_names else None,
+        "map_dir": map_dir,
+        "overwrite": overwrite,
+    }
+
+
+class ComputeSaliency(foo.Operator):
+    """Computes saliency heatmaps over a dataset, view or selection and
+    stores them as ``fo.Heatmap`` fields (a FiftyOne run keyed by the field).
+    """
+
+    @property
+    def config(self) -> foo.OperatorConfig:
+        return foo.OperatorConfig(
+            name="compute_saliency",
+            label="Compute saliency",
+            description="Saliency heatmaps from a Keras CNN (Xception by default)",
+            dynamic=True,
+            execute_as_generator=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+        )
+
+    def resolve_input(self, ctx: Any) -> types.Property:
+        inputs = types.Object()
+        ctx.target_view()  # offers dataset / current view / selected samples
+        model_choices = types.Dropdown(label="Model")
+        for value, label in _MODEL_CHOICES:
+            model_choices.add_choice(value, label=label)
+        inputs.enum("model", model_choices.values(), default="xception", view=model_choices)
+        choice = ctx.params.get("model", "xception")
+        if choice == "other":
+            inputs.str("model_name", required=True, label="keras.applications name",
+                       description="e.g. ResNet101, DenseNet121, InceptionV3")
+        if choice == "saved":
+            inputs.str("model_path", required=True, label="Saved classifier",
+                       description="Path of a .keras or .h5 file (loaded with Keras' safe mode)")
+            inputs.str("class_names", label="Class names",
+                       description="Comma-separated, in output order (optional)")
+        else:
+            inputs.str("weights", label="Weights file (optional)",
+                       description="Offline weights; empty = ImageNet through Keras' cache "
+                                   "(or XPATCH_WEIGHTS)")
+        methods = types.RadioGroup()
+        for value, label in _METHODS:
+            methods.add_choice(value, label=label)
+        inputs.enum("method", methods.values(), default="eigencam", label="Method", view=methods)
+        if ctx.params.get("method") in ("gradcam", "gradcam++"):
+            tm = types.RadioGroup()
+            tm.add_choice("predicted", label="Predicted class")
+            tm.add_choice("class", label="A named class")
+            tm.add_choice("field", label="Each sample's class from a field")
+            inputs.enum("target_mode", tm.values(), default="predicted", label="Explain", view=tm)
+            mode = ctx.params.get("target_mode", "predicted")
+            if mode == "class":
+                inputs.str("target_class", required=True, label="Class name or index")
+            elif mode == "field":
+                import fiftyone as fo
+
+                choices = fields_of(ctx, fo.Classification)
+                if not choices:
+                    inputs.view("nofield", types.Warning(label="No classification field in this dataset"))
+                else:
+                    inputs.enum("target_field", choices, required=True, label="Classification field")
+        inputs.str("layer", label="Target layer (optional)",
+                   description="Default: the last 4-D layer, nested backbones included; "
+                               "'outer/inner' for a nested layer")
+        inputs.int("batch_size", default=16, label="Batch size", min=1, max=1024)
+        field_name_input(ctx, inputs, "field", "saliency", "saliency", "Heatmap field")
+        storage = types.RadioGroup()
+        storage.add_choice("database", label="In the database (small maps)")
+        storage.add_choice("png", label="8-bit PNG files in a folder")
+        inputs.enum("storage", storage.values(), default="database", label="Storage", view=storage)
+        if ctx.params.get("storage") == "png":
+            inputs.str("map_dir", required=True, label="Heatmap folder")
+        inputs.bool("overwrite", default=False, label="Recompute samples that already have a heatmap")
+        return types.Property(inputs, view=types.View(label="Compute saliency"))
+
+    def resolve_delegation(self, ctx: Any) -> bool | None:
+        return ctx.params.get("delegate", None)
+
+    def execute(self, ctx: Any):
+        from xpatch_core.runs import iter_run_saliency
+
+        kwargs = saliency_params(ctx.params)
+        view = target_images(ctx)
+        gen = iter_run_saliency(view, **kwargs)
+        while True:
+            try:
+                p = next(gen)
+            except StopIteration as stop:
+                summary = stop.value
+                break
+            event = progress_event(ctx, p)
+            if event is not None:
+                yield event
+        if not ctx.delegated:
+            yield ctx.ops.reload_dataset()
+            yield _summary_output(ctx, summary)
+
+    def __call__(self, sample_collection: Any, field: str = "saliency", model: str = "xception",
+                 method: str = "eigencam", *, target: str | None = None, target_field: str | None = None,
+                 weights: str | None = None, layer: str | None = None, batch_size: int = 16,
+                 class_names: list[str] | None = None, map_dir: str | None = None,
+                 overwrite: bool = False, delegate: bool = False) -> Any:
+        """Computes saliency heatmaps, as the App does.
+
+        Args:
+            sample_collection: a FiftyOne image collection
+            field: the heatmap field
+            model: a ``keras.applications`` name or a saved model path
+            method: ``"eigencam"``, ``"activation"``, ``"gradcam"`` or
+                ``"gradcam++"``
+            target: a class name/index to explain (gradient methods)
+            target_field: a ``fo.Classification`` field giving each sample's class
+            weights: an offline weights file
+            layer: the target layer override
+            batch_size: images per model call
+            class_names: a saved model's class names
+            map_dir: write 8-bit PNG heatmaps under this folder
+            overwrite: recompute samples that have a heatmap
+            delegate: schedule as a delegated (background) operation
+
+        Returns:
+            the :class:`fiftyone.operators.executor.ExecutionResult`
+        """
+        from xpatch_core.models import is_application
+
+        params: dict[str, Any] = {"field": field, "method": method, "batch_size": batch_size,
+                                  "layer": layer, "weights": weights, "overwrite": overwrite,
+                                  "delegate": delegate, "view_target": "CURRENT_VIEW"}
+        if is_application(model):
+            params["model"] = model if model in dict(_MODEL_CHOICES) else "other"
+            params["model_name"] = model
+        else:
+            params.update(model="saved", model_path=model)
+        if class_names:
+            params["class_names"] = ",".join(class_names)
+        if target is not None:
+            params.update(target_mode="class", target_class=str(target))
+        elif target_field is not None:
+            params.update(target_mode="field", target_field=target_field)
+        if map_dir:
+            params.update(storage="png", map_dir=map_dir)
+        ctx = {"view": sample_collection.view(), "params": params}
+        return foo.execute_operator(self.uri, ctx, request_delegation=delegate)
+
+
+def _summary_output(ctx: Any, summary: Any) -> Any:
+    """Shows the run summary in the App."""
+    outputs = types.Object()
+    outputs.str("message", label="Result")
+    lines = [
+        f"{summary.processed} processed, {summary.skipped} already done, {summary.failed} failed "
+        f"({summary.images_per_s:.1f} images/s)",
+    ]
+    for f in summary.failures[:10]:
+        lines.append(f"failed: {f.get('filepath', f['id'])}: {f['reason']}")
+    return ctx.ops.show_output(types.Property(outputs).to_json(), {"message": "\n".join(lines)})
+
+
+def register(p: Any) -> None:
+    """Registers this module's operators."""
+    p.register(ComputeSaliency)
+
+
+__all__ = ["ComputeSaliency", "register", "saliency_params", "uri"]

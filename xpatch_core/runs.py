@@ -510,7 +510,7 @@ def iter_run_saliency(
     view = _base_collection(sample_collection)
     check_image_collection(view)
     run_key = run_key or field
-    exists = validate_field_name(view, field, "saliency", run_key=run_key)
+    validate_field_name(view, field, "saliency", run_key=run_key)
     method_cls = get_method(method)
     if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
         raise ParameterError(f"batch_size must be a positive integer, got {batch_size!r}")

@@ -35,9 +35,10 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -175,9 +176,7 @@ def stable_key_hash(key: Any) -> int:
     elif isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
         data = b"i:" + str(int(key)).encode()
     else:
-        raise ParameterError(
-            f"key must be None, str, bytes or int, got {type(key).__name__}"
-        )
+        raise ParameterError(f"key must be None, str, bytes or int, got {type(key).__name__}")
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
 
 
@@ -194,10 +193,11 @@ def image_rng(seed: int = 0, key: Any = None) -> np.random.Generator:
     Returns:
         ``Generator(PCG64(SeedSequence([seed, stable_key_hash(key)])))``
     """
-    seed = _check_seed(seed)
-    return np.random.Generator(
-        np.random.PCG64(np.random.SeedSequence([seed, stable_key_hash(key)]))
-    )
+    return _rng(_check_seed(seed), stable_key_hash(key))
+
+
+def _rng(seed: int, key_hash: int) -> np.random.Generator:
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, key_hash])))
 
 
 def box_shapes(
@@ -239,13 +239,9 @@ def _check_image_size(image_size: Any) -> tuple[int, int]:
     try:
         W, H = image_size
     except (TypeError, ValueError):
-        raise ParameterError(
-            f"image_size must be (width, height), got {image_size!r}"
-        ) from None
+        raise ParameterError(f"image_size must be (width, height), got {image_size!r}") from None
     if not (_is_int(W) and _is_int(H)) or W < 1 or H < 1:
-        raise ParameterError(
-            f"image_size must be two positive ints (width, height), got {image_size!r}"
-        )
+        raise ParameterError(f"image_size must be two positive ints (width, height), got {image_size!r}")
     return int(W), int(H)
 
 
@@ -254,9 +250,7 @@ def _is_int(x: Any) -> bool:
 
 
 def _is_real(x: Any) -> bool:
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(
-        x, (bool, np.bool_)
-    )
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
 
 
 def _check_seed(seed: Any) -> int:
@@ -284,20 +278,16 @@ def _check_size(size: Any, W: int, H: int) -> int:
 def _check_positive_seq(values: Any, name: str) -> tuple[float, ...]:
     if _is_real(values):
         values = (values,)
-    try:
-        out = tuple(float(v) for v in values if _is_real(v) or _raise_bad(name, v))
-    except TypeError:
-        raise ParameterError(f"{name} must be a sequence of positive numbers") from None
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise ParameterError(f"{name} must be a sequence of positive numbers, got {values!r}")
+    out = []
+    for v in values:
+        if not _is_real(v) or not (math.isfinite(v) and v > 0):
+            raise ParameterError(f"{name} must contain finite numbers > 0, got {v!r}")
+        out.append(float(v))
     if not out:
         raise ParameterError(f"{name} must not be empty")
-    for v in out:
-        if not (math.isfinite(v) and v > 0):
-            raise ParameterError(f"{name} must be finite and > 0, got {v!r}")
-    return out
-
-
-def _raise_bad(name: str, v: Any) -> bool:
-    raise ParameterError(f"{name} must contain numbers, got {v!r}")
+    return tuple(out)
 
 
 def _round_half_up(x: float) -> int:
@@ -336,8 +326,21 @@ class _Axis:
     """Sampling geometry of one box length along one image axis."""
 
     __slots__ = (
-        "m", "p", "box_len", "half", "base", "npos", "c0", "c1",
-        "start", "count", "countf", "wcount", "fixed", "unit", "flagged",
+        "m",
+        "p",
+        "box_len",
+        "half",
+        "base",
+        "npos",
+        "c0",
+        "c1",
+        "start",
+        "count",
+        "countf",
+        "wcount",
+        "fixed",
+        "unit",
+        "flagged",
     )
 
 
@@ -397,8 +400,18 @@ class _Shape:
     """Sampling distribution of one box shape on one (cleaned) map."""
 
     __slots__ = (
-        "gx", "gy", "pw", "cdf", "total", "last", "fallback", "npos", "wc",
-        "ncol", "nrow", "eps",
+        "gx",
+        "gy",
+        "pw",
+        "cdf",
+        "total",
+        "last",
+        "fallback",
+        "npos",
+        "wc",
+        "ncol",
+        "nrow",
+        "eps",
     )
 
     def __init__(self, vt: np.ndarray, gx: _Axis, gy: _Axis, fallback: bool, eps: float):
@@ -425,19 +438,24 @@ class _Shape:
             return self.pw
         return self.pw * (gy.countf[:, None] * gx.countf[None, :])
 
-    def build(self) -> None:
-        """Build the CDF; switch to the uniform fallback if it has no mass."""
-        if self.cdf is not None or self.fallback:
+    def build(self, cdf: bool = True) -> None:
+        """Find the total mass (and build the CDF if ``cdf``); switch to the
+        uniform fallback if there is no mass."""
+        if self.fallback or self.cdf is not None or (not cdf and self.total > 0.0):
             return
-        cdf = np.cumsum(self.cell_weights(), dtype=np.float64).reshape(-1)
-        total = float(cdf[-1])
+        if cdf:
+            c = np.cumsum(self.cell_weights(), dtype=np.float64).reshape(-1)
+            total = float(c[-1])
+        else:
+            total = float(self.cell_weights().sum(dtype=np.float64))
         if not (total > 0.0 and math.isfinite(total)):
             self.fallback = True
             return
-        self.cdf = cdf
         self.total = total
-        # last positive-weight cell: guards a draw rounding up to ``total``
-        self.last = int(cdf.searchsorted(total, side="left"))
+        if cdf:
+            self.cdf = c
+            # last positive-weight cell: guards a draw rounding up to ``total``
+            self.last = int(c.searchsorted(total, side="left"))
 
     def draw(self, rng: np.random.Generator, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Draw ``c`` positions; returns ``x0, y0, probs``."""
@@ -501,7 +519,7 @@ class _Shape:
 
     def prob_at(self, x0: np.ndarray, y0: np.ndarray) -> np.ndarray:
         """Probability of legal positions under this shape's distribution."""
-        self.build()
+        self.build(cdf=False)
         if self.fallback:
             return np.full(x0.shape, 1.0 / self.npos)
         j = _cell_index(self.gx, x0, self.ncol)
@@ -601,9 +619,7 @@ def _compatible(
     return ok
 
 
-def _greedy(
-    cand: np.ndarray, need: int, max_iou: float | None, min_distance: float | None
-) -> np.ndarray:
+def _greedy(cand: np.ndarray, need: int, max_iou: float | None, min_distance: float | None) -> np.ndarray:
     """Greedy acceptance in order; returns indices of accepted candidates."""
     keep = []
     rem = np.arange(cand.shape[0])
@@ -622,22 +638,57 @@ def _greedy(
 # scores
 
 
-def _scores(
-    boxes: np.ndarray, a: np.ndarray, W: int, H: int, how: str
-) -> np.ndarray:
-    """Saliency scores of boxes on the normalised map ``a`` (``h x w``)."""
-    h, w = a.shape
+def _center_scores(cx: np.ndarray, cy: np.ndarray, v: np.ndarray, vmax: float, W: int, H: int) -> np.ndarray:
+    """Map value at centre pixels ``(cx, cy)`` (inside the image) / ``vmax``."""
+    h, w = v.shape
+    iy = cy if h == H else _cell_of(cy, H, h)
+    ix = cx if w == W else _cell_of(cx, W, w)
+    out = v[iy, ix]
+    if vmax != 1.0:
+        out /= vmax
+    return out
+
+
+def _scores(boxes: np.ndarray, v: np.ndarray, vmax: float, W: int, H: int, how: str) -> np.ndarray:
+    """Saliency scores of boxes on the map ``v / vmax`` (``h x w``)."""
+    h, w = v.shape
     n = boxes.shape[0]
-    if n == 0:
-        return np.zeros(0)
+    if n == 0 or vmax <= 0:
+        return np.zeros(n)
     x0, y0, x1, y1 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
     if how == "center":
         cx = np.clip(x0 + (x1 - x0) // 2, 0, W - 1)
         cy = np.clip(y0 + (y1 - y0) // 2, 0, H - 1)
-        return a[_cell_of(cy, H, h), _cell_of(cx, W, w)]
-    # exact mean over the box's pixels (nearest-neighbour density), from
-    # cell-level integral images with fractional overlap of the end cells
+        return _center_scores(cx, cy, v, vmax, W, H)
+    # exact mean over the box's pixels (nearest-neighbour density)
     e, f = _edges(W, w), _edges(H, h)
+    X0, X1 = np.clip(x0, 0, W), np.clip(x1, 0, W)
+    Y0, Y1 = np.clip(y0, 0, H), np.clip(y1, 0, H)
+    area = ((X1 - X0) * (Y1 - Y0)).astype(np.float64)
+    ja = e.searchsorted(X0, side="right") - 1  # cells holding the first and
+    jb = e.searchsorted(X1 - 1, side="right") - 1  # last pixel of each box
+    ia = f.searchsorted(Y0, side="right") - 1
+    ib = f.searchsorted(Y1 - 1, side="right") - 1
+    ncx = jb - ja + 1
+    per = ncx * (ib - ia + 1)
+    if int(per.sum()) <= h * w // 2:
+        # few cells under the boxes: visit them directly, weighted by overlap
+        rep = np.repeat(np.arange(n), per)
+        off = np.arange(rep.size, dtype=np.int64) - (np.cumsum(per) - per)[rep]
+        di, dj = np.divmod(off, ncx[rep])
+        cj, ci = ja[rep] + dj, ia[rep] + di
+        ox = np.minimum(e[cj + 1], X1[rep]) - np.maximum(e[cj], X0[rep])
+        oy = np.minimum(f[ci + 1], Y1[rep]) - np.maximum(f[ci], Y0[rep])
+        sums = np.bincount(rep, weights=v[ci, cj] * (ox * oy), minlength=n)
+        return np.clip(sums / area / vmax, 0.0, 1.0)
+    if h == H and w == W:  # full resolution: a plain integral image
+        C = np.zeros((H + 1, W + 1))
+        np.cumsum(v, axis=0, out=C[1:, 1:])
+        np.cumsum(C[1:, 1:], axis=1, out=C[1:, 1:])
+        total = C[Y1, X1] - C[Y0, X1] - C[Y1, X0] + C[Y0, X0]
+        return np.clip(total / area / vmax, 0.0, 1.0)
+    # otherwise cell-level integral images with fractional end cells
+    a = v / vmax
     cw, rh = np.diff(e).astype(np.float64), np.diff(f).astype(np.float64)
     C = np.zeros((h + 1, w + 1))
     C[1:, 1:] = (a * rh[:, None] * cw[None, :]).cumsum(0).cumsum(1)
@@ -653,11 +704,8 @@ def _scores(
         dy = (y - f[ia]).astype(np.float64)
         return C[ia, ja] + dx * Sx[ia, ja] + dy * Sy[ia, ja] + dx * dy * a[ia, ja]
 
-    X0, X1 = np.clip(x0, 0, W), np.clip(x1, 0, W)
-    Y0, Y1 = np.clip(y0, 0, H), np.clip(y1, 0, H)
     total = G(X1, Y1) - G(X0, Y1) - G(X1, Y0) + G(X0, Y0)
-    area = ((X1 - X0) * (Y1 - Y0)).astype(np.float64)
-    return np.clip(total / area, 0.0, None)
+    return np.clip(total / area, 0.0, 1.0)
 
 
 # ---------------------------------------------------------------------------
@@ -696,7 +744,8 @@ def sample_patches(
 
     Degenerate maps are never handled silently. With
     ``on_degenerate="uniform"``: NaN/inf values are treated as 0, negative
-    values are clipped to 0, and an all-zero or constant map (or one with no
+    values are clipped to 0 (the map's scores use the cleaned map too), and
+    an all-zero or constant map (or one with no
     positive weight at any legal centre of a box shape) is replaced by the
     uniform distribution over legal positions; ``degenerate``,
     ``uniform_fallback`` and ``reason`` on the result say what happened. With
@@ -735,15 +784,17 @@ def sample_patches(
         score: ``"center"`` (map value at the centre pixel) or ``"mean"``
             (exact mean of the map over the box's pixels inside the image)
         mode: ``"random"`` (draws), ``"topk"`` (deterministic: positions by
-            decreasing weight; ties by map-cell raster order, then position
-            raster order, then shape) or ``"grid"`` (tiles at ``0, stride,
+            decreasing weight; ties by shape index, then map-cell raster
+            order, then position raster order) or ``"grid"`` (tiles at ``0, stride,
             2 * stride, ...`` plus a last tile flush with the right/bottom
             edge when not already there; shapes in order, raster order)
         border: what to do with a box larger than the image along an axis:
             ``"error"`` raises, ``"clip"`` cuts it to the image (the box
             covers the whole axis), ``"pad"`` keeps its full size centred on
-            the image (coordinates go outside it). Such boxes have one
-            position on that axis and are flagged
+            the image (``x0 = (W - w) // 2``, coordinates go outside it).
+            Such boxes have one position on that axis, are flagged, and their
+            other coordinate follows the map's marginal (mean over the
+            covered axis)
         on_degenerate: ``"uniform"`` or ``"error"``, see above
         max_tries: the most candidates drawn (random mode) or examined
             (topk/grid) under ``replace=False`` or overlap control; default
@@ -774,6 +825,7 @@ def sample_patches(
         n = int(n)
     base = _check_size(size, W, H)
     seed = _check_seed(seed)
+    key_hash = stable_key_hash(key)
     sc = _check_positive_seq(scales, "scales")
     ar = _check_positive_seq(aspect_ratios, "aspect_ratios")
     if not _is_real(temperature) or not (math.isfinite(temperature) and temperature >= 0):
@@ -797,8 +849,8 @@ def sample_patches(
         raise ParameterError(f"max_tries must be an int >= 1 or None, got {max_tries!r}")
     if not isinstance(replace, (bool, np.bool_)):
         raise ParameterError(f"replace must be a bool, got {replace!r}")
-    strides = _check_stride(stride) if mode == "grid" else None
-    shapes = _shapes(base, sc, ar) if (len(sc) > 1 or len(ar) > 1 or sc[0] != 1.0 or ar[0] != 1.0) else np.array([[base, base]], dtype=np.int64)
+    strides = _check_stride(stride)
+    shapes = _shapes(base, sc, ar)
     if border == "error":
         bad = (shapes[:, 0] > W) | (shapes[:, 1] > H)
         if bad.any():
@@ -832,14 +884,11 @@ def sample_patches(
     heights = np.array([s.gy.box_len for s in samplers], dtype=np.int64)
     flagged = np.array([s.gx.flagged or s.gy.flagged for s in samplers])
 
-    if not no_info and not (mode == "grid" or (mode == "random" and epsilon == 1.0)):
+    if not no_info:
         for k, s in enumerate(samplers):
-            s.build()
+            s.build(cdf=mode == "random")
             if s.fallback:
-                msg = (
-                    f"no positive saliency at any legal centre for "
-                    f"{shapes[k, 0]}x{shapes[k, 1]} boxes"
-                )
+                msg = f"no positive saliency at any legal centre for {shapes[k, 0]}x{shapes[k, 1]} boxes"
                 if on_degenerate == "error":
                     raise DegenerateMapError(msg)
                 problems.append(msg + "; sampled uniformly over legal positions")
@@ -847,12 +896,21 @@ def sample_patches(
     # ---- positions ----
     if mode == "random":
         kk, x0, y0, probs, n_draws = _random(
-            samplers, n, replace, max_iou, min_distance, constrained,
-            max_tries, widths, heights, image_rng(seed, key),
+            samplers,
+            n,
+            replace,
+            max_iou,
+            min_distance,
+            constrained,
+            max_tries,
+            widths,
+            heights,
+            _rng(seed, key_hash),
+            (W, H),
         )
     elif mode == "topk":
         kk, x0, y0, probs, n_draws = _topk(
-            samplers, n, max_iou, min_distance, constrained, max_tries, widths, heights, v.shape
+            samplers, n, max_iou, min_distance, constrained, max_tries, widths, heights
         )
     else:
         kk, x0, y0, probs, n_draws = _grid(
@@ -861,23 +919,23 @@ def sample_patches(
 
     # ---- assemble ----
     if K == 1:
-        bw, bh = widths[0], heights[0]
-        boxes = np.stack([x0, y0, x0 + bw, y0 + bh], axis=1)
         m = kk.size
+        xywh = np.stack([x0, y0, np.full(m, widths[0]), np.full(m, heights[0])], axis=1)
         scale_idx = np.zeros(m, dtype=np.int64)
-        aspect_idx = scale_idx
+        aspect_idx = np.zeros(m, dtype=np.int64)
         flags = np.full(m, bool(flagged[0]))
     else:
-        boxes = np.stack([x0, y0, x0 + widths[kk], y0 + heights[kk]], axis=1)
+        xywh = np.stack([x0, y0, widths[kk], heights[kk]], axis=1)
         scale_idx, aspect_idx = np.divmod(kk, len(ar))
         flags = flagged[kk]
-    rel = boxes / np.array([W, H, W, H], dtype=np.float64)
-    rel[:, 2:] -= rel[:, :2]
-    if vmax > 0:
-        a = v if vmax == 1.0 else v / vmax
-        scores = _scores(boxes, a, W, H, score)
+    rel = xywh / np.array([W, H, W, H], dtype=np.float64)
+    boxes = xywh
+    boxes[:, 2:] += boxes[:, :2]
+    if score == "center" and K == 1 and not flagged[0] and vmax > 0:
+        # fitting boxes: the centre pixel is x0 + w // 2, inside the image
+        scores = _center_scores(x0 + samplers[0].gx.half, y0 + samplers[0].gy.half, v, vmax, W, H)
     else:
-        scores = np.zeros(boxes.shape[0])
+        scores = _scores(boxes, v, vmax, W, H, score)
     return PatchSet(
         boxes=boxes,
         rel_boxes=rel,
@@ -933,26 +991,36 @@ def _draw(
     return kk.astype(np.int64), X, Y, P
 
 
-def _box_keys(kk: np.ndarray, x0: np.ndarray, y0: np.ndarray, widths: np.ndarray,
-              heights: np.ndarray) -> np.ndarray:
-    """An int64 key per box; equal keys iff equal boxes."""
-    pairs = np.stack([widths, heights], axis=1)
-    _, eff = np.unique(pairs, axis=0, return_inverse=True)
-    eff = eff.reshape(-1).astype(np.int64)
-    off = int(max(widths.max(), heights.max())) + 1
-    span_x = int(widths.max()) * 0 + (1 << 24)
-    return (eff[kk] * (1 << 24) + (y0 + off)) * span_x + (x0 + off)
+def _box_keys(
+    kk: np.ndarray, x0: np.ndarray, y0: np.ndarray, eff: np.ndarray, off: int, span: int
+) -> np.ndarray:
+    """An int64 key per box; equal keys iff equal boxes (``eff``: shape id
+    per effective box size)."""
+    return (eff[kk] * span + (y0 + off)) * span + (x0 + off)
 
 
 def _random(
-    samplers: list[_Shape], n: int, replace: bool, max_iou: float | None,
-    min_distance: float | None, constrained: bool, max_tries: int | None,
-    widths: np.ndarray, heights: np.ndarray, rng: np.random.Generator,
+    samplers: list[_Shape],
+    n: int,
+    replace: bool,
+    max_iou: float | None,
+    min_distance: float | None,
+    constrained: bool,
+    max_tries: int | None,
+    widths: np.ndarray,
+    heights: np.ndarray,
+    rng: np.random.Generator,
+    image_wh: tuple[int, int],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     if replace and not constrained:
         kk, x0, y0, p = _draw(samplers, rng, n)
         return kk, x0, y0, p, n
     limit = max_tries if max_tries is not None else 10_000 + 20 * n
+    if not replace:
+        _, eff = np.unique(np.stack([widths, heights], axis=1), axis=0, return_inverse=True)
+        eff = eff.reshape(-1).astype(np.int64)
+        off = int(max(widths.max(), heights.max())) + 1
+        span = 2 * off + int(max(widths.max(), heights.max(), image_wh[0], image_wh[1]))
     parts: list[tuple[np.ndarray, ...]] = []
     acc_boxes = np.zeros((0, 4))
     acc_keys = np.zeros(0, dtype=np.int64)
@@ -966,7 +1034,7 @@ def _random(
         draws += b
         idx = np.arange(b)
         if not replace:
-            keys = _box_keys(kk, x0, y0, widths, heights)
+            keys = _box_keys(kk, x0, y0, eff, off, span)
             _, first = np.unique(keys, return_index=True)
             first.sort()
             first = first[~np.isin(keys[first], acc_keys)]
@@ -986,88 +1054,121 @@ def _random(
             acc_keys = np.concatenate([acc_keys, keys[idx]])
         parts.append((kk[idx], x0[idx], y0[idx], p[idx]))
         got += idx.size
-    kk, x0, y0, p = (np.concatenate(z) for z in zip(*parts))
+    kk, x0, y0, p = (np.concatenate(z) for z in zip(*parts, strict=True))
     return kk, x0, y0, p, draws
 
 
 def _topk(
-    samplers: list[_Shape], n: int, max_iou: float | None, min_distance: float | None,
-    constrained: bool, max_tries: int | None, widths: np.ndarray, heights: np.ndarray,
-    map_shape: tuple[int, int],
+    samplers: list[_Shape],
+    n: int,
+    max_iou: float | None,
+    min_distance: float | None,
+    constrained: bool,
+    max_tries: int | None,
+    widths: np.ndarray,
+    heights: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    h, w = map_shape
-    vals, gcell, shp, sx, sy, cx, cy, prob = [], [], [], [], [], [], [], []
-    for k, s in enumerate(samplers):
-        s.build()
+    # one value per sampling cell of every shape, in (shape, cell raster) order;
+    # a stable sort on -value then gives the documented tie-break
+    vals, offsets = [], [0]
+    for s in samplers:
+        s.build(cdf=False)
         gx, gy = s.gx, s.gy
-        hc, wc = s.pw.shape
-        ii, jj = np.divmod(np.arange(hc * wc, dtype=np.int64), wc)
-        pw = np.ones(hc * wc) if s.fallback else np.asarray(s.pw).reshape(-1)
-        gi = np.zeros_like(ii) if gy.fixed else ii + gy.c0
-        gj = np.zeros_like(jj) if gx.fixed else jj + gx.c0
-        vals.append(pw)
-        gcell.append(gi * w + gj)
-        shp.append(np.full(hc * wc, k, dtype=np.int64))
-        sx.append(gx.start[jj])
-        sy.append(gy.start[ii])
-        cx.append(gx.count[jj])
-        cy.append(gy.count[ii])
         if s.fallback:
-            prob.append(np.full(hc * wc, 1.0 / s.npos))
+            v = np.ones(s.pw.size)
         else:
-            prob.append((1.0 - s.eps) * pw / s.total + s.eps / s.npos)
-    vals, gcell, shp = np.concatenate(vals), np.concatenate(gcell), np.concatenate(shp)
-    sx, sy, cx, cy = np.concatenate(sx), np.concatenate(sy), np.concatenate(cx), np.concatenate(cy)
-    prob = np.concatenate(prob)
-    cnt = cx * cy
-    keep = np.flatnonzero(cnt > 0)
-    if not constrained and keep.size > 4 * n:
-        # every cell holds >= 1 position: the n best cells hold >= n positions
-        thr = np.partition(vals[keep], keep.size - n)[keep.size - n]
-        keep = keep[vals[keep] >= thr]
-    order = keep[np.lexsort((shp[keep], gcell[keep], -vals[keep]))]
-    cnt_o = cnt[order]
-    cum = np.cumsum(cnt_o)
-    total_pos = int(cum[-1])
-    limit = total_pos if max_tries is None else min(max_tries, total_pos)
+            v = np.array(s.pw, dtype=np.float64).reshape(-1)
+        if gx.count.min() == 0 or gy.count.min() == 0:  # cells without legal pixels
+            v[(gy.count[:, None] * gx.count[None, :]).reshape(-1) == 0] = -np.inf
+        vals.append(v)
+        offsets.append(offsets[-1] + v.size)
+    allv = vals[0] if len(vals) == 1 else np.concatenate(vals)
+    offs = np.asarray(offsets, dtype=np.int64)
 
-    def positions(a: int, b: int) -> tuple[np.ndarray, ...]:
-        rows = order[a:b]
-        c = cnt[rows]
-        t = int(c.sum())
-        rep = np.repeat(np.arange(rows.size), c)
-        first = np.cumsum(c) - c
-        off = np.arange(t, dtype=np.int64) - first[rep]
-        r = rows[rep]
-        dy, dx = np.divmod(off, cx[r])
-        return shp[r], sx[r] + dx, sy[r] + dy, prob[r]
+    def cells(g: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Shape, first position, counts and probability of global cells."""
+        k = offs.searchsorted(g, side="right") - 1
+        sx, sy = np.empty_like(g), np.empty_like(g)
+        cx, cy = np.empty_like(g), np.empty_like(g)
+        pr = np.empty(g.size)
+        for q, s in enumerate(samplers):
+            sel = np.flatnonzero(k == q)
+            if not sel.size:
+                continue
+            i, j = np.divmod(g[sel] - offs[q], s.wc)
+            sx[sel], sy[sel] = s.gx.start[j], s.gy.start[i]
+            cx[sel], cy[sel] = s.gx.count[j], s.gy.count[i]
+            if s.fallback:
+                pr[sel] = 1.0 / s.npos
+            else:
+                pr[sel] = (1.0 - s.eps) * (s.pw[i, j] / s.total) + s.eps / s.npos
+        return k, sx, sy, cx, cy, pr
+
+    def positions(g: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Every legal position of the cells ``g``, cell by cell, raster order."""
+        k, sx, sy, cx, cy, pr = cells(g)
+        c = cx * cy
+        rep = np.repeat(np.arange(g.size), c)
+        off = np.arange(rep.size, dtype=np.int64) - (np.cumsum(c) - c)[rep]
+        dy, dx = np.divmod(off, cx[rep])
+        return k[rep], sx[rep] + dx, sy[rep] + dy, pr[rep]
+
+    def top_cells(cand: np.ndarray | None, t: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The ``t`` best cells of ``cand`` (all ties included), sorted; and
+        the rest."""
+        v = allv if cand is None else allv[cand]
+        if t < v.size:
+            thr = np.partition(v, v.size - t)[v.size - t]
+            sel = v >= thr
+            take = np.flatnonzero(sel) if cand is None else cand[sel]
+            rest = np.flatnonzero(~sel) if cand is None else cand[~sel]
+        else:
+            take = np.arange(v.size) if cand is None else cand
+            rest = np.zeros(0, dtype=np.int64)
+        take = take[np.argsort(-allv[take], kind="stable")]
+        return take[allv[take] > -np.inf], rest
 
     if not constrained:
-        b = int(np.searchsorted(cum, n, side="left")) + 1
-        kk, x0, y0, p = positions(0, b)
-        return kk[:n], x0[:n], y0[:n], p[:n], min(n, total_pos)
+        # each cell holds >= 1 position: the n best cells hold >= n positions
+        g, _ = top_cells(None, n)
+        k, sx, sy, cx, cy, _ = cells(g)
+        b = int(np.searchsorted(np.cumsum(cx * cy), n, side="left")) + 1
+        kk, x0, y0, p = positions(g[:b])
+        return kk[:n], x0[:n], y0[:n], p[:n], min(n, kk.size)
+
+    limit = max_tries if max_tries is not None else np.iinfo(np.int64).max
     parts = []
     acc = np.zeros((0, 4))
     got = seen = 0
-    a = 0
-    chunk = max(4096, 4 * n)
-    while got < n and seen < limit and a < order.size:
-        b = int(np.searchsorted(cum, (cum[a - 1] if a else 0) + chunk, side="left")) + 1
-        b = min(max(b, a + 1), order.size)
-        kk, x0, y0, p = positions(a, b)
-        if seen + kk.size > limit:
+    rest: np.ndarray | None = None
+    queue = np.zeros(0, dtype=np.int64)
+    chunk = max(1024, 4 * n)
+    while got < n and seen < limit:
+        if queue.size == 0:
+            if rest is not None and rest.size == 0:
+                break
+            queue, rest = top_cells(rest, chunk)
+            if queue.size == 0:
+                break
+        _, _, _, cx, cy, _ = cells(queue)
+        b = int(np.searchsorted(np.cumsum(cx * cy), chunk, side="left")) + 1
+        kk, x0, y0, p = positions(queue[:b])
+        queue = queue[b:]
+        if kk.size > limit - seen:
             m = limit - seen
             kk, x0, y0, p = kk[:m], x0[:m], y0[:m], p[:m]
         seen += kk.size
-        a = b
         cand = np.stack([x0, y0, x0 + widths[kk], y0 + heights[kk]], axis=1).astype(np.float64)
         ok = np.flatnonzero(_compatible(cand, acc, max_iou, min_distance))
         sel = ok[_greedy(cand[ok], n - got, max_iou, min_distance)]
         acc = np.concatenate([acc, cand[sel]])
         parts.append((kk[sel], x0[sel], y0[sel], p[sel]))
         got += sel.size
-        chunk = min(chunk * 2, 1 << 20)
-    kk, x0, y0, p = (np.concatenate(z) for z in zip(*parts))
+        chunk = min(chunk * 2, 1 << 18)
+    if not parts:
+        e = np.zeros(0, dtype=np.int64)
+        return e, e, e, np.zeros(0), seen
+    kk, x0, y0, p = (np.concatenate(z) for z in zip(*parts, strict=True))
     return kk, x0, y0, p, seen
 
 
@@ -1082,9 +1183,15 @@ def _grid_axis(ax: _Axis, step: int) -> np.ndarray:
 
 
 def _grid(
-    samplers: list[_Shape], n: int | None, strides: tuple[int, int] | None,
-    max_iou: float | None, min_distance: float | None, constrained: bool,
-    max_tries: int | None, widths: np.ndarray, heights: np.ndarray,
+    samplers: list[_Shape],
+    n: int | None,
+    strides: tuple[int, int] | None,
+    max_iou: float | None,
+    min_distance: float | None,
+    constrained: bool,
+    max_tries: int | None,
+    widths: np.ndarray,
+    heights: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     ks, xs, ys, ps = [], [], [], []
     for k, s in enumerate(samplers):

@@ -43,7 +43,7 @@ def images_of(view: Any) -> Any:
     """Returns the image samples behind a view; for a patches view, the
     images of its patches (the base view when nothing was filtered)."""
     if isinstance(view, fop.PatchesView):
-        base = view._base_view
+        base = view._source_collection
         ids = view.distinct("sample_id")
         return base if len(ids) == len(base) else base.select(ids)
     return view

@@ -11,10 +11,38 @@ Environment variables (all optional):
 from __future__ import annotations
 
 import os
+import sys
 import threading
 
 _DONE = False
 _LOCK = threading.Lock()
+
+
+def _quiet_import():
+    """Imports TensorFlow with its C++ start-up chatter (oneDNN, CUDA probes)
+    kept off stderr; set ``XPATCH_TF_VERBOSE=1`` to see it. Python errors
+    still propagate."""
+    if os.environ.get("XPATCH_TF_VERBOSE") == "1" or "tensorflow" in sys.modules:
+        import tensorflow as tf
+
+        return tf
+    try:
+        saved = os.dup(2)
+    except OSError:
+        saved = None
+    if saved is not None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+    try:
+        import tensorflow as tf
+
+        tf.config.list_physical_devices("GPU")  # the CUDA probe prints here, once
+    finally:
+        if saved is not None:
+            os.dup2(saved, 2)
+            os.close(saved)
+    return tf
 
 
 def setup_tensorflow() -> None:
@@ -24,7 +52,7 @@ def setup_tensorflow() -> None:
         if _DONE:
             return
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        import tensorflow as tf
+        tf = _quiet_import()
 
         intra = os.environ.get("XPATCH_TF_INTRA_THREADS")
         inter = os.environ.get("XPATCH_TF_INTER_THREADS")

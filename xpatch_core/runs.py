@@ -112,7 +112,7 @@ def _base_collection(sample_collection: Any) -> Any:
     import fiftyone.core.patches as fop
 
     if isinstance(sample_collection, fop.PatchesView):
-        return sample_collection._base_view
+        return sample_collection._source_collection
     return sample_collection
 
 

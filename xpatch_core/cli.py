@@ -236,16 +236,22 @@ def _print_failures(failures: list[dict[str, str]], limit: int = 20) -> None:
 
 
 def _run_job(args: argparse.Namespace, images: list[str] | None = None, class_names: list[str] | None = None) -> int:
-    import fiftyone as fo  # noqa: F401 - starts the database early, with a clear error if it fails
+    import fiftyone as fo
 
     from xpatch_core.contact import contact_sheet
     from xpatch_core.errors import XpatchError
     from xpatch_core.runs import run_patches, run_saliency, validate_field_name
 
     t0 = time.perf_counter()
+    if args.heatmap_field == args.patches_field:
+        raise UsageError("--heatmap-field and --patches-field must differ")
+    if fo.dataset_exists(args.dataset):
+        # Validate both fields before any work, including ingestion.
+        existing = fo.load_dataset(args.dataset)
+        validate_field_name(existing, args.heatmap_field, "saliency")
+        validate_field_name(existing, args.patches_field, "patches")
     ds, added = _ingest(args.dataset, images or [])
     print(f"dataset {args.dataset!r}: {len(ds)} samples ({added} added)")
-    # Validate both fields before any work.
     validate_field_name(ds, args.heatmap_field, "saliency")
     validate_field_name(ds, args.patches_field, "patches")
     sal = run_saliency(

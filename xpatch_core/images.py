@@ -67,6 +67,8 @@ def _open(src: Any, max_pixels: int) -> Image.Image:
         except Image.UnidentifiedImageError as e:
             raise ImageDecodeError(name, "not a recognised image format") from e
         except OSError as e:
+            if "truncat" in str(e).lower():
+                raise ImageDecodeError(name, f"truncated or corrupt image data ({e})") from e
             raise ImageDecodeError(name, f"cannot open: {e}") from e
     w, h = img.size
     if w < 1 or h < 1:

@@ -1,0 +1,133 @@
+"""The ``xpatch`` command, run as a user would (the console script, in a subprocess)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import fiftyone as fo
+import pytest
+
+BIN = os.path.join(os.path.dirname(sys.executable), "xpatch")
+
+
+def _xpatch(*args: str, cwd: str | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    exe = [BIN] if os.path.exists(BIN) else [sys.executable, "-m", "xpatch_core.cli"]
+    return subprocess.run([*exe, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout,
+                          env=os.environ.copy())
+
+
+@pytest.fixture()
+def photo_dir(tmp_path, kitchen):
+    from xpatch_core.offline import kitchenware_images
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for p in kitchenware_images()[:5]:
+        shutil.copy(p, folder / os.path.basename(p))
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_help_explains_itself():
+    out = _xpatch("--help")
+    assert out.returncode == 0
+    for word in ("run", "demo", "plugin", "examples", "XPATCH_WEIGHTS"):
+        assert word in out.stdout
+    out = _xpatch("run", "--help")
+    assert out.returncode == 0 and "--export" in out.stdout and "--weights" in out.stdout
+
+
+def test_run_on_folder_with_a_corrupt_file(photo_dir, tmp_path, xception_weights):
+    name = f"cli-{os.getpid()}"
+    sheet = tmp_path / "sheet.png"
+    out = _xpatch("run", str(photo_dir), "--dataset", name, "--weights", xception_weights,
+                  "-n", "5", "--size", "64", "--contact-sheet", str(sheet), cwd=str(tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout
+    assert "saliency: 5 processed, 0 already done, 1 failed" in text
+    assert "patches: 5 processed" in text
+    assert "summary: 6 images, 5 with heatmaps, 25 patches, 1 failures" in text
+    assert "corrupt.jpg: truncated or corrupt image data" in text
+    assert "images/s" in text and sheet.is_file()
+    ds = fo.load_dataset(name)
+    try:
+        assert len(ds) == 6 and ds.persistent
+        assert ds.count("saliency") == 5 and ds.count("patches.detections") == 25
+        failed = ds.match_tags("xpatch:saliency:failed")
+        assert failed.values("filepath") == [str(photo_dir / "corrupt.jpg")]
+        # A second run adds new images only and resumes.
+        shutil.copy(next(photo_dir.glob("0*.jpg")), photo_dir / "extra.jpg")
+        out = _xpatch("run", str(photo_dir), "--dataset", name, "--weights", xception_weights,
+                      "-n", "5", "--size", "64", "--contact-sheet", str(sheet), cwd=str(tmp_path))
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert "(1 added)" in out.stdout and "saliency: 1 processed, 5 already done, 1 failed" in out.stdout
+        ds.reload()
+        assert len(ds) == 7 and ds.count("saliency") == 6
+    finally:
+        ds.delete()
+
+
+def test_usage_errors(tmp_path, photo_dir):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = [
+        (("run", str(tmp_path / "missing"), "--dataset", "x"), "folder not found"),
+        (("run", str(empty), "--dataset", "x"), "no images in"),
+        (("run", str(photo_dir), "--dataset", "x", "--model", "resnet9000"), "unknown model"),
+        (("run", str(photo_dir), "--dataset", "x", "--method", "magic"), "unknown saliency method"),
+        (("run", str(photo_dir), "--dataset", "x", "--size", "-4"), "size must be > 0"),
+        (("run", str(photo_dir), "--dataset", "x", "-n", "0"), "must be >= 1"),
+    ]
+    for args, message in cases:
+        out = _xpatch(*args)
+        assert out.returncode == 2, (args, out.stdout, out.stderr)
+        assert message in out.stderr, (args, out.stderr)
+    assert not fo.dataset_exists("x")
+
+
+def test_dataset_field_in_use_by_another_run_type(photo_dir, xception_weights):
+    name = f"cli-clash-{os.getpid()}"
+    ds = fo.Dataset(name, persistent=True)
+    try:
+        ds.add_sample(fo.Sample(filepath=str(next(photo_dir.glob("0*.jpg")))))
+        ds.set_values("saliency", [fo.Classification(label="x")])
+        out = _xpatch("run", str(photo_dir), "--dataset", name, "--weights", xception_weights)
+        assert out.returncode == 2
+        assert "field 'saliency' already exists" in out.stderr
+        ds.reload()
+        assert ds.values("saliency.label") == ["x"]
+    finally:
+        ds.delete()
+
+
+def test_nothing_processed_exits_1(tmp_path, xception_weights):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(b"")
+    (folder / "b.png").write_text("text")
+    name = f"cli-bad-{os.getpid()}"
+    out = _xpatch("run", str(folder), "--dataset", name, "--weights", xception_weights)
+    try:
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert "no image could be processed" in out.stderr
+        assert "a.jpg: empty file" in out.stdout
+    finally:
+        if fo.dataset_exists(name):
+            fo.delete_dataset(name)
+
+
+@pytest.mark.slow
+def test_demo_runs_offline(tmp_path, kitchen):
+    out = _xpatch("demo", "--dataset", f"demo-{os.getpid()}", "--out", str(tmp_path / "demo"), cwd=str(tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "saliency: 18 processed" in out.stdout
+    assert (tmp_path / "demo" / "contact_sheet.png").is_file()
+    crops = list((tmp_path / "demo" / "imagefolder").rglob("*.jpg")) + list(
+        (tmp_path / "demo" / "imagefolder").rglob("*.png"))
+    assert len(crops) == 18 * 8
+    assert "fiftyone app launch" in out.stdout
+    fo.delete_dataset(f"demo-{os.getpid()}")

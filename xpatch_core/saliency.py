@@ -253,13 +253,17 @@ class EigenCAM(SaliencyMethod):
     name = "eigencam"
 
     def combine(self, acts: np.ndarray, grads: np.ndarray | None) -> np.ndarray:
+        # TensorFlow's own thread pool does the linear algebra: NumPy's BLAS
+        # threads would fight the model's threads for the same cores.
+        import tensorflow as tf
+
         b, h, w, c = acts.shape
-        x = acts.reshape(b, h * w, c).astype(np.float64)
-        xc = x - x.mean(axis=1, keepdims=True)
-        gram = xc @ np.swapaxes(xc, 1, 2)
-        evals, evecs = np.linalg.eigh(gram)
-        proj = evecs[:, :, -1] * np.sqrt(np.maximum(evals[:, -1:], 0.0))
-        mean_map = x.mean(axis=2)
+        x = tf.reshape(tf.convert_to_tensor(acts, tf.float32), (b, h * w, c))
+        xc = x - tf.reduce_mean(x, axis=1, keepdims=True)
+        gram = tf.cast(tf.matmul(xc, xc, transpose_b=True), tf.float64)
+        evals, evecs = tf.linalg.eigh(gram)
+        proj = (evecs[:, :, -1] * tf.sqrt(tf.maximum(evals[:, -1:], 0.0))).numpy()
+        mean_map = acts.reshape(b, h * w, c).mean(axis=2, dtype=np.float64)
         mean_map = mean_map - mean_map.mean(axis=1, keepdims=True)
         sign = np.where((proj * mean_map).sum(axis=1) < 0, -1.0, 1.0)
         return (proj * sign[:, None]).reshape(b, h, w)

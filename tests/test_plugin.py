@@ -6,11 +6,10 @@ import os
 import subprocess
 import sys
 
-import numpy as np
-import pytest
-
 import fiftyone as fo
 import fiftyone.operators as foo
+import numpy as np
+import pytest
 from fiftyone.operators.executor import ExecutionError
 
 from xpatch_core import runs

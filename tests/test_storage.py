@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import bson
-
 import fiftyone as fo
 
 from xpatch_core import runs

@@ -238,3 +238,28 @@ def test_upsample_shapes_and_range():
     assert up.shape == (480, 640) and up.dtype == np.float32
     assert up.min() >= 0.0 and up.max() <= 1.0
     assert up[0, -1] == pytest.approx(1.0) and up[0, 0] == pytest.approx(0.0)
+
+
+def test_paths_pil_and_arrays_give_the_same_map(kitchen_model, tmp_path):
+    from PIL import Image
+
+    from xpatch_core.offline import kitchenware_images
+
+    path = kitchenware_images()[0]
+    img = Image.open(path).convert("RGB")
+    png = tmp_path / "same.png"
+    img.save(png)
+    maps = xp.compute_saliency([str(png), img, np.asarray(img)], model=kitchen_model, method="eigencam")
+    np.testing.assert_allclose(maps[0], maps[1], atol=1e-5)
+    np.testing.assert_allclose(maps[0], maps[2], atol=1e-5)
+
+
+def test_mixed_bfloat16_mode_gives_float32_maps():
+    sm = xp.load_model("mobilenetv2", weights="random", precision="mixed_bfloat16", cache=False)
+    assert sm.source["precision"] == "mixed_bfloat16"
+    assert "bfloat16" in str(sm.backbone.outputs[0].dtype)
+    x = np.random.default_rng(1).uniform(0, 255, (224, 224, 3)).astype(np.float32)
+    items = xp.compute_saliency([x], model=sm, method="gradcam", return_items=True)
+    assert items[0].map.dtype == np.float32 and items[0].map.shape == (7, 7)
+    full = xp.load_model("mobilenetv2", weights="random", cache=False)
+    assert "float32" in str(full.backbone.outputs[0].dtype)

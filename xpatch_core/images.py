@@ -6,6 +6,7 @@ Everything here uses Pillow and NumPy only.
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,10 @@ from xpatch_core.errors import ImageDecodeError
 #: Default refusal limit for decoded pixels (width * height). A decompression
 #: bomb is refused from its header, before any pixel is decoded.
 DEFAULT_MAX_PIXELS = int(os.environ.get("XPATCH_MAX_PIXELS", 178_956_970))
+# Pillow refuses images over twice its own MAX_IMAGE_PIXELS before xpatch can look at
+# them; a larger limit asked for through XPATCH_MAX_PIXELS raises Pillow's accordingly.
+if Image.MAX_IMAGE_PIXELS is not None and DEFAULT_MAX_PIXELS > 2 * Image.MAX_IMAGE_PIXELS:
+    Image.MAX_IMAGE_PIXELS = DEFAULT_MAX_PIXELS // 2 + 1
 
 _ROTATING_ORIENTATIONS = (5, 6, 7, 8)
 
@@ -60,10 +65,19 @@ def _open(src: Any, max_pixels: int) -> Image.Image:
             raise ImageDecodeError(name, "empty file (0 bytes)")
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                # xpatch's own limit, checked below from the header, governs: Pillow's
+                # warning threshold is half of it.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 img = Image.open(path)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise ImageDecodeError(name, f"refused: too many pixels ({e})") from e
+        except Image.DecompressionBombError as e:
+            found = re.search(r"\((\d+) pixels\)", str(e))
+            count = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+            limit = min(max_pixels, 2 * (Image.MAX_IMAGE_PIXELS or 0)) or max_pixels
+            raise ImageDecodeError(
+                name,
+                f"refused before decoding: {count} exceeds the limit of {limit:,} "
+                "(a decompression bomb, or set XPATCH_MAX_PIXELS to allow larger images)",
+            ) from e
         except Image.UnidentifiedImageError as e:
             raise ImageDecodeError(name, "not a recognised image format") from e
         except OSError as e:
@@ -76,7 +90,7 @@ def _open(src: Any, max_pixels: int) -> Image.Image:
     if w * h > max_pixels:
         raise ImageDecodeError(
             name,
-            f"refused: {w}x{h} = {w * h:,} pixels exceeds the limit of "
+            f"refused before decoding: {w}x{h} = {w * h:,} pixels exceeds the limit of "
             f"{max_pixels:,} (set XPATCH_MAX_PIXELS to change it)",
         )
     if getattr(img, "n_frames", 1) > 1 and img.format not in ("GIF", "PNG", "WEBP", "TIFF", "MPO"):
@@ -189,6 +203,12 @@ def load_image(
 
 def _from_array(arr: np.ndarray, size: tuple[int, int] | None) -> DecodedImage:
     a = np.asarray(arr)
+    if a.dtype == np.uint8 and a.ndim == 3 and a.shape[2] == 3:
+        # Same resampling as a decoded file, so an array and its file agree.
+        img = Image.fromarray(a, mode="RGB")
+        if size is not None and img.size != tuple(size):
+            img = img.resize(tuple(size), Image.Resampling.BILINEAR)
+        return DecodedImage(np.asarray(img, dtype=np.float32), (a.shape[1], a.shape[0]), "array")
     if a.ndim == 2:
         a = np.repeat(a[:, :, None], 3, axis=2)
     if a.ndim != 3 or a.shape[2] not in (1, 3, 4):

@@ -605,6 +605,13 @@ def load_model(
         ParameterError: for invalid arguments
     """
     if isinstance(model, SaliencyModel):
+        if layer is not None and not (isinstance(layer, str) and not layer.strip()):
+            wanted = "/".join(resolve_layer(model.keras_model, layer))  # ModelError if unknown
+            if wanted != model.target_layer:
+                raise ModelError(
+                    f"model {model.name!r} is already loaded for layer {model.target_layer!r}; to explain "
+                    f"layer {wanted!r}, load it with load_model(..., layer={wanted!r}) or pass its name or path"
+                )
         return model
     if precision not in ("float32", "bfloat16", "mixed_bfloat16"):
         raise ParameterError(f"precision must be float32, bfloat16 or mixed_bfloat16, got {precision!r}")

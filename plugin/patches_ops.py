@@ -39,7 +39,7 @@ def patch_params(params: dict) -> dict[str, Any]:
     overlap = text(params, "overlap", "iou")
     max_iou = min_distance = None
     if overlap == "iou":
-        max_iou = number(params, "max_iou", 0.5, lo=0.0, hi=1.0)
+        max_iou = number(params, "max_iou", 0.7, lo=0.0, hi=1.0)
     elif overlap == "distance":
         min_distance = number(params, "min_distance", 32.0, lo=0.0)
     elif overlap != "none":
@@ -62,7 +62,7 @@ def patch_params(params: dict) -> dict[str, Any]:
         "size": size,
         "scales": number_list(params, "scales", (1.0,)),
         "aspect_ratios": number_list(params, "aspect_ratios", (1.0,)),
-        "temperature": number(params, "temperature", 1.0, lo=0.0, hi=100.0),
+        "temperature": number(params, "temperature", 4.0, lo=0.0, hi=100.0),
         "epsilon": number(params, "epsilon", 0.0, lo=0.0, hi=1.0),
         "max_iou": max_iou,
         "min_distance": min_distance,
@@ -120,10 +120,10 @@ class SamplePatches(foo.Operator):
         ov.add_choice("none", label="None")
         inputs.enum("overlap", ov.values(), default="iou", label="Overlap control", view=ov)
         if ctx.params.get("overlap", "iou") == "iou":
-            inputs.float("max_iou", default=0.5, min=0.0, max=1.0, label="Max IoU")
+            inputs.float("max_iou", default=0.7, min=0.0, max=1.0, label="Max IoU")
         elif ctx.params.get("overlap") == "distance":
             inputs.float("min_distance", default=32.0, min=0.0, label="Min centre distance (px)")
-        inputs.float("temperature", default=1.0, min=0.0, label="Temperature (weights ** t)")
+        inputs.float("temperature", default=4.0, min=0.0, label="Temperature (weights ** t)")
         inputs.float("epsilon", default=0.0, min=0.0, max=1.0, label="Uniform mix")
         mode = types.Dropdown(label="Mode")
         for v, lab in (("random", "Random, weighted by saliency"), ("topk", "Top-k (deterministic)"),
@@ -141,17 +141,21 @@ class SamplePatches(foo.Operator):
             inputs.str("label", default="patch", label="Label text")
         inputs.bool("overwrite", default=False, label="Redo samples that already have patches")
         inputs.bool("open_view", default=True, label="Open the patches view when done")
+        inputs.int("num_shards", default=1, min=1, max=1000, label="Shards",
+                   description="Split the run into this many delegated operations, for several "
+                               "workers ('fiftyone delegated launch')")
         return types.Property(inputs, view=types.View(label="Sample patches"))
 
     def resolve_delegation(self, ctx: Any) -> bool | None:
         return ctx.params.get("delegate", None)
 
     def execute(self, ctx: Any):
-        from xpatch_core.runs import iter_run_patches, patches_view
+        from xpatch_core.runs import patches_view
+        from xpatch_core.shards import operator_run
 
         kwargs = patch_params(ctx.params)
         view = target_images(ctx)
-        gen = iter_run_patches(view, **kwargs)
+        gen = operator_run(ctx, "patches", view, kwargs, self.uri)
         while True:
             try:
                 p = next(gen)
@@ -168,10 +172,10 @@ class SamplePatches(foo.Operator):
 
     def __call__(self, sample_collection: Any, heatmap_field: str = "saliency", field: str = "patches",
                  n: int = 16, size: int | float = 96, *, scales: tuple[float, ...] = (1.0,),
-                 aspect_ratios: tuple[float, ...] = (1.0,), max_iou: float | None = 0.5,
-                 min_distance: float | None = None, temperature: float = 1.0, epsilon: float = 0.0,
+                 aspect_ratios: tuple[float, ...] = (1.0,), max_iou: float | None = 0.7,
+                 min_distance: float | None = None, temperature: float = 4.0, epsilon: float = 0.0,
                  mode: str = "random", score: str = "mean", seed: int = 0, label: str = "predicted",
-                 overwrite: bool = False, delegate: bool = False) -> Any:
+                 overwrite: bool = False, delegate: bool = False, num_shards: int = 1) -> Any:
         """Samples patches, as the App does.
 
         Args:
@@ -193,6 +197,8 @@ class SamplePatches(foo.Operator):
             label: ``"predicted"`` or a fixed text
             overwrite: redo samples that have patches
             delegate: schedule as a delegated operation
+            num_shards: split the run into this many delegated operations
+                (by sample id ranges) for several workers
 
         Returns:
             the :class:`fiftyone.operators.executor.ExecutionResult`
@@ -201,7 +207,7 @@ class SamplePatches(foo.Operator):
             "heatmap_field": heatmap_field, "field": field, "n": n, "scales": ",".join(map(str, scales)),
             "aspect_ratios": ",".join(map(str, aspect_ratios)), "temperature": temperature, "epsilon": epsilon,
             "mode": mode, "score": score, "seed": seed, "overwrite": overwrite, "open_view": False,
-            "delegate": delegate, "view_target": "CURRENT_VIEW",
+            "delegate": delegate, "view_target": "CURRENT_VIEW", "num_shards": num_shards,
         }
         if isinstance(size, float):
             params.update(size_mode="fraction", size_fraction=size)

@@ -32,6 +32,10 @@ _METHODS = [
 ]
 
 
+def _fuse(value: str | None) -> str | None:
+    return None if value is None or value.lower() in ("none", "off", "") else value
+
+
 def saliency_params(params: dict) -> dict[str, Any]:
     """Turns form parameters into :func:`xpatch_core.runs.run_saliency`
     keyword arguments, validating them on the server.
@@ -89,6 +93,7 @@ def saliency_params(params: dict) -> dict[str, Any]:
         "target_field": target_field,
         "weights": text(params, "weights"),
         "layer": text(params, "layer"),
+        "fuse_layer": _fuse(text(params, "fuse_layer", "auto")),
         "batch_size": number(params, "batch_size", 16, kind=int, lo=1, hi=1024),
         "class_names": [c.strip() for c in class_names.split(",")] if class_names else None,
         "map_dir": map_dir,
@@ -157,6 +162,10 @@ class ComputeSaliency(foo.Operator):
         inputs.str("layer", label="Target layer (optional)",
                    description="Default: the last 4-D layer, nested backbones included; "
                                "'outer/inner' for a nested layer")
+        inputs.str("fuse_layer", default="auto", label="Fuse with a finer layer",
+                   description="activation/EigenCAM: multiply by a finer layer's map; 'auto' = "
+                               "block13_sepconv1_act for Xception (chosen by the quality benchmark), "
+                               "'none' = off")
         inputs.int("batch_size", default=16, label="Batch size", min=1, max=1024)
         field_name_input(ctx, inputs, "field", "saliency", "saliency", "Heatmap field")
         storage = types.RadioGroup()
@@ -166,17 +175,20 @@ class ComputeSaliency(foo.Operator):
         if ctx.params.get("storage") == "png":
             inputs.str("map_dir", required=True, label="Heatmap folder")
         inputs.bool("overwrite", default=False, label="Recompute samples that already have a heatmap")
+        inputs.int("num_shards", default=1, min=1, max=1000, label="Shards",
+                   description="Split the run into this many delegated operations, for several "
+                               "workers ('fiftyone delegated launch')")
         return types.Property(inputs, view=types.View(label="Compute saliency"))
 
     def resolve_delegation(self, ctx: Any) -> bool | None:
         return ctx.params.get("delegate", None)
 
     def execute(self, ctx: Any):
-        from xpatch_core.runs import iter_run_saliency
+        from xpatch_core.shards import operator_run
 
         kwargs = saliency_params(ctx.params)
         view = target_images(ctx)
-        gen = iter_run_saliency(view, **kwargs)
+        gen = operator_run(ctx, "saliency", view, kwargs, self.uri)
         while True:
             try:
                 p = next(gen)
@@ -194,7 +206,7 @@ class ComputeSaliency(foo.Operator):
                  method: str = "eigencam", *, target: str | None = None, target_field: str | None = None,
                  weights: str | None = None, layer: str | None = None, batch_size: int = 16,
                  class_names: list[str] | None = None, map_dir: str | None = None,
-                 overwrite: bool = False, delegate: bool = False) -> Any:
+                 overwrite: bool = False, delegate: bool = False, num_shards: int = 1) -> Any:
         """Computes saliency heatmaps, as the App does.
 
         Args:
@@ -212,6 +224,10 @@ class ComputeSaliency(foo.Operator):
             map_dir: write 8-bit PNG heatmaps under this folder
             overwrite: recompute samples that have a heatmap
             delegate: schedule as a delegated (background) operation
+            num_shards: split the run into this many delegated operations
+                (by sample id ranges) for several workers; the call (or its
+                delegated operation, with ``delegate=True``) registers the
+                run and queues them
 
         Returns:
             the :class:`fiftyone.operators.executor.ExecutionResult`
@@ -220,7 +236,8 @@ class ComputeSaliency(foo.Operator):
 
         params: dict[str, Any] = {"field": field, "method": method, "batch_size": batch_size,
                                   "layer": layer, "weights": weights, "overwrite": overwrite,
-                                  "delegate": delegate, "view_target": "CURRENT_VIEW"}
+                                  "delegate": delegate, "view_target": "CURRENT_VIEW",
+                                  "num_shards": num_shards}
         if is_application(model):
             params["model"] = model if model in dict(_MODEL_CHOICES) else "other"
             params["model_name"] = model

@@ -74,12 +74,12 @@ def test_compute_and_sample_through_operators(photos_ds, xception_weights):
     assert schema["saliency"].document_type is fo.Heatmap
     assert ds.count("saliency") == len(ds)
     for hm in ds.values("saliency"):
-        assert hm.map.shape == (10, 10) and hm.map.dtype == np.float32
+        assert hm.map.shape == (19, 19) and hm.map.dtype == np.float32
         assert list(hm.range) == [0.0, 1.0] and hm.map.min() >= 0.0 and hm.map.max() <= 1.0
         assert hm.width > 0 and hm.height > 0 and hm.method == "eigencam"
     info = runs.get_run_info(ds, "saliency")
     cfg = info["config"]
-    assert cfg["method"] == "eigencam" and cfg["layer"] == "block14_sepconv2_act"
+    assert cfg["method"] == "eigencam" and cfg["layer"] == "block14_sepconv2_act*block13_sepconv1_act"
     assert cfg["model_source"]["weights"] == xception_weights and cfg["xpatch_version"]
     assert info["results"]["processed"] == len(ds) and info["results"]["status"] == "completed"
 
@@ -138,7 +138,7 @@ def test_png_storage_and_delete_removes_fields_and_files(photos_ds, xception_wei
     for hm in ds.values("heat"):
         assert hm.map is None and os.path.isfile(hm.map_path) and list(hm.range) == [0, 255]
         m = runs.read_heatmap(hm)
-        assert m.shape == (10, 10) and m.max() == pytest.approx(1.0)
+        assert m.shape == (19, 19) and m.max() == pytest.approx(1.0)
     runs.run_patches(ds, "heat", "boxes", n=4, size=0.2)
     _op("delete_xpatch_run")(ds, run_key="heat")
     assert "heat" not in ds.get_field_schema() and not os.path.exists(maps / "heat")

@@ -33,12 +33,15 @@ def photos():
     return {name: getattr(data, name)() for name in OBJECTS}
 
 
+@pytest.mark.parametrize("fuse", ["auto", None])
 @pytest.mark.parametrize("method", ["activation", "eigencam"])
-def test_real_xception_peaks_on_object(xception, photos, method):
+def test_real_xception_peaks_on_object(xception_weights, photos, method, fuse):
+    model = xp.load_model("xception", weights=xception_weights, fuse_layer=fuse)
     names = list(photos)
-    maps = xp.compute_saliency([photos[n] for n in names], model=xception, method=method)
+    maps = xp.compute_saliency([photos[n] for n in names], model=model, method=method)
+    grid = (19, 19) if fuse == "auto" else (10, 10)
     for name, m in zip(names, maps, strict=False):
-        assert m.shape == (10, 10) and m.dtype == np.float32
+        assert m.shape == grid and m.dtype == np.float32
         assert m.min() == 0.0 and m.max() == 1.0
         h, w = photos[name].shape[:2]
         x, y = _peak_xy(m, w, h)
@@ -263,3 +266,29 @@ def test_mixed_bfloat16_mode_gives_float32_maps():
     assert items[0].map.dtype == np.float32 and items[0].map.shape == (7, 7)
     full = xp.load_model("mobilenetv2", weights="random", cache=False)
     assert "float32" in str(full.backbone.outputs[0].dtype)
+
+
+def test_fusion_is_the_product_of_the_two_layer_maps(xception_weights, photos):
+    fused = xp.load_model("xception", weights=xception_weights)
+    assert fused.fuse_layer == "block13_sepconv1_act" and fused.target_layer == "block14_sepconv2_act"
+    coarse = xp.load_model("xception", weights=xception_weights, fuse_layer=None)
+    fine = xp.load_model("xception", weights=xception_weights, layer="block13_sepconv1_act")
+    assert fine.fuse_layer is None, "an explicit layer turns automatic fusion off"
+    images = [photos["coffee"], photos["rocket"]]
+    got = xp.compute_saliency(images, model=fused, method="eigencam")
+    a = xp.compute_saliency(images, model=coarse, method="eigencam")
+    b = xp.compute_saliency(images, model=fine, method="eigencam")
+    for g, ma, mb in zip(got, a, b):
+        prod = xp.upsample(ma, mb.shape) * mb
+        expected = (prod - prod.min()) / (prod.max() - prod.min())
+        np.testing.assert_allclose(g, expected, atol=1e-4)
+
+
+def test_fusion_rules():
+    model = _nested_model()
+    with pytest.raises(ModelError, match="at least as fine"):
+        xp.load_model(model, layer="conv_a", fuse_layer="conv_b", cache=False)
+    sm = xp.load_model(model, fuse_layer="conv_a", cache=False)
+    assert xp.compute_saliency([np.full((32, 32, 3), 50.0)], model=sm, method="activation")[0].shape == (30, 30)
+    with pytest.raises(ParameterError, match="fusion"):
+        xp.compute_saliency([np.zeros((32, 32, 3))], model=sm, method="gradcam")

@@ -108,6 +108,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--target", default=None,
                    help="class name or index to explain (gradcam/gradcam++); default: the predicted class")
     g.add_argument("--layer", default=None, help="target layer (default: last 4-D layer; 'outer/inner' if nested)")
+    g.add_argument("--fuse-layer", default="auto",
+                   help="finer layer fused with the target layer for activation/eigencam ('auto': "
+                        "block13_sepconv1_act for Xception; 'none' to turn off)")
     g.add_argument("--class-names", default=None, help="comma-separated class names of a saved classifier")
     g.add_argument("--batch-size", type=_positive_int, default=16, help="images per model call (default 16)")
     g.add_argument("--allow-unsafe-model", action="store_true",
@@ -121,10 +124,10 @@ def _add_patch_args(p: argparse.ArgumentParser) -> None:
                    help="patch size: pixels (96) or a fraction of the short side (0.25); default 96")
     g.add_argument("--scales", type=_floats, default=(1.0,), help="size multipliers, e.g. 1,1.5 (default 1)")
     g.add_argument("--aspect-ratios", type=_floats, default=(1.0,), help="width/height ratios, e.g. 1,2")
-    g.add_argument("--max-iou", type=_unit, default=0.5, help="NMS: maximum IoU between patches (default 0.5)")
+    g.add_argument("--max-iou", type=_unit, default=0.7, help="NMS: maximum IoU between patches (default 0.7)")
     g.add_argument("--no-nms", action="store_true", help="no overlap control")
     g.add_argument("--min-distance", type=_nonneg, default=None, help="minimum centre distance in pixels")
-    g.add_argument("--temperature", type=_nonneg, default=1.0, help="weights ** temperature (default 1)")
+    g.add_argument("--temperature", type=_nonneg, default=4.0, help="weights ** temperature (default 4)")
     g.add_argument("--epsilon", type=_unit, default=0.0, help="share of uniform sampling (default 0)")
     g.add_argument("--score", choices=("mean", "center"), default="mean", help="box score (default mean)")
     g.add_argument("--mode", choices=("random", "topk", "grid"), default="random")
@@ -256,7 +259,8 @@ def _run_job(args: argparse.Namespace, images: list[str] | None = None, class_na
     validate_field_name(ds, args.patches_field, "patches")
     sal = run_saliency(
         ds, args.heatmap_field, args.model, args.method,
-        target=args.target, weights=args.weights, layer=args.layer, batch_size=args.batch_size,
+        target=args.target, weights=args.weights, layer=args.layer,
+        fuse_layer=None if str(args.fuse_layer).lower() == "none" else args.fuse_layer, batch_size=args.batch_size,
         class_names=class_names, map_dir=args.map_dir, overwrite=args.overwrite,
         allow_unsafe=getattr(args, "allow_unsafe_model", False), progress=True,
     )

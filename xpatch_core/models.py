@@ -154,6 +154,9 @@ class SaliencyModel:
         preprocess: NumPy function from RGB ``[0, 255]`` float32 batches to
             network input
         source: a JSON-serialisable description of the model for run records
+        fuse_layer: a second, finer layer whose map multiplies the target
+            layer's map (activation and EigenCAM), or None
+        fused: model from the input to ``[target, fuse]`` activations
     """
 
     name: str
@@ -165,6 +168,8 @@ class SaliencyModel:
     input_size: tuple[int, int]
     preprocess: Callable[[np.ndarray], np.ndarray]
     source: dict[str, Any]
+    fuse_layer: str | None = None
+    fused: Any | None = None
     _class_names: list[str] | None = None
     _class_loader: Callable[[], list[str]] | None = None
     _compiled: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -390,46 +395,53 @@ def _linear_version(op: Any) -> Any:
     return op
 
 
-def _trace(model: Any, inputs: Any, path: tuple[str, ...], strip: bool) -> tuple[Any, Any]:
+def _trace(model: Any, inputs: Any, paths: Sequence[tuple[str, ...]], strip: bool) -> tuple[Any, list[Any]]:
     """Re-runs a functional graph on new symbolic inputs.
 
     Returns the outputs (with a final softmax removed when ``strip``) and the
-    tensor of the layer at ``path``.
+    tensors of the layers at ``paths`` (None for a path not on the graph).
     """
     model = _as_functional(model)
-    captured: list[Any] = []
+    captured: list[Any] = [None] * len(paths)
     out_ops = {id(t._keras_history[0]) for t in model.outputs} if strip else set()
 
     def operation_fn(op: Any) -> Any:
-        if path and op.name == path[0]:
-            if len(path) == 1:
-                fn = _linear_version(op) if id(op) in out_ops else op
+        matching = [(i, p) for i, p in enumerate(paths) if p and p[0] == op.name]
+        if matching:
+            leaves = [i for i, p in matching if len(p) == 1]
+            deeper = [(i, p[1:]) for i, p in matching if len(p) > 1]
+            if deeper:
 
-                def capture(*args: Any, **kwargs: Any) -> Any:
-                    out = fn(*args, **kwargs)
-                    captured.append(out)
+                def descend(*args: Any, **kwargs: Any) -> Any:
+                    out, feats = _trace(op, args[0], [p for _, p in deeper], strip=id(op) in out_ops)
+                    for (i, _), feat in zip(deeper, feats):
+                        captured[i] = feat
                     return out
 
-                return capture
+                return descend
+            fn = _linear_version(op) if id(op) in out_ops else op
 
-            def descend(*args: Any, **kwargs: Any) -> Any:
-                out, feat = _trace(op, args[0], path[1:], strip=id(op) in out_ops)
-                captured.append(feat)
+            def capture(*args: Any, **kwargs: Any) -> Any:
+                out = fn(*args, **kwargs)
+                for i in leaves:
+                    captured[i] = out
                 return out
 
-            return descend
+            return capture
         if id(op) in out_ops:
             if _is_model(op):
-                return lambda *a, **k: _trace(op, a[0], (), strip=True)[0]
+                return lambda *a, **k: _trace(op, a[0], [], strip=True)[0]
             return _linear_version(op)
         return op
 
     outputs = model._run_through_graph(inputs, operation_fn=operation_fn)
-    return outputs, (captured[0] if captured else None)
+    return outputs, captured
 
 
-def _split(keras_model: Any, path: tuple[str, ...]) -> tuple[Any, Any, Any, Any, dict]:
-    """Builds backbone, head and joint models around the target layer."""
+def _split(
+    keras_model: Any, path: tuple[str, ...], fuse_path: tuple[str, ...] | None = None
+) -> tuple[Any, Any, Any, Any, Any, dict]:
+    """Builds backbone, head, joint and fused models around the target layer."""
     import keras
 
     model = _as_functional(keras_model)
@@ -437,15 +449,20 @@ def _split(keras_model: Any, path: tuple[str, ...]) -> tuple[Any, Any, Any, Any,
         raise ModelError(f"model {model.name!r} has {len(model.inputs)} inputs; one image input is needed")
     shape = tuple(model.inputs[0].shape[1:])
     new_input = keras.Input(shape=shape, dtype=model.inputs[0].dtype, name="xpatch_input")
-    outputs, feat = _trace(model, new_input, path, strip=True)
+    paths = [path] if fuse_path is None else [path, fuse_path]
+    outputs, feats = _trace(model, new_input, paths, strip=True)
+    feat = feats[0]
     if feat is None:
         raise ModelError(f"layer {'/'.join(path)!r} is not on the path from the input to the output")
+    if fuse_path is not None and feats[1] is None:
+        raise ModelError(f"layer {'/'.join(fuse_path)!r} is not on the path from the input to the output")
     if isinstance(outputs, (list, tuple)):
         if len(outputs) != 1:
             raise ModelError(f"model {model.name!r} has {len(outputs)} outputs; one is needed")
         outputs = outputs[0]
     info: dict[str, Any] = {}
     backbone = keras.Model(new_input, feat, name="xpatch_backbone")
+    fused = keras.Model(new_input, [feat, feats[1]], name="xpatch_fused") if fuse_path is not None else None
     head = joint = None
     if len(outputs.shape) == 2 and outputs is not feat:
         info["num_classes"] = int(outputs.shape[-1])
@@ -453,7 +470,7 @@ def _split(keras_model: Any, path: tuple[str, ...]) -> tuple[Any, Any, Any, Any,
             head = keras.Model(feat, outputs, name="xpatch_head")
         except Exception:  # noqa: BLE001 - head depends on tensors before the target
             joint = keras.Model(new_input, [feat, outputs], name="xpatch_joint")
-    return model, backbone, head, joint, info
+    return model, backbone, head, joint, fused, info
 
 
 def _resolve_weights(name: str, weights: str | None) -> tuple[str, str]:
@@ -565,6 +582,7 @@ def load_model(
     *,
     weights: str | None = None,
     layer: str | Sequence[str] | None = None,
+    fuse_layer: str | None = "auto",
     input_size: int | tuple[int, int] | None = None,
     class_names: Sequence[str] | None = None,
     preprocess: str | Callable[[np.ndarray], np.ndarray] = "auto",
@@ -584,6 +602,12 @@ def load_model(
             with or without the classifier top
         layer: the target layer (name, ``"outer/inner"`` path, or sequence);
             default: the last layer with a 4-D output and spatial size > 1
+        fuse_layer: a finer layer to fuse with the target layer for the
+            activation and EigenCAM methods (the two normalised maps are
+            multiplied on the finer grid); ``"auto"`` uses
+            ``block13_sepconv1_act`` for Xception at its default layer (the
+            setting ``benchmarks/bench_quality.py`` chose) and nothing
+            otherwise; None turns fusion off
         input_size: the network input size, an int or ``(height, width)``;
             default: the model's own or the application's default
         class_names: class names for a saved model (ImageNet names are
@@ -628,6 +652,7 @@ def load_model(
             weights,
             os.environ.get("XPATCH_WEIGHTS") if weights is None else None,
             tuple(layer) if isinstance(layer, (list, tuple)) else layer,
+            fuse_layer,
             tuple(input_size) if input_size else None,
             tuple(class_names) if class_names else None,
             preprocess,
@@ -678,7 +703,17 @@ def load_model(
         preprocess_fn, pre_name = _preprocess_fn(preprocess), preprocess
 
     path = resolve_layer(keras_model, layer) if layer else tuple(find_target_layer(keras_model).split("/"))
-    full, backbone, head, joint, split_info = _split(keras_model, path)
+    fuse_explicit = fuse_layer not in (None, "auto", "")
+    if fuse_layer == "auto":
+        auto = info.get("model") == "Xception" and not layer
+        fuse_layer = "block13_sepconv1_act" if auto else None
+    fuse_path = resolve_layer(keras_model, fuse_layer) if fuse_layer else None
+    full, backbone, head, joint, fused, split_info = _split(keras_model, path, fuse_path)
+    if fused is not None:
+        coarse, fine = fused.outputs[0].shape[1:3], fused.outputs[1].shape[1:3]
+        if None in (*coarse, *fine) or fine[0] < coarse[0] or fine[1] < coarse[1]:
+            raise ModelError(f"fuse layer {'/'.join(fuse_path)!r} ({fine}) must be at least as fine as the "
+                             f"target layer ({coarse})")
     in_shape = tuple(backbone.inputs[0].shape[1:3])
     if None in in_shape:
         if input_size is None:
@@ -696,6 +731,8 @@ def load_model(
             "input_size": list(size),
             "preprocess": pre_name,
             "precision": precision,
+            "fuse_layer": "/".join(fuse_path) if fuse_path else None,
+            "fuse_explicit": bool(fuse_explicit),
             "has_head": head is not None or joint is not None,
             "head_split": head is not None,
             "feature_shape": [int(d) for d in backbone.outputs[0].shape[1:]],
@@ -713,6 +750,8 @@ def load_model(
         head=head,
         joint=joint,
         target_layer="/".join(path),
+        fuse_layer="/".join(fuse_path) if fuse_path else None,
+        fused=fused,
         input_size=size,
         preprocess=preprocess_fn,
         source=info,

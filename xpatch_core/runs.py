@@ -32,7 +32,7 @@ from xpatch_core.errors import ImageDecodeError, ParameterError, XpatchError
 #: Tag set on samples that failed in a run, as ``xpatch:<field>:failed``.
 FAILED_TAG = "xpatch:{field}:failed"
 
-_IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_IDENT = re.compile(r"\A[A-Za-z][A-Za-z0-9_]*\Z")  # \Z: "$" would accept a trailing newline
 _RESERVED = {"id", "filepath", "tags", "metadata", "media_type", "created_at", "last_modified_at", "frames"}
 _CHUNK = int(os.environ.get("XPATCH_WRITE_CHUNK", 64))
 _LOCK_TTL = float(os.environ.get("XPATCH_LOCK_TTL", 120))
@@ -227,6 +227,10 @@ def get_run_info(sample_collection: Any, run_key: str) -> dict[str, Any]:
     info = dataset.get_run_info(run_key)
     cfg = {k: v for k, v in info.config.serialize().items() if not k.startswith("_") and k not in ("cls",)}
     results = _load_results(dataset, run_key)
+    if isinstance(cfg.get("sharding"), dict):
+        from xpatch_core.shards import aggregate
+
+        results = {**results, **aggregate(dataset, run_key, cfg)}
     return {
         "key": run_key,
         "type": cfg.get("xpatch_type"),
@@ -252,8 +256,11 @@ def _load_results(dataset: Any, run_key: str) -> dict[str, Any]:
 
 def _locks():
     import fiftyone.core.odm as foo
+    from pymongo import WriteConcern
 
-    return foo.get_db_conn()["xpatch_locks"]
+    # Journaled: a lock taken or released is not undone by an unclean database restart
+    # (acknowledged but unjournaled writes of the last ~100 ms are lost by a crash).
+    return foo.get_db_conn()["xpatch_locks"].with_options(write_concern=WriteConcern(j=True))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -266,49 +273,87 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def acquire_lock(dataset: Any, field_name: str) -> str:
-    """Takes the write lock of a field, atomically, in the database.
+def _lock_live(held: dict[str, Any]) -> bool:
+    """Whether a lock document belongs to a live run (or to this process)."""
+    same_host = held.get("host") == socket.gethostname()
+    if held.get("pid") == os.getpid() and same_host:
+        return True
+    stale = time.time() - float(held.get("heartbeat", 0)) > _LOCK_TTL
+    dead = same_host and not _pid_alive(int(held.get("pid", -1)))
+    return not (stale or dead)
+
+
+def acquire_lock(dataset: Any, field_name: str, *, id_range: Sequence[Any] | None = None) -> str:
+    """Takes the write lock of a field, or of an id range of it, atomically,
+    in the database.
 
     A lock held by a dead process on this host, or not refreshed for
     ``XPATCH_LOCK_TTL`` seconds, is taken over.
 
+    The lock of a whole field (``id_range=None``, id ``<dataset>:<field>``)
+    conflicts with every lock of that field; the lock of a shard's range
+    (id ``<dataset>:<field>:<lo>-<hi>``) conflicts with the whole-field lock
+    and with the same range, so the shards of one sharded run hold their
+    locks together while an unsharded run (or a delete) of the field is
+    refused. The same range is excluded by the unique ``_id``; a whole-field
+    lock against range locks by *insert, then check*: each side first
+    inserts its own lock, then looks for a live lock of the other kind and,
+    finding one, withdraws its own and fails. Since both inserts happen
+    before both checks, two conflicting runs may both back off but never
+    both proceed (reads go to the primary; on a replica set use the default
+    majority write concern).
+
     Args:
         dataset: a FiftyOne dataset
         field_name: the field to write
+        id_range: ``(lo, hi)`` sample ids (None for unbounded) to lock only
+            a shard's range
 
     Returns:
         the lock id
 
     Raises:
-        XpatchError: if another live run holds the lock
+        XpatchError: if another live run holds a conflicting lock
     """
     import pymongo.errors
 
     coll = _locks()
-    lock_id = f"{dataset._doc.id}:{field_name}"
+    base = f"{dataset._doc.id}:{field_name}"
+    if id_range is None:
+        lock_id = base
+    else:
+        from xpatch_core.shards import range_name
+
+        lock_id = f"{base}:{range_name(id_range)}"
     me = {"_id": lock_id, "pid": os.getpid(), "host": socket.gethostname(), "heartbeat": time.time(),
           "dataset": dataset.name, "field": field_name}
+
+    def _refuse(held: dict[str, Any]) -> XpatchError:
+        return XpatchError(
+            f"field {field_name!r} of dataset {dataset.name!r} is being written by another run "
+            f"(pid {held.get('pid')} on {held.get('host')}); wait for it to finish or choose another field"
+        )
+
     for _ in range(3):
         try:
             coll.insert_one(me)
-            return lock_id
         except pymongo.errors.DuplicateKeyError:
             held = coll.find_one({"_id": lock_id})
             if held is None:
                 continue
-            same_host = held.get("host") == socket.gethostname()
-            stale = time.time() - float(held.get("heartbeat", 0)) > _LOCK_TTL
-            dead = same_host and not _pid_alive(int(held.get("pid", -1)))
-            if held.get("pid") == os.getpid() and same_host:
-                dead = False
-                stale = False
-            if stale or dead:
+            if not _lock_live(held):
                 coll.delete_one({"_id": lock_id, "heartbeat": held.get("heartbeat")})
                 continue
-            raise XpatchError(
-                f"field {field_name!r} of dataset {dataset.name!r} is being written by another run "
-                f"(pid {held.get('pid')} on {held.get('host')}); wait for it to finish or choose another field"
-            ) from None
+            raise _refuse(held) from None
+        others = {"_id": {"$regex": f"^{re.escape(base)}:"}} if id_range is None else {"_id": base}
+        for held in coll.find(others):
+            if held["_id"] == lock_id:
+                continue
+            if _lock_live(held):
+                coll.delete_one({"_id": lock_id, "pid": os.getpid()})
+                raise _refuse(held)
+            coll.delete_one({"_id": held["_id"], "heartbeat": held.get("heartbeat")})
+        return lock_id
     raise XpatchError(f"could not take the lock of field {field_name!r}")
 
 
@@ -352,7 +397,10 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-def _start_run(sample_collection: Any, run_key: str, kind: str, config: dict[str, Any], overwrite: bool) -> None:
+def _check_rerun(sample_collection: Any, run_key: str, kind: str, config: dict[str, Any], overwrite: bool) -> None:
+    """Refuses to resume a run with other parameters (called before the lock, so
+    that a refused call leaves the earlier run's record untouched, and again in
+    :func:`_start_run`)."""
     dataset = sample_collection._dataset
     if run_key in dataset.list_runs() and not overwrite:
         old = get_run_info(dataset, run_key)["config"]
@@ -362,6 +410,11 @@ def _start_run(sample_collection: Any, run_key: str, kind: str, config: dict[str
                 f"field {config['field']!r} holds results of a run with other parameters "
                 f"({', '.join(diff)}); pass overwrite=True to redo every sample, or choose another field"
             )
+
+
+def _start_run(sample_collection: Any, run_key: str, kind: str, config: dict[str, Any], overwrite: bool) -> None:
+    dataset = sample_collection._dataset
+    _check_rerun(sample_collection, run_key, kind, config, overwrite)
     cfg = dataset.init_run(
         xpatch_type=kind,
         xpatch_version=__version__,
@@ -421,10 +474,21 @@ def _safe_dir(root: str, field_name: str) -> str:
 def _write_png(path: str, m: np.ndarray) -> None:
     from PIL import Image
 
-    tmp = f"{path}.{os.getpid()}.tmp"
+    # A fresh temporary name, created exclusively and never through a symlink; renamed
+    # over ``path`` only once complete, and removed if anything fails (e.g. a full disk).
+    tmp = f"{path}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
     arr = np.clip(np.round(np.asarray(m, np.float32) * 255.0), 0, 255).astype(np.uint8)
-    Image.fromarray(arr, mode="L").save(tmp, format="PNG")
-    os.replace(tmp, path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            Image.fromarray(arr, mode="L").save(f, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def read_heatmap(heatmap: Any) -> np.ndarray | None:
@@ -476,6 +540,16 @@ def _pending_ids(view: Any, field_name: str, overwrite: bool) -> tuple[list[str]
     return missing, len(ids) - len(missing)
 
 
+def _restrict(view: Any, id_range: Sequence[Any] | None, shard: Any) -> Any:
+    """Restricts a view to an id range (given, or a shard's)."""
+    rng = id_range if id_range is not None else getattr(shard, "id_range", None)
+    if rng is None:
+        return view
+    from xpatch_core.shards import restrict
+
+    return restrict(view, rng)
+
+
 def iter_run_saliency(
     sample_collection: Any,
     field: str = "saliency",
@@ -486,6 +560,7 @@ def iter_run_saliency(
     target_field: str | None = None,
     weights: str | None = None,
     layer: str | None = None,
+    fuse_layer: str | None = "auto",
     batch_size: int = 16,
     map_dir: str | None = None,
     overwrite: bool = False,
@@ -494,10 +569,17 @@ def iter_run_saliency(
     allow_unsafe: bool = False,
     precision: str = "float32",
     sample_ids: Sequence[str] | None = None,
+    id_range: Sequence[str | None] | None = None,
+    shard: Any = None,
 ) -> Generator[Progress, None, RunSummary]:
     """Computes saliency heatmaps into a field, yielding progress.
 
-    See :func:`run_saliency` for the arguments.
+    See :func:`run_saliency` for the arguments. ``id_range`` restricts the
+    run to the samples with ``lo <= _id < hi`` (see
+    :func:`xpatch_core.shards.shard_ranges`); ``shard`` is the role of a
+    sharded run's parent or child (:mod:`xpatch_core.shards`). The
+    environment variable ``XPATCH_BATCH_SIZE``, when set, overrides
+    ``batch_size`` (a per-worker setting).
 
     Returns:
         a generator of :class:`Progress` whose return value is the
@@ -509,9 +591,16 @@ def iter_run_saliency(
     fo = _fo()
     view = _base_collection(sample_collection)
     check_image_collection(view)
+    view._dataset.reload()  # see the fields and runs that other processes wrote (a worker, a killed run)
     run_key = run_key or field
     validate_field_name(view, field, "saliency", run_key=run_key)
     method_cls = get_method(method)
+    if os.environ.get("XPATCH_BATCH_SIZE"):
+        try:
+            batch_size = int(os.environ["XPATCH_BATCH_SIZE"])
+        except ValueError:
+            raise ParameterError(f"XPATCH_BATCH_SIZE must be an integer, got "
+                                 f"{os.environ['XPATCH_BATCH_SIZE']!r}") from None
     if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
         raise ParameterError(f"batch_size must be a positive integer, got {batch_size!r}")
     if target is not None and target_field is not None:
@@ -532,14 +621,15 @@ def iter_run_saliency(
         if target_field not in schema or getattr(schema[target_field], "document_type", None) is not fo.Classification:
             raise ParameterError(f"target_field {target_field!r} must be an existing fo.Classification field")
 
-    sm = load_model(model, weights=weights, layer=layer, class_names=class_names,
+    sm = load_model(model, weights=weights, layer=layer, fuse_layer=fuse_layer, class_names=class_names,
                     allow_unsafe=allow_unsafe, precision=precision)
     method_name = method_cls.name
-    method_cls(sm)  # raises for gradient methods on a model without a head
+    runner = method_cls(sm)  # raises for gradient methods on a model without a head
     fixed_target = resolve_targets(sm, target, None) if target_field is None else None
 
     if sample_ids is not None:
         view = view.select(list(sample_ids))
+    view = _restrict(view, id_range, shard)
     ids, skipped = _pending_ids(view, field, overwrite)
     targets_by_id: dict[str, int] = {}
     if target_field is not None and ids:
@@ -552,7 +642,7 @@ def iter_run_saliency(
         "field": field,
         "model_source": {k: v for k, v in sm.source.items() if k != "wnids"},
         "method": method_name,
-        "layer": sm.target_layer,
+        "layer": runner.layer_description,
         "target": target if not isinstance(target, np.ndarray) else target.tolist(),
         "target_field": target_field,
         "batch_size": int(batch_size),
@@ -562,14 +652,24 @@ def iter_run_saliency(
         "storage": "png" if map_root else "database",
     }
     dataset = view._dataset
-    lock = acquire_lock(dataset, field)
+    if shard is None:
+        _check_rerun(view, run_key, "saliency", config, overwrite)
+    lock = acquire_lock(dataset, field, id_range=getattr(shard, "id_range", None))
     summary = RunSummary(run_key=run_key, field=field, type="saliency", total=len(ids) + skipped,
                          skipped=skipped)
+    save = _save_results if shard is None else shard.save
     try:
-        _start_run(view, run_key, "saliency", config, overwrite)
+        if shard is None:
+            _start_run(view, run_key, "saliency", config, overwrite)
+        else:
+            shard.start(view, run_key, "saliency", config, overwrite)
+            if shard.register_only:
+                return summary
         if map_root:
+            mine = None if shard is None else set(ids)  # shards run side by side: only their own files
             for tmp in glob.glob(os.path.join(map_root, "*.tmp")):
-                os.remove(tmp)
+                if mine is None or os.path.basename(tmp).split(".")[0] in mine:
+                    os.remove(tmp)
         t0 = time.perf_counter()
         names = sm.class_names if sm.has_head else None
         failed_tag = FAILED_TAG.format(field=field)
@@ -614,6 +714,8 @@ def iter_run_saliency(
                                              range=[0.0, 1.0], **attrs)
                 ok_ids.append(sid)
             if values:
+                if shard is not None:
+                    shard.pending(list(values))
                 dataset.set_values(field, values, key_field="id")
             if ok_ids:
                 ok_view = dataset.select(ok_ids)
@@ -627,17 +729,17 @@ def iter_run_saliency(
             summary.failed += len(bad)
             summary.elapsed = time.perf_counter() - t0
             _heartbeat(lock)
-            _save_results(view, run_key, summary, "running", {})
+            save(view, run_key, summary, "running", {})
             yield Progress(summary.processed + summary.failed, len(ids), summary.failed,
                            f"{summary.processed} done, {summary.failed} failed")
         summary.elapsed = time.perf_counter() - t0
         summary.images_per_s = summary.processed / summary.elapsed if summary.elapsed > 0 else 0.0
         status = "completed" if (summary.processed or not ids or summary.failed == 0) else "failed"
-        _save_results(view, run_key, summary, status, {})
+        save(view, run_key, summary, status, {})
         return summary
     except BaseException:
         try:
-            _save_results(view, run_key, summary, "interrupted", {})
+            save(view, run_key, summary, "interrupted", {})
         except Exception:  # noqa: BLE001
             pass
         raise
@@ -697,7 +799,8 @@ def run_saliency(
             :class:`Progress` events
         **kwargs: ``target`` (class index/name, or None for predicted),
             ``target_field`` (a ``fo.Classification`` field giving each
-            sample's class), ``weights``, ``layer``, ``batch_size``,
+            sample's class), ``weights``, ``layer``, ``fuse_layer`` (see
+            :func:`xpatch_core.load_model`), ``batch_size``,
             ``map_dir`` (write 8-bit PNGs under ``map_dir/field/`` instead
             of storing maps in the database), ``overwrite``, ``run_key``,
             ``class_names``, ``allow_unsafe``, ``precision``, ``sample_ids``
@@ -725,10 +828,10 @@ def iter_run_patches(
     *,
     scales: Sequence[float] = (1.0,),
     aspect_ratios: Sequence[float] = (1.0,),
-    temperature: float = 1.0,
+    temperature: float = 4.0,
     epsilon: float = 0.0,
     replace: bool = False,
-    max_iou: float | None = 0.5,
+    max_iou: float | None = 0.7,
     min_distance: float | None = None,
     score: str = "mean",
     mode: str = "random",
@@ -738,9 +841,12 @@ def iter_run_patches(
     overwrite: bool = False,
     run_key: str | None = None,
     sample_ids: Sequence[str] | None = None,
+    id_range: Sequence[str | None] | None = None,
+    shard: Any = None,
 ) -> Generator[Progress, None, RunSummary]:
     """Samples saliency-weighted patches into a ``fo.Detections`` field,
-    yielding progress. See :func:`run_patches` for the arguments.
+    yielding progress. See :func:`run_patches` for the arguments, and
+    :func:`iter_run_saliency` for ``id_range`` and ``shard``.
 
     Returns:
         a generator of :class:`Progress` whose return value is the
@@ -751,6 +857,7 @@ def iter_run_patches(
     fo = _fo()
     view = _base_collection(sample_collection)
     check_image_collection(view)
+    view._dataset.reload()  # see the fields and runs that other processes wrote (a worker, a killed run)
     run_key = run_key or field
     schema = view._dataset.get_field_schema(flat=True)
     if heatmap_field not in schema or getattr(schema[heatmap_field], "document_type", None) is not fo.Heatmap:
@@ -773,6 +880,7 @@ def iter_run_patches(
 
     if sample_ids is not None:
         view = view.select(list(sample_ids))
+    view = _restrict(view, id_range, shard)
     has_map = view.exists(heatmap_field)
     ids, ws, hs = _image_sizes(has_map, heatmap_field)
     # Parameters fail before any work: a dry run on the largest image checks them all.
@@ -801,12 +909,20 @@ def iter_run_patches(
     pending_view = has_map if overwrite or field not in schema else has_map.exists(field, False)
     pending = set(pending_view.values("id"))
     todo = [i for i in ids if i in pending]
-    lock = acquire_lock(dataset, field)
+    if shard is None:
+        _check_rerun(view, run_key, "patches", config, overwrite)
+    lock = acquire_lock(dataset, field, id_range=getattr(shard, "id_range", None))
     summary = RunSummary(run_key=run_key, field=field, type="patches", total=len(ids),
                          skipped=len(ids) - len(todo))
     failed_tag = FAILED_TAG.format(field=field)
+    save = _save_results if shard is None else shard.save
     try:
-        _start_run(view, run_key, "patches", config, overwrite)
+        if shard is None:
+            _start_run(view, run_key, "patches", config, overwrite)
+        else:
+            shard.start(view, run_key, "patches", config, overwrite)
+            if shard.register_only:
+                return summary
         t0 = time.perf_counter()
         yield Progress(0, len(todo), 0, f"sampling patches on {len(todo)} samples")
         for chunk_ids in _chunks(todo, max(_CHUNK, 256)):
@@ -858,6 +974,8 @@ def iter_run_patches(
                 summary.patches += len(dets)
                 values[sid] = fo.Detections(detections=dets)
             if values:
+                if shard is not None:
+                    shard.pending(list(values))
                 dataset.set_values(field, values, key_field="id")
                 ok_view = dataset.select(list(values))
                 if failed_tag in ok_view.distinct("tags"):
@@ -873,15 +991,17 @@ def iter_run_patches(
             summary.failed += len(bad)
             summary.elapsed = time.perf_counter() - t0
             _heartbeat(lock)
+            if shard is not None:
+                save(view, run_key, summary, "running", {})
             yield Progress(summary.processed + summary.failed, len(todo), summary.failed,
                            f"{summary.patches} patches on {summary.processed} samples")
         summary.elapsed = time.perf_counter() - t0
         summary.images_per_s = summary.processed / summary.elapsed if summary.elapsed > 0 else 0.0
-        _save_results(view, run_key, summary, "completed", {})
+        save(view, run_key, summary, "completed", {})
         return summary
     except BaseException:
         try:
-            _save_results(view, run_key, summary, "interrupted", {})
+            save(view, run_key, summary, "interrupted", {})
         except Exception:  # noqa: BLE001
             pass
         raise
@@ -916,7 +1036,8 @@ def run_patches(
             (float)
         progress: True for a progress bar, or a callable
         **kwargs: ``scales``, ``aspect_ratios``, ``temperature``,
-            ``epsilon``, ``replace``, ``max_iou`` (default 0.5),
+            ``epsilon``, ``replace``, ``temperature`` (default 4), ``max_iou``
+            (default 0.7; defaults chosen by ``benchmarks/bench_quality.py``),
             ``min_distance``, ``score`` (``"mean"`` or ``"center"``),
             ``mode`` (``"random"``, ``"topk"``, ``"grid"``), ``seed``,
             ``label`` (``"predicted"`` or a fixed text), ``border``,
@@ -993,6 +1114,10 @@ def delete_run(sample_collection: Any, run_key: str) -> dict[str, Any]:
         if len(tagged):
             tagged.untag_samples(tag)
         dataset.delete_run(run_key)
+        if isinstance(info["config"].get("sharding"), dict):
+            from xpatch_core.shards import forget
+
+            forget(dataset, run_key)
     finally:
         release_lock(lock)
     return {"field": fld, "files_removed": removed}

@@ -104,12 +104,29 @@ class SaliencyMethod:
 
     def __init__(self, model: Any):
         self.model = model
+        if self.needs_gradients and model.fuse_layer and model.source.get("fuse_explicit"):
+            raise ParameterError(
+                f"layer fusion (fuse_layer={model.fuse_layer!r}) applies to 'activation' and 'eigencam'; "
+                f"{self.name} explains the target layer only"
+            )
         if self.needs_gradients and not model.has_head:
             raise ModelError(
                 f"{self.name} needs a classifier head, but model {model.name!r} ends at a "
                 f"{len(model.keras_model.outputs[0].shape)}-D output; use 'activation' or "
                 "'eigencam', or a model with a classifier"
             )
+
+    @property
+    def uses_fusion(self) -> bool:
+        """Whether maps fuse the target layer with a finer one."""
+        return self.model.fused is not None and not self.needs_gradients
+
+    @property
+    def layer_description(self) -> str:
+        """The layer(s) the maps come from, ``"a*b"`` for a fusion."""
+        if self.uses_fusion:
+            return f"{self.model.target_layer}*{self.model.fuse_layer}"
+        return self.model.target_layer
 
     def combine(self, acts: np.ndarray, grads: np.ndarray | None) -> np.ndarray:
         """Turns activations (and gradients) into raw maps.
@@ -140,6 +157,13 @@ class SaliencyMethod:
                 @tf.function(input_signature=[image_spec])
                 def fn(x):
                     return backbone(x, training=False)
+
+            elif key == "fused":
+                fused = model.fused
+
+                @tf.function(input_signature=[image_spec])
+                def fn(x):
+                    return fused(x, training=False)
 
             elif key == "head":
                 head = model.head
@@ -207,6 +231,17 @@ class SaliencyMethod:
         b = x.shape[0]
         t = np.full(b, -1, np.int32) if targets is None else np.asarray(targets, np.int32)
         logits = used = grads = None
+        if self.uses_fusion:
+            acts, fine = self._fn("fused")(x)
+            if model.head is not None:
+                logits = self._fn("head")(acts)
+            coarse_maps, d1 = normalize_maps(self.combine(np.asarray(acts, np.float32), None))
+            fine_maps, d2 = normalize_maps(self.combine(np.asarray(fine, np.float32), None))
+            fh, fw = fine_maps.shape[1:]
+            up = np.stack([upsample(m, (fh, fw)) for m in coarse_maps])
+            maps, degenerate = normalize_maps(up.astype(np.float64) * fine_maps)
+            degenerate |= d1 & d2
+            return maps, degenerate, self._info(logits, None)
         if model.head is not None or model.joint is None:
             acts = self._fn("backbone")(x)
             if self.needs_gradients:
@@ -222,6 +257,10 @@ class SaliencyMethod:
         grads_np = None if grads is None else np.asarray(grads, dtype=np.float32)
         raw = self.combine(acts_np, grads_np)
         maps, degenerate = normalize_maps(raw)
+        return maps, degenerate, self._info(logits, used)
+
+    @staticmethod
+    def _info(logits: Any, used: Any) -> dict[str, np.ndarray | None]:
         info: dict[str, np.ndarray | None] = {"logits": None, "targets": None, "predicted": None}
         if logits is not None:
             lg = np.asarray(logits, dtype=np.float32)
@@ -229,7 +268,7 @@ class SaliencyMethod:
             info["predicted"] = lg.argmax(axis=-1)
         if used is not None:
             info["targets"] = np.asarray(used)
-        return maps, degenerate, info
+        return info
 
 
 class ActivationMap(SaliencyMethod):
@@ -385,6 +424,7 @@ def iter_saliency(
     *,
     weights: str | None = None,
     layer: str | None = None,
+    fuse_layer: str | None = "auto",
     num_workers: int | None = None,
     max_pixels: int | None = None,
     precision: str = "float32",
@@ -404,6 +444,8 @@ def iter_saliency(
         batch_size: images per model call
         weights: weights for a named model (see :func:`load_model`)
         layer: target layer override
+        fuse_layer: a finer layer fused with the target layer (see
+            :func:`xpatch_core.load_model`)
         num_workers: decoding threads (default: 2)
         max_pixels: refuse images with more pixels than this
         precision: ``"float32"``, ``"bfloat16"`` or ``"mixed_bfloat16"``
@@ -417,7 +459,7 @@ def iter_saliency(
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ParameterError(f"batch_size must be a positive integer, got {batch_size!r}")
     count = len(images) if hasattr(images, "__len__") else None
-    sm = load_model(model, weights=weights, layer=layer, precision=precision)
+    sm = load_model(model, weights=weights, layer=layer, fuse_layer=fuse_layer, precision=precision)
     runner = method_cls(sm)
     targets = resolve_targets(sm, target, count)
     h, w = sm.input_size
@@ -504,7 +546,7 @@ def compute_saliency(
         return_items: return :class:`SaliencyItem` objects (with predicted
             class, degenerate flag and errors) instead of bare maps
         **kwargs: passed to :func:`iter_saliency` (``weights``, ``layer``,
-            ``num_workers``, ``max_pixels``, ``precision``)
+            ``fuse_layer``, ``num_workers``, ``max_pixels``, ``precision``)
 
     Returns:
         a list of float32 ``(h, w)`` maps in ``[0, 1]`` (or of items)

@@ -1,0 +1,704 @@
+"""Sharded background runs: one run split into N delegated operations.
+
+A saliency or patch run over a large view is split by sample id into
+``num_shards`` half-open ranges (:func:`shard_ranges`); each range becomes
+one delegated operation of the same operator, which any ``fiftyone delegated
+launch`` worker connected to the same database can pick up. The pieces:
+
+-   the *parent* (the operator called with ``num_shards > 1``) validates the
+    parameters, registers the run once (its config gains a ``sharding``
+    entry with a fresh ``run_id`` and the ranges), creates one record per
+    shard in the ``xpatch_shards`` collection and queues the child
+    operations;
+-   each *child* processes only the samples of its range that have no
+    result yet (so it is resumable), under a lock of its own range, and
+    writes its progress and failures to its own shard record with atomic
+    ``$set`` updates (no read-modify-write on the shared run results);
+-   :func:`xpatch_core.runs.get_run_info` adds the shard records up
+    (:func:`aggregate`): processed, failed, failures, patches, and a status
+    that is ``completed`` when every shard is;
+-   :func:`requeue_stale` puts back in the queue the shards whose worker
+    died (a killed worker leaves its delegated operation ``RUNNING``), or
+    whose operation failed; another worker then finishes them. A child that
+    finishes its shard also re-queues the stale shards of its run.
+
+Counts are exact across a crash: a child records the ids of the chunk it is
+about to write before writing it, so the next attempt credits the samples
+that reached the database and redoes the others.
+
+Results do not depend on the number of shards or workers: heatmaps are
+computed per image and patch boxes depend only on ``(seed, sample id)``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import re
+import socket
+import time
+import uuid
+from collections.abc import Generator, Sequence
+from typing import Any
+
+from xpatch_core.errors import ParameterError, XpatchError
+
+#: The collection of per-shard records (in FiftyOne's database).
+COLLECTION = "xpatch_shards"
+
+_HEX = re.compile(r"^[0-9a-f]{24}$")
+_COUNTS = ("processed", "failed", "patches", "degenerate", "elapsed")
+_SHARD_PARAMS = ("shard_run", "shard_index", "num_shards", "shard_lo", "shard_hi", "parent")
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _coll() -> Any:
+    import fiftyone.core.odm as foo
+
+    return foo.get_db_conn()[COLLECTION]
+
+
+def _runs():
+    from xpatch_core import runs
+
+    return runs
+
+
+def _zero() -> dict[str, Any]:
+    return {"processed": 0, "failed": 0, "patches": 0, "degenerate": 0, "elapsed": 0.0, "failures": []}
+
+
+# -- ranges ------------------------------------------------------------------------
+
+
+def shard_ranges(sample_collection: Any, num_shards: int) -> list[tuple[str | None, str | None]]:
+    """Splits a collection into contiguous ranges of sample ids.
+
+    The boundaries are quantiles of the sorted ObjectIds of the collection's
+    samples, so the ranges hold about the same number of samples. Ranges
+    are half-open, ``lo <= _id < hi``; the first has ``lo = None`` and the
+    last ``hi = None``, so every id, including that of a sample added later,
+    falls into exactly one range. Fewer ranges than asked are returned when
+    the collection has fewer samples than ``num_shards`` (at least one).
+
+    Args:
+        sample_collection: a FiftyOne collection (a patches view is replaced
+            by its images)
+        num_shards: the number of ranges wanted, ``>= 1``
+
+    Returns:
+        a list of ``(lo, hi)`` pairs of hex ids or None
+
+    Raises:
+        ParameterError: if ``num_shards`` is not a positive integer
+    """
+    if isinstance(num_shards, bool) or not isinstance(num_shards, int) or num_shards < 1:
+        raise ParameterError(f"num_shards must be a positive integer, got {num_shards!r}")
+    view = _runs()._base_collection(sample_collection)
+    ids = sorted(view.values("id"))
+    n = max(1, min(num_shards, len(ids)))
+    bounds = [ids[(k * len(ids)) // n] for k in range(1, n)]
+    return list(zip([None, *bounds], [*bounds, None]))
+
+
+def _check_range(id_range: Sequence[Any]) -> tuple[str | None, str | None]:
+    if not isinstance(id_range, (list, tuple)) or len(id_range) != 2:
+        raise ParameterError(f"an id range is a pair (lo, hi), got {id_range!r}")
+    out = []
+    for v in id_range:
+        if v is None or v == "":
+            out.append(None)
+        elif isinstance(v, str) and _HEX.match(v):
+            out.append(v)
+        else:
+            raise ParameterError(f"an id range bound is a 24-hex-digit sample id or None, got {v!r}")
+    lo, hi = out
+    if lo is not None and hi is not None and not lo < hi:
+        raise ParameterError(f"empty id range [{lo}, {hi})")
+    return lo, hi
+
+
+def restrict(sample_collection: Any, id_range: Sequence[Any] | None) -> Any:
+    """Restricts a collection to the samples of an id range.
+
+    Args:
+        sample_collection: a FiftyOne collection
+        id_range: ``(lo, hi)`` hex ids (None for unbounded), or None
+
+    Returns:
+        the view ``lo <= _id < hi`` (the collection itself for None)
+    """
+    if id_range is None:
+        return sample_collection
+    from bson import ObjectId
+    from fiftyone import ViewField as F
+
+    lo, hi = _check_range(id_range)
+    expr = None
+    if lo is not None:
+        expr = F("_id") >= ObjectId(lo)
+    if hi is not None:
+        upper = F("_id") < ObjectId(hi)
+        expr = upper if expr is None else expr & upper
+    return sample_collection if expr is None else sample_collection.match(expr)
+
+
+def range_name(id_range: Sequence[Any]) -> str:
+    """Returns ``"lo-hi"`` for a range (``min`` / ``max`` for open ends)."""
+    lo, hi = _check_range(id_range)
+    return f"{lo or 'min'}-{hi or 'max'}"
+
+
+# -- the parent: register once, queue N children -----------------------------------
+
+
+class ShardPlan:
+    """The parent's role in :func:`xpatch_core.runs.iter_run_saliency` /
+    :func:`xpatch_core.runs.iter_run_patches` (their ``shard`` argument):
+    validate, register the run once with its shard ranges, create the shard
+    records, and stop before processing anything.
+
+    Args:
+        num_shards: the number of shards wanted
+    """
+
+    register_only = True
+    id_range = None
+
+    def __init__(self, num_shards: int) -> None:
+        self.num_shards = num_shards
+        self.run_id = uuid.uuid4().hex
+        self.ranges: list[tuple[str | None, str | None]] = []
+        self.dataset: Any = None
+        self.run_key: str | None = None
+
+    def start(self, view: Any, run_key: str, kind: str, config: dict[str, Any], overwrite: bool) -> None:
+        """Registers the run and creates the shard records."""
+        runs = _runs()
+        self.ranges = shard_ranges(view, self.num_shards)
+        self.dataset, self.run_key = view._dataset, run_key
+        config = {**config, "sharding": {"run_id": self.run_id, "num_shards": len(self.ranges),
+                                         "ranges": [list(r) for r in self.ranges]}}
+        runs._start_run(view, run_key, kind, config, overwrite)
+        field = config["field"]
+        if overwrite and field in view._dataset.get_field_schema(flat=True):
+            # children always resume; "redo every sample" is a cleared field
+            view.clear_sample_field(field)
+        ds_id = str(view._dataset._doc.id)
+        coll = _coll()
+        coll.delete_many({"dataset_id": ds_id, "run_key": run_key})
+        now = _now()
+        coll.insert_many([
+            {"_id": f"{self.run_id}:{i}", "run_id": self.run_id, "dataset_id": ds_id, "run_key": run_key,
+             "field": field, "kind": kind, "index": i, "num_shards": len(self.ranges), "lo": lo, "hi": hi,
+             "status": "queued", "attempts": 0, "requeues": 0, "op_id": None, "owner": None, "pid": None,
+             "host": None, "heartbeat": None, "created_at": now, "updated_at": now, "total": None,
+             "skipped": None, "current": _zero(), "committed": _zero(), "pending": None}
+            for i, (lo, hi) in enumerate(self.ranges)
+        ])
+        summary = runs.RunSummary(run_key=run_key, field=field, type=kind, total=len(view))
+        runs._save_results(view, run_key, summary, "queued",
+                           {"num_shards": len(self.ranges), "run_id": self.run_id})
+
+    def save(self, view: Any, run_key: str, summary: Any, status: str, extra: dict) -> None:
+        """Saves the run results (only reached on an error in the parent)."""
+        _runs()._save_results(view, run_key, summary, status, extra)
+
+    def pending(self, ids: Sequence[str]) -> None:  # noqa: ARG002
+        """Unused: the parent writes no samples."""
+
+    def queue(self, request_params: dict[str, Any], operator_uri: str) -> list[str]:
+        """Queues one delegated operation per shard.
+
+        Args:
+            request_params: the parent's ``ctx.request_params``
+            operator_uri: the operator to queue (the parent's own)
+
+        Returns:
+            the delegated operation ids
+        """
+        base = _child_request(request_params, self.dataset)
+        _coll().update_many({"run_id": self.run_id},
+                            {"$set": {"request": json.dumps(base, default=str), "operator": operator_uri}})
+        ids = []
+        for doc in _coll().find({"run_id": self.run_id}).sort("index", 1):
+            op_id = _queue_child(doc)
+            if op_id:
+                ids.append(op_id)
+        return ids
+
+
+def _child_request(request_params: dict[str, Any], dataset: Any) -> dict[str, Any]:
+    base = {k: v for k, v in request_params.items()
+            if k not in ("run_doc", "results", "target", "request_delegation", "dataset_id")}
+    base["params"] = {k: v for k, v in (request_params.get("params") or {}).items() if k not in _SHARD_PARAMS}
+    base["dataset_name"] = dataset.name
+    base["delegated"] = True
+    return json.loads(json.dumps(base, default=str))
+
+
+def _queue_child(doc: dict[str, Any]) -> str | None:
+    """Queues the delegated operation of a shard record that has none."""
+    from fiftyone.operators.delegated import DelegatedOperationService
+    from fiftyone.operators.executor import ExecutionContext
+
+    claim = _coll().find_one_and_update({"_id": doc["_id"], "op_id": None}, {"$set": {"op_id": "queueing"}})
+    if claim is None:
+        return None
+    rp = json.loads(doc["request"])
+    rp["params"] = {**rp["params"], "shard_run": doc["run_id"], "shard_index": doc["index"],
+                    "num_shards": doc["num_shards"], "shard_lo": doc["lo"], "shard_hi": doc["hi"],
+                    "parent": False, "overwrite": False, "delegate": True}
+    label = f"xpatch {doc['kind']} {doc['field']}: shard {doc['index'] + 1}/{doc['num_shards']}"
+    try:
+        op = DelegatedOperationService().queue_operation(
+            operator=doc["operator"], label=label, context=ExecutionContext(request_params=rp),
+            metadata={"inputs_schema": None, "outputs_schema": None}, rerunnable=True,
+        )
+    except Exception:
+        _coll().update_one({"_id": doc["_id"], "op_id": "queueing"}, {"$set": {"op_id": None}})
+        raise
+    _coll().update_one({"_id": doc["_id"]}, {"$set": {"op_id": str(op.id), "queued_at": _now()}})
+    return str(op.id)
+
+
+# -- a child: one range ------------------------------------------------------------
+
+
+class ShardWorker:
+    """A child's role in the ``iter_run_*`` functions (their ``shard``
+    argument): process one id range, without registering the run, writing
+    progress to the shard record.
+
+    Args:
+        dataset: the dataset
+        run_key: the run key
+        run_id: the sharded run's id (from the run's config)
+        index: the shard's index
+        lo: the range's lower bound (hex id) or None
+        hi: the range's upper bound (hex id) or None
+    """
+
+    register_only = False
+
+    def __init__(self, dataset: Any, run_key: str, run_id: str, index: int, lo: str | None,
+                 hi: str | None) -> None:
+        self.dataset = dataset
+        self.run_key = run_key
+        self.run_id = run_id
+        self.index = int(index)
+        self.id_range = _check_range((lo, hi))
+        self.doc_id = f"{run_id}:{self.index}"
+        self.owner = uuid.uuid4().hex
+        self.first = True
+        self.kind: str | None = None
+        self.field: str | None = None
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any], dataset: Any, run_key: str) -> ShardWorker:
+        """Builds the worker of a child operation from its parameters."""
+        run_id = params.get("shard_run")
+        index = params.get("shard_index")
+        if not isinstance(run_id, str) or not re.fullmatch(r"[0-9a-f]{32}", run_id):
+            raise ParameterError(f"invalid shard run id {run_id!r}")
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise ParameterError(f"invalid shard index {index!r}")
+        return cls(dataset, run_key, run_id, index, params.get("shard_lo"), params.get("shard_hi"))
+
+    def _filter(self) -> dict[str, Any]:
+        return {"_id": self.doc_id, "owner": self.owner}
+
+    def claim(self) -> None:
+        """Marks the shard as taken by this process (before the model loads).
+
+        Raises:
+            XpatchError: if the shard record is gone (its run was replaced)
+        """
+        doc = _coll().find_one_and_update(
+            {"_id": self.doc_id, "run_id": self.run_id},
+            {"$set": {"status": "starting", "owner": self.owner, "pid": os.getpid(),
+                      "host": socket.gethostname(), "heartbeat": _now(), "updated_at": _now()}},
+        )
+        if doc is None:
+            raise XpatchError(f"shard {self.index} of run {self.run_id} no longer exists "
+                              f"(run {self.run_key!r} was deleted or started again)")
+
+    def start(self, view: Any, run_key: str, kind: str, config: dict[str, Any], overwrite: bool) -> None:  # noqa: ARG002
+        """Checks that the run is still this one, then starts an attempt,
+        crediting what an earlier attempt of this shard wrote."""
+        runs = _runs()
+        self.kind, self.field = kind, config["field"]
+        dataset = view._dataset
+        try:
+            registered = dataset.get_run_info(run_key).config.serialize()
+        except Exception:  # noqa: BLE001
+            registered = {}
+        if (registered.get("sharding") or {}).get("run_id") != self.run_id:
+            raise XpatchError(f"run {run_key!r} was started again since shard {self.index} was queued; "
+                              "this shard is obsolete")
+        diff = runs._same_config(registered, config, kind)
+        if diff:
+            raise ParameterError(f"shard {self.index} would compute with other parameters than the "
+                                 f"registered run ({', '.join(diff)}): check the worker's files and models")
+        before = _coll().find_one_and_update(
+            self._filter(),
+            {"$inc": {"attempts": 1},
+             "$set": {"status": "running", "pid": os.getpid(), "host": socket.gethostname(),
+                      "heartbeat": _now(), "updated_at": _now(), "started_at": _now()}},
+        )
+        if before is None:
+            raise XpatchError(f"shard {self.index} was taken over by another worker")
+        self.first = int(before.get("attempts") or 0) == 0
+        if not self.first:
+            self._reconcile(dataset, before)
+
+    def _reconcile(self, dataset: Any, before: dict[str, Any]) -> None:
+        committed = {**_zero(), **(before.get("committed") or {})}
+        current = before.get("current") or {}
+        for k in ("processed", "patches", "degenerate", "elapsed"):
+            committed[k] += current.get(k) or 0
+        pending = before.get("pending") or []
+        if pending:
+            written = dataset.select(pending).exists(self.field)
+            values = written.values(self.field)
+            committed["processed"] += len(values)
+            if self.kind == "patches":
+                dets = [v.detections for v in values]
+                committed["patches"] += sum(len(d) for d in dets)
+                committed["degenerate"] += sum(1 for d in dets if d and getattr(d[0], "degenerate", False))
+            else:
+                committed["degenerate"] += sum(1 for v in values if getattr(v, "degenerate", False))
+        committed["failures"] = []
+        _coll().update_one(self._filter(), {"$set": {"committed": committed, "current": _zero(),
+                                                     "pending": None}})
+
+    def pending(self, ids: Sequence[str]) -> None:
+        """Records the ids of the chunk about to be written."""
+        _coll().update_one(self._filter(), {"$set": {"pending": list(ids), "heartbeat": _now()}})
+
+    def save(self, view: Any, run_key: str, summary: Any, status: str, extra: dict) -> None:  # noqa: ARG002
+        """Writes this attempt's progress to the shard record (atomic ``$set``)."""
+        runs = _runs()
+        current = {k: getattr(summary, k) for k in _COUNTS}
+        current["failures"] = list(summary.failures[: runs._MAX_FAILURES_KEPT])
+        update: dict[str, Any] = {"current": runs._jsonable(current), "status": status, "pending": None,
+                                  "heartbeat": _now(), "updated_at": _now()}
+        if self.first:
+            update["total"] = summary.total
+            update["skipped"] = summary.skipped
+        if status in ("completed", "failed"):
+            update["finished_at"] = _now()
+        _coll().update_one(self._filter(), {"$set": update})
+
+
+# -- the operators' entry point ----------------------------------------------------
+
+
+def _num_shards(params: dict[str, Any]) -> int:
+    v = params.get("num_shards", 1)
+    if v is None or v == "":
+        return 1
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 1000:
+        raise ParameterError(f"num_shards must be an integer in [1, 1000], got {v!r}")
+    return v
+
+
+def operator_run(ctx: Any, kind: str, view: Any, kwargs: dict[str, Any],
+                 operator_uri: str) -> Generator[Any, None, Any]:
+    """The run an operator drives: plain, parent of shards, or one shard.
+
+    -   ``num_shards`` missing or 1: the plain run;
+    -   ``num_shards > 1`` without ``shard_run``: the parent, which
+        registers the run and queues one delegated operation per shard;
+    -   ``shard_run`` present: one shard (a child operation).
+
+    Args:
+        ctx: the operator's execution context
+        kind: ``"saliency"`` or ``"patches"``
+        view: the images to process
+        kwargs: the run's keyword arguments
+        operator_uri: the operator's URI (for queueing the children)
+
+    Returns:
+        a generator of :class:`xpatch_core.runs.Progress` whose return value
+        is the :class:`xpatch_core.runs.RunSummary`
+    """
+    runs = _runs()
+    fn = runs.iter_run_saliency if kind == "saliency" else runs.iter_run_patches
+    params = ctx.params
+    if params.get("shard_run") is not None:
+        run_key = kwargs.get("run_key") or kwargs["field"]
+        shard = ShardWorker.from_params(params, view._dataset, run_key)
+        shard.claim()
+        summary = yield from fn(view, **{**kwargs, "overwrite": False}, shard=shard)
+        try:
+            requeue_stale(view._dataset, run_key, include_failed=False)
+        except Exception:  # noqa: BLE001 - helping dead peers is best effort
+            pass
+        return summary
+    num = _num_shards(params)
+    if num <= 1:
+        return (yield from fn(view, **kwargs))
+    plan = ShardPlan(num)
+    summary = yield from fn(view, **kwargs, shard=plan)
+    ops = plan.queue(ctx.request_params, operator_uri)
+    yield runs.Progress(1, 1, 0, f"queued {len(ops)} shards of run {summary.run_key!r}")
+    return summary
+
+
+# -- status, re-queueing, waiting --------------------------------------------------
+
+
+def _sharding(dataset: Any, run_key: str) -> dict[str, Any]:
+    try:
+        cfg = dataset.get_run_info(run_key).config.serialize()
+    except Exception:  # noqa: BLE001
+        raise ParameterError(f"no run {run_key!r} on dataset {dataset.name!r}") from None
+    sharding = cfg.get("sharding")
+    if not isinstance(sharding, dict) or not sharding.get("run_id"):
+        raise ParameterError(f"run {run_key!r} is not a sharded run")
+    return sharding
+
+
+def shard_docs(sample_collection: Any, run_key: str) -> list[dict[str, Any]]:
+    """Returns the shard records of a sharded run, by index.
+
+    Args:
+        sample_collection: a FiftyOne collection
+        run_key: the run key
+
+    Returns:
+        a list of dicts
+    """
+    dataset = _runs()._base_collection(sample_collection)._dataset
+    run_id = _sharding(dataset, run_key)["run_id"]
+    return list(_coll().find({"run_id": run_id}).sort("index", 1))
+
+
+def _is_stale(doc: dict[str, Any], ttl: float) -> bool:
+    if doc.get("status") not in ("starting", "running"):
+        return False
+    runs = _runs()
+    if doc.get("host") == socket.gethostname() and doc.get("pid") and not runs._pid_alive(int(doc["pid"])):
+        return True
+    return _now() - float(doc.get("heartbeat") or 0) > ttl
+
+
+def aggregate(sample_collection: Any, run_key: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Adds up the shard records of a sharded run into run results.
+
+    Status: ``completed`` when every shard is; ``running`` while a shard
+    runs (or some are done and others queued); ``queued`` before any
+    starts; ``stalled`` when the only unfinished shards have a dead worker
+    (see :func:`requeue_stale`); ``failed`` otherwise.
+
+    Args:
+        sample_collection: a FiftyOne collection
+        run_key: the run key
+        config: the run's config (read when None)
+
+    Returns:
+        ``{"status", "total", "processed", "skipped", "failed", "failures",
+        "patches", "degenerate", "elapsed", "images_per_s", "num_shards",
+        "shards": [...]}``
+    """
+    runs = _runs()
+    dataset = runs._base_collection(sample_collection)._dataset
+    sharding = (config or {}).get("sharding") or _sharding(dataset, run_key)
+    docs = list(_coll().find({"run_id": sharding["run_id"]}).sort("index", 1))
+    out: dict[str, Any] = {"total": 0, "processed": 0, "skipped": 0, "failed": 0, "failures": [],
+                           "patches": 0, "degenerate": 0, "num_shards": len(docs), "run_id": sharding["run_id"]}
+    shards, states = [], []
+    started = True
+    op_states = _op_states([d.get("op_id") for d in docs if d.get("status") != "completed"])
+    for d in docs:
+        com = {**_zero(), **(d.get("committed") or {})}
+        cur = {**_zero(), **(d.get("current") or {})}
+        processed = int(com["processed"]) + int(cur["processed"])
+        out["processed"] += processed
+        out["failed"] += int(cur["failed"])
+        out["patches"] += int(com["patches"]) + int(cur["patches"])
+        out["degenerate"] += int(com["degenerate"]) + int(cur["degenerate"])
+        if d.get("total") is None:
+            started = False
+        out["total"] += int(d.get("total") or 0)
+        out["skipped"] += int(d.get("skipped") or 0)
+        room = runs._MAX_FAILURES_KEPT - len(out["failures"])
+        out["failures"].extend((cur.get("failures") or [])[: max(room, 0)])
+        state = d.get("status")
+        if _is_stale(d, runs._LOCK_TTL):
+            state = "stalled"
+        elif state != "completed" and op_states.get(d.get("op_id")) == "failed":
+            state = "failed"
+        states.append(state)
+        shards.append({"index": d["index"], "lo": d.get("lo"), "hi": d.get("hi"), "status": state,
+                       "attempts": d.get("attempts", 0), "requeues": d.get("requeues", 0),
+                       "processed": processed, "failed": int(cur["failed"]), "host": d.get("host"),
+                       "pid": d.get("pid"), "op_id": d.get("op_id")})
+    if states and all(s == "completed" for s in states):
+        status = "completed"
+    elif any(s in ("running", "starting") for s in states):
+        status = "running"
+    elif any(s == "queued" for s in states):
+        status = "running" if any(s == "completed" for s in states) else "queued"
+    elif any(s == "stalled" for s in states):
+        status = "stalled"
+    else:
+        status = "failed"
+    starts = [d["created_at"] for d in docs if d.get("created_at")]
+    ends = [d.get("finished_at") or d.get("updated_at") for d in docs]
+    ends = [e for e in ends if e]
+    elapsed = (max(ends) - min(starts)) if starts and ends else 0.0
+    out.update(status=status, shards=shards, elapsed=elapsed,
+               images_per_s=out["processed"] / elapsed if elapsed > 0 else 0.0)
+    if ends:
+        out["updated_at"] = _dt.datetime.fromtimestamp(max(ends), _dt.UTC).isoformat()
+    if not started:  # totals are known once every shard has started
+        out.pop("total")
+        out.pop("skipped")
+    return out
+
+
+def _op_states(op_ids: Sequence[str | None]) -> dict[str, str]:
+    """Run states of delegated operations, by id (one query)."""
+    from bson import ObjectId
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    ids = [ObjectId(i) for i in op_ids if isinstance(i, str) and _HEX.match(i)]
+    if not ids:
+        return {}
+    ops = DelegatedOperationService().list_operations(_id={"$in": ids})
+    return {str(op.id): str(op.run_state) for op in ops}
+
+
+def requeue_stale(sample_collection: Any, run_key: str, *, stale_after: float | None = None,
+                  include_failed: bool = True) -> list[int]:
+    """Puts back in the queue the shards of a run whose worker died.
+
+    A worker killed mid-shard leaves its delegated operation ``RUNNING``
+    and its shard record ``running``. A shard is *stale* when its worker
+    process is gone (same host) or its heartbeat (refreshed every chunk) is
+    older than ``stale_after``; its operation is then set back to
+    ``QUEUED`` (atomically, only if still ``RUNNING``) and the next free
+    worker resumes it where it stopped. Failed operations are re-queued
+    too when ``include_failed``, and shards whose operation was never
+    queued (a parent that died while queueing) are queued.
+
+    Args:
+        sample_collection: a FiftyOne collection
+        run_key: the sharded run's key
+        stale_after: seconds without a heartbeat after which a worker on
+            another host is presumed dead (default ``XPATCH_LOCK_TTL``, 120)
+        include_failed: also re-queue shards whose operation failed
+
+    Returns:
+        the indices of the shards re-queued
+    """
+    from bson import ObjectId
+    from fiftyone.operators.delegated import DelegatedOperationService
+    from fiftyone.operators.executor import ExecutionRunState
+
+    runs = _runs()
+    dataset = runs._base_collection(sample_collection)._dataset
+    ttl = float(stale_after if stale_after is not None else runs._LOCK_TTL)
+    run_id = _sharding(dataset, run_key)["run_id"]
+    svc = DelegatedOperationService()
+    requeued = []
+    for doc in _coll().find({"run_id": run_id, "status": {"$ne": "completed"}}).sort("index", 1):
+        op_id = doc.get("op_id")
+        if op_id is None or op_id == "queueing":
+            if doc.get("request") and _now() - float(doc.get("created_at") or 0) > ttl:
+                if op_id == "queueing":
+                    _coll().update_one({"_id": doc["_id"], "op_id": "queueing"}, {"$set": {"op_id": None}})
+                if _queue_child({**doc, "op_id": None}):
+                    requeued.append(doc["index"])
+            continue
+        op = svc.get(ObjectId(op_id))
+        if op is None:
+            continue
+        state = op.run_state
+        if state == ExecutionRunState.RUNNING:
+            if doc.get("status") in ("starting", "running"):
+                stale = _is_stale(doc, ttl)
+            else:  # claimed by a worker that never reached the shard
+                started = op.started_at or op.updated_at
+                stale = started is None or (_dt.datetime.utcnow() - started).total_seconds() > ttl
+            if not stale:
+                continue
+            done = svc.set_queued(op.id, required_state=ExecutionRunState.RUNNING)
+        elif state == ExecutionRunState.FAILED and include_failed:
+            done = svc.set_queued(op.id, required_state=ExecutionRunState.FAILED)
+        else:
+            continue
+        if done is not None:
+            _coll().update_one({"_id": doc["_id"]},
+                               {"$set": {"status": "queued", "owner": None, "updated_at": _now()},
+                                "$inc": {"requeues": 1}})
+            requeued.append(doc["index"])
+    return requeued
+
+
+def wait(sample_collection: Any, run_key: str, *, timeout: float = 3600.0, poll: float = 1.0,
+         requeue: bool = True, stale_after: float | None = None) -> dict[str, Any]:
+    """Waits for a sharded run to finish, re-queueing stale shards.
+
+    Args:
+        sample_collection: a FiftyOne collection
+        run_key: the run key
+        timeout: seconds to wait at most
+        poll: seconds between checks
+        requeue: call :func:`requeue_stale` at every check
+        stale_after: passed to :func:`requeue_stale`
+
+    Returns:
+        the aggregated results (:func:`aggregate`)
+
+    Raises:
+        TimeoutError: if the run is not completed or failed in time
+    """
+    end = time.monotonic() + timeout
+    while True:
+        if requeue:
+            requeue_stale(sample_collection, run_key, stale_after=stale_after, include_failed=False)
+        res = aggregate(sample_collection, run_key)
+        if res["status"] in ("completed", "failed"):
+            return res
+        if time.monotonic() > end:
+            raise TimeoutError(f"run {run_key!r} not finished after {timeout:.0f}s: "
+                               f"{[(s['index'], s['status']) for s in res['shards']]}")
+        time.sleep(poll)
+
+
+def forget(dataset: Any, run_key: str) -> int:
+    """Deletes the shard records of a run key (when the run is deleted).
+
+    Args:
+        dataset: a FiftyOne dataset
+        run_key: the run key
+
+    Returns:
+        the number of records deleted
+    """
+    return _coll().delete_many({"dataset_id": str(dataset._doc.id), "run_key": run_key}).deleted_count
+
+
+__all__ = [
+    "COLLECTION",
+    "ShardPlan",
+    "ShardWorker",
+    "aggregate",
+    "forget",
+    "operator_run",
+    "range_name",
+    "requeue_stale",
+    "restrict",
+    "shard_docs",
+    "shard_ranges",
+    "wait",
+]

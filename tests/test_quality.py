@@ -1,0 +1,36 @@
+"""The defaults meet the quality targets on the shared COCO subset, through the library path."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import fiftyone as fo
+
+from xpatch_core import runs
+from xpatch_core.metrics import evaluate_patches
+
+
+@pytest.mark.slow
+def test_defaults_meet_quality_targets_on_coco(coco_dir, xception_weights):
+    ds = fo.Dataset.from_dir(
+        dataset_type=fo.types.COCODetectionDataset,
+        data_path=os.path.join(coco_dir, "images"),
+        labels_path=os.path.join(coco_dir, "annotations.json"),
+        label_types="detections",
+        label_field="gt",
+    )
+    try:
+        # Every setting is the default but the offline weights file.
+        runs.run_saliency(ds, "saliency", "xception", weights=xception_weights)
+        runs.run_patches(ds, "saliency", "patches")
+        ev = evaluate_patches(ds, "patches", "gt")
+        print(f"\ndefaults on {len(ds)} COCO images: object-hit {ev['hit_rate']:.3f}, uniform "
+              f"{ev['uniform_rate']:.3f} ({ev['ratio']:.2f}x), pointing game {ev['pointing_game']:.3f}")
+        assert ev["ratio"] >= 1.5
+        assert ev["pointing_game"] >= 0.90
+        stored = runs.get_run_info(ds, "patches")["results"]["evaluation"]
+        assert stored["hit_rate"] == pytest.approx(ev["hit_rate"])
+    finally:
+        ds.delete()

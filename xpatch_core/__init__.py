@@ -9,6 +9,9 @@ loaded on first use of the functions that need them.
 | :func:`compute_saliency`, :func:`iter_saliency`, :func:`upsample` | :mod:`xpatch_core.saliency` |
 | :func:`sample_patches` | :mod:`xpatch_core.sampler` |
 | :func:`load_image` | :mod:`xpatch_core.images` |
+| :func:`run_saliency`, :func:`run_patches` | :mod:`xpatch_core.runs` (FiftyOne) |
+| :func:`export_patches` | :mod:`xpatch_core.export` (FiftyOne) |
+| :func:`evaluate_patches` | :mod:`xpatch_core.metrics` (FiftyOne) |
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ _LAZY = {
     "sample_patches": "xpatch_core.sampler",
     "PatchSet": "xpatch_core.sampler",
     "load_image": "xpatch_core.images",
+    "export_patches": "xpatch_core.export",
+    "evaluate_patches": "xpatch_core.metrics",
+    "run_saliency": "xpatch_core.runs",
+    "run_patches": "xpatch_core.runs",
     "ImageDecodeError": "xpatch_core.errors",
     "XpatchError": "xpatch_core.errors",
 }

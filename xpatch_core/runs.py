@@ -435,9 +435,11 @@ def _save_results(sample_collection: Any, run_key: str, summary: RunSummary, sta
     data["history"] = (previous.get("history") or [])[-19:]
     if status in ("completed", "failed"):
         data["history"].append({k: data[k] for k in ("processed", "failed", "skipped", "elapsed", "status")})
-    # keep what other writers (e.g. evaluation) stored on the results
+    # keep what other writers (e.g. evaluation) stored on the results, except an
+    # evaluation of results this run has just replaced
+    stale = ("evaluation", "evaluations") if summary.processed else ()
     for k, v in previous.items():
-        if k not in data and k not in ("status",):
+        if k not in data and k not in ("status",) and k not in stale:
             data[k] = v
     results = dataset.init_run_results(run_key, **_jsonable(data))
     dataset.save_run_results(run_key, results, overwrite=True, cache=False)

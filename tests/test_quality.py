@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import os
 
-import pytest
-
 import fiftyone as fo
+import pytest
 
 from xpatch_core import runs
 from xpatch_core.metrics import evaluate_patches

@@ -31,5 +31,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_saliency.py
 	$(BIN)/python benchmarks/bench_sampler.py
+	$(BIN)/python benchmarks/bench_saliency.py
+	$(BIN)/python benchmarks/bench_pipeline.py
+	$(BIN)/python benchmarks/bench_quality.py
+	$(BIN)/python benchmarks/bench_scale.py

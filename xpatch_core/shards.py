@@ -631,16 +631,23 @@ def requeue_stale(sample_collection: Any, run_key: str, *, stale_after: float | 
                 stale = started is None or (_dt.datetime.utcnow() - started).total_seconds() > ttl
             if not stale:
                 continue
-            done = svc.set_queued(op.id, required_state=ExecutionRunState.RUNNING)
-        elif state == ExecutionRunState.FAILED and include_failed:
-            done = svc.set_queued(op.id, required_state=ExecutionRunState.FAILED)
-        else:
+        elif not (state == ExecutionRunState.FAILED and include_failed):
             continue
-        if done is not None:
-            _coll().update_one({"_id": doc["_id"]},
-                               {"$set": {"status": "queued", "owner": None, "updated_at": _now()},
-                                "$inc": {"requeues": 1}})
-            requeued.append(doc["index"])
+        # mark the shard only if it has not moved since it was read (another caller
+        # re-queued it and a worker took it, say); then the operation, only if its state
+        # is still the one seen (a worker takes only QUEUED operations)
+        seen = {k: doc.get(k) for k in ("owner", "status", "heartbeat", "updated_at")}
+        marked = _coll().find_one_and_update(
+            {"_id": doc["_id"], **seen},
+            {"$set": {"status": "queued", "owner": None, "updated_at": _now()}, "$inc": {"requeues": 1}})
+        if marked is None:
+            continue
+        if svc.set_queued(op.id, required_state=state) is None:
+            _coll().update_one({"_id": doc["_id"], "owner": None, "status": "queued"},
+                               {"$set": {"status": seen["status"], "owner": seen["owner"]},
+                                "$inc": {"requeues": -1}})
+            continue
+        requeued.append(doc["index"])
     return requeued
 
 

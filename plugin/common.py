@@ -68,6 +68,36 @@ def progress_event(ctx: Any, p: Any) -> Any:
     return ctx.ops.set_progress(progress=p.fraction, label=p.message)
 
 
+def relay(ctx: Any, gen: Any):
+    """Relays a library generator's :class:`xpatch_core.runs.Progress` events
+    to the App (or the delegated operation's record).
+
+    Use as ``summary = yield from relay(ctx, gen)``.
+
+    Args:
+        ctx: the execution context
+        gen: a generator of progress events
+
+    Returns:
+        the generator's return value
+    """
+    while True:
+        try:
+            p = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        event = progress_event(ctx, p)
+        if event is not None:
+            yield event
+
+
+def shards_input(inputs: Any) -> None:
+    """Adds the "Shards" input of operators that can split a run."""
+    inputs.int("num_shards", default=1, min=1, max=1000, label="Shards",
+               description="Split the run into this many delegated operations, for several "
+                           "workers ('fiftyone delegated launch')")
+
+
 def number(params: dict, name: str, default: Any, *, kind: type = float, lo: float | None = None,
            hi: float | None = None, allow_none: bool = False) -> Any:
     """Reads and validates a numeric parameter from the App.

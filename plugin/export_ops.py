@@ -192,17 +192,9 @@ class ExportPatches(foo.Operator):
         return self._stream(ctx, gen)
 
     def _stream(self, ctx: Any, gen: Any):
-        from .common import progress_event
+        from .common import relay
 
-        while True:
-            try:
-                p = next(gen)
-            except StopIteration as stop:
-                report = stop.value
-                break
-            event = progress_event(ctx, p)
-            if event is not None:
-                yield event
+        report = yield from relay(ctx, gen)
         if not ctx.delegated:
             outputs = types.Object()
             outputs.str("summary", label="Export", view=types.MarkdownView())

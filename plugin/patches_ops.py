@@ -10,7 +10,8 @@ from .common import (
     foo,
     number,
     number_list,
-    progress_event,
+    relay,
+    shards_input,
     target_images,
     text,
     types,
@@ -141,9 +142,7 @@ class SamplePatches(foo.Operator):
             inputs.str("label", default="patch", label="Label text")
         inputs.bool("overwrite", default=False, label="Redo samples that already have patches")
         inputs.bool("open_view", default=True, label="Open the patches view when done")
-        inputs.int("num_shards", default=1, min=1, max=1000, label="Shards",
-                   description="Split the run into this many delegated operations, for several "
-                               "workers ('fiftyone delegated launch')")
+        shards_input(inputs)
         return types.Property(inputs, view=types.View(label="Sample patches"))
 
     def resolve_delegation(self, ctx: Any) -> bool | None:
@@ -156,15 +155,7 @@ class SamplePatches(foo.Operator):
         kwargs = patch_params(ctx.params)
         view = target_images(ctx)
         gen = operator_run(ctx, "patches", view, kwargs, self.uri)
-        while True:
-            try:
-                p = next(gen)
-            except StopIteration as stop:
-                summary = stop.value
-                break
-            event = progress_event(ctx, p)
-            if event is not None:
-                yield event
+        summary = yield from relay(ctx, gen)
         if not ctx.delegated:
             yield ctx.ops.reload_dataset()
             if ctx.params.get("open_view", True) and summary.patches:

@@ -38,17 +38,40 @@ def _checked_key(ctx: Any) -> str:
     return key
 
 
-class GetRunInfo(foo.Operator):
+class _RunOperator(foo.Operator):
+    """Base of the run-management operators: a run-key form and a Python call."""
+
+    form_label = "xpatch run"
+
+    def resolve_input(self, ctx: Any) -> types.Property:
+        inputs = types.Object()
+        _run_key_input(ctx, inputs)
+        return types.Property(inputs, view=types.View(label=self.form_label))
+
+    def __call__(self, sample_collection: Any, run_key: str) -> Any:
+        """Runs the operator on a run, as the App does.
+
+        Args:
+            sample_collection: a FiftyOne collection
+            run_key: the run key
+
+        Returns:
+            the :class:`fiftyone.operators.executor.ExecutionResult` (for
+            *get run info*, ``result["info"]`` holds the config and results)
+        """
+        ctx = {"view": sample_collection.view(), "params": {"run_key": run_key}}
+        return foo.execute_operator(self.uri, ctx)
+
+
+
+class GetRunInfo(_RunOperator):
     """Shows the config and results of an xpatch run."""
 
     @property
     def config(self) -> foo.OperatorConfig:
         return foo.OperatorConfig(name="get_xpatch_run_info", label="xpatch: get run info", dynamic=True)
 
-    def resolve_input(self, ctx: Any) -> types.Property:
-        inputs = types.Object()
-        _run_key_input(ctx, inputs)
-        return types.Property(inputs, view=types.View(label="xpatch run info"))
+    form_label = "xpatch run info"
 
     def execute(self, ctx: Any) -> dict[str, Any]:
         from xpatch_core.runs import get_run_info
@@ -61,32 +84,16 @@ class GetRunInfo(foo.Operator):
         outputs.obj("info", label="Run", view=types.JSONView())
         return types.Property(outputs, view=types.View(label="xpatch run info"))
 
-    def __call__(self, sample_collection: Any, run_key: str) -> Any:
-        """Returns a run's info.
-
-        Args:
-            sample_collection: a FiftyOne collection
-            run_key: the run key
-
-        Returns:
-            the :class:`fiftyone.operators.executor.ExecutionResult`; its
-            ``result["info"]`` holds the config and results
-        """
-        ctx = {"view": sample_collection.view(), "params": {"run_key": run_key}}
-        return foo.execute_operator(self.uri, ctx)
 
 
-class LoadRunView(foo.Operator):
+class LoadRunView(_RunOperator):
     """Opens the view of an xpatch run (a patches view for patch runs)."""
 
     @property
     def config(self) -> foo.OperatorConfig:
         return foo.OperatorConfig(name="load_xpatch_run_view", label="xpatch: load run view", dynamic=True)
 
-    def resolve_input(self, ctx: Any) -> types.Property:
-        inputs = types.Object()
-        _run_key_input(ctx, inputs)
-        return types.Property(inputs, view=types.View(label="Load xpatch run view"))
+    form_label = "Load xpatch run view"
 
     def execute(self, ctx: Any) -> dict[str, Any]:
         from xpatch_core.runs import load_run_view
@@ -95,21 +102,9 @@ class LoadRunView(foo.Operator):
         ctx.ops.set_view(view=view)
         return {"samples": len(view)}
 
-    def __call__(self, sample_collection: Any, run_key: str) -> Any:
-        """Loads a run's view (in the App when one is connected).
-
-        Args:
-            sample_collection: a FiftyOne collection
-            run_key: the run key
-
-        Returns:
-            the :class:`fiftyone.operators.executor.ExecutionResult`
-        """
-        ctx = {"view": sample_collection.view(), "params": {"run_key": run_key}}
-        return foo.execute_operator(self.uri, ctx)
 
 
-class DeleteRun(foo.Operator):
+class DeleteRun(_RunOperator):
     """Deletes an xpatch run with its field, failure tags and heatmap files."""
 
     @property
@@ -136,18 +131,6 @@ class DeleteRun(foo.Operator):
         ctx.ops.reload_dataset()
         return out
 
-    def __call__(self, sample_collection: Any, run_key: str) -> Any:
-        """Deletes a run.
-
-        Args:
-            sample_collection: a FiftyOne collection
-            run_key: the run key
-
-        Returns:
-            the :class:`fiftyone.operators.executor.ExecutionResult`
-        """
-        ctx = {"view": sample_collection.view(), "params": {"run_key": run_key}}
-        return foo.execute_operator(self.uri, ctx)
 
 
 def register(p: Any) -> None:

@@ -9,7 +9,8 @@ from .common import (
     fields_of,
     foo,
     number,
-    progress_event,
+    relay,
+    shards_input,
     target_images,
     text,
     types,
@@ -175,9 +176,7 @@ class ComputeSaliency(foo.Operator):
         if ctx.params.get("storage") == "png":
             inputs.str("map_dir", required=True, label="Heatmap folder")
         inputs.bool("overwrite", default=False, label="Recompute samples that already have a heatmap")
-        inputs.int("num_shards", default=1, min=1, max=1000, label="Shards",
-                   description="Split the run into this many delegated operations, for several "
-                               "workers ('fiftyone delegated launch')")
+        shards_input(inputs)
         return types.Property(inputs, view=types.View(label="Compute saliency"))
 
     def resolve_delegation(self, ctx: Any) -> bool | None:
@@ -189,15 +188,7 @@ class ComputeSaliency(foo.Operator):
         kwargs = saliency_params(ctx.params)
         view = target_images(ctx)
         gen = operator_run(ctx, "saliency", view, kwargs, self.uri)
-        while True:
-            try:
-                p = next(gen)
-            except StopIteration as stop:
-                summary = stop.value
-                break
-            event = progress_event(ctx, p)
-            if event is not None:
-                yield event
+        summary = yield from relay(ctx, gen)
         if not ctx.delegated:
             yield ctx.ops.reload_dataset()
             yield _summary_output(ctx, summary)

@@ -292,3 +292,15 @@ def test_fusion_rules():
     assert xp.compute_saliency([np.full((32, 32, 3), 50.0)], model=sm, method="activation")[0].shape == (30, 30)
     with pytest.raises(ParameterError, match="fusion"):
         xp.compute_saliency([np.zeros((32, 32, 3))], model=sm, method="gradcam")
+
+
+def test_eigencam_block_iteration_matches_full_eigendecomposition(xception, photos):
+    from xpatch_core.images import load_image
+    from xpatch_core.saliency import EigenCAM, eigencam_reference
+
+    x = np.stack([load_image(photos[n], (299, 299)).array for n in photos])
+    coarse, fine = xception.fused(xception.preprocess(x))
+    for acts in (np.asarray(coarse), np.asarray(fine)):
+        got, _ = normalize_maps(EigenCAM(xception).combine(acts, None))
+        ref, _ = normalize_maps(eigencam_reference(acts))
+        np.testing.assert_allclose(got, ref, atol=1e-3)

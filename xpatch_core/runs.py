@@ -927,16 +927,21 @@ def iter_run_patches(
                 return summary
         t0 = time.perf_counter()
         yield Progress(0, len(todo), 0, f"sampling patches on {len(todo)} samples")
+        declared = False
         for chunk_ids in _chunks(todo, max(_CHUNK, 256)):
             chunk = dataset.select(chunk_ids, ordered=True)
-            heatmaps = chunk.values(heatmap_field)
-            meta_w, meta_h = chunk.values(["metadata.width", "metadata.height"])
+            # Field values, not Heatmap documents: building documents costs more than sampling.
+            hf = heatmap_field
+            maps, map_paths, ranges, hm_w, hm_h, predicted, meta_w, meta_h = chunk.values(
+                [f"{hf}.map", f"{hf}.map_path", f"{hf}.range", f"{hf}.width", f"{hf}.height",
+                 f"{hf}.predicted", "metadata.width", "metadata.height"])
             values: dict[str, Any] = {}
             bad = []
-            for sid, hm, mw, mh in zip(chunk_ids, heatmaps, meta_w, meta_h):
-                m = read_heatmap(hm)
-                w = getattr(hm, "width", None) or mw
-                h = getattr(hm, "height", None) or mh
+            for sid, m, mpath, rng_, hw, hh, pred, mw, mh in zip(chunk_ids, maps, map_paths, ranges, hm_w, hm_h,
+                                                                 predicted, meta_w, meta_h):
+                m = read_heatmap(fo.Heatmap(map=m, map_path=mpath, range=rng_))
+                w = hw or mw
+                h = hh or mh
                 if m is None:
                     bad.append({"id": sid, "reason": "heatmap missing or unreadable"})
                     continue
@@ -948,7 +953,7 @@ def iter_run_patches(
                 except (XpatchError, ValueError) as e:
                     bad.append({"id": sid, "reason": str(e)})
                     continue
-                text = (getattr(hm, "predicted", None) or "patch") if label == "predicted" else label
+                text = (pred or "patch") if label == "predicted" else label
                 order = np.argsort(-ps.scores, kind="stable")
                 rank = np.empty(len(order), np.int64)
                 rank[order] = np.arange(1, len(order) + 1)
@@ -978,7 +983,15 @@ def iter_run_patches(
             if values:
                 if shard is not None:
                     shard.pending(list(values))
-                dataset.set_values(field, values, key_field="id")
+                # Our own detections need no validation; the first write declares their
+                # attributes (score, prob, rank, ...) so the App can filter on them.
+                items = list(values.items())
+                if not declared:
+                    dataset.set_values(field, dict(items[:1]), key_field="id", validate=False, dynamic=True)
+                    items = items[1:]
+                    declared = True
+                if items:
+                    dataset.set_values(field, dict(items), key_field="id", validate=False, expand_schema=False)
                 ok_view = dataset.select(list(values))
                 if failed_tag in ok_view.distinct("tags"):
                     ok_view.untag_samples(failed_tag)

@@ -676,45 +676,20 @@ def iter_run_saliency(
         names = sm.class_names if sm.has_head else None
         failed_tag = FAILED_TAG.format(field=field)
         yield Progress(0, len(ids), 0, f"computing {method_name} saliency on {len(ids)} samples")
-        for chunk_ids in _chunks(ids, max(_CHUNK, batch_size)):
-            chunk_view = dataset.select(chunk_ids, ordered=True)
-            paths = chunk_view.values("filepath")
-            if fixed_target is not None:
-                tgt = fixed_target
-            else:
-                tgt = [targets_by_id.get(i, -1) for i in chunk_ids]
-            values: dict[str, Any] = {}
-            ok_ids, bad = [], []
-            for item in iter_saliency(paths, sm, method_name, tgt, batch_size):
-                sid = chunk_ids[item.index]
-                if item.error is not None:
-                    bad.append({"id": sid, "filepath": paths[item.index], "reason": item.error})
-                    continue
-                attrs = {
-                    "method": method_name,
-                    "degenerate": bool(item.degenerate),
-                    "width": int(item.image_size[0]),
-                    "height": int(item.image_size[1]),
-                }
-                if item.predicted is not None:
-                    attrs["predicted"] = names[item.predicted] if names else str(item.predicted)
-                    attrs["confidence"] = float(item.confidence)
-                if item.target is not None:
-                    attrs["target"] = names[item.target] if names else str(item.target)
-                summary.degenerate += int(item.degenerate)
-                if map_root:
-                    path = os.path.join(map_root, f"{sid}.png")
-                    try:
-                        _write_png(path, item.map)
-                    except OSError as e:
-                        bad.append({"id": sid, "filepath": paths[item.index],
-                                    "reason": f"cannot write heatmap file: {e}"})
-                        continue
-                    values[sid] = fo.Heatmap(map_path=path, range=[0, 255], **attrs)
-                else:
-                    values[sid] = fo.Heatmap(map=np.clip(item.map, 0.0, 1.0).astype(np.float32),
-                                             range=[0.0, 1.0], **attrs)
-                ok_ids.append(sid)
+        chunk_size = max(_CHUNK, batch_size)
+        path_of: dict[int, str] = {}
+
+        def stream_paths() -> Iterable[str]:
+            # One stream for the whole run, so decoding keeps overlapping inference
+            # across write chunks; file paths are fetched a chunk at a time.
+            for start in range(0, len(ids), chunk_size):
+                chunk_ids = ids[start : start + chunk_size]
+                by_id = dict(zip(*dataset.select(chunk_ids).values(["id", "filepath"])))
+                for k, sid in enumerate(chunk_ids):
+                    path_of[start + k] = by_id.get(sid, f"<sample {sid} was deleted>")
+                    yield path_of[start + k]
+
+        def flush(values: dict[str, Any], ok_ids: list[str], bad: list[dict[str, str]]) -> Progress:
             if values:
                 if shard is not None:
                     shard.pending(list(values))
@@ -732,8 +707,50 @@ def iter_run_saliency(
             summary.elapsed = time.perf_counter() - t0
             _heartbeat(lock)
             save(view, run_key, summary, "running", {})
-            yield Progress(summary.processed + summary.failed, len(ids), summary.failed,
-                           f"{summary.processed} done, {summary.failed} failed")
+            return Progress(summary.processed + summary.failed, len(ids), summary.failed,
+                            f"{summary.processed} done, {summary.failed} failed")
+
+        tgt = fixed_target if fixed_target is not None else [targets_by_id.get(i, -1) for i in ids]
+        values: dict[str, Any] = {}
+        ok_ids: list[str] = []
+        bad: list[dict[str, str]] = []
+        for item in iter_saliency(stream_paths(), sm, method_name, tgt, batch_size):
+            sid = ids[item.index]
+            filepath = path_of.pop(item.index, "")
+            if item.error is not None:
+                bad.append({"id": sid, "filepath": filepath, "reason": item.error})
+            else:
+                attrs = {
+                    "method": method_name,
+                    "degenerate": bool(item.degenerate),
+                    "width": int(item.image_size[0]),
+                    "height": int(item.image_size[1]),
+                }
+                if item.predicted is not None:
+                    attrs["predicted"] = names[item.predicted] if names else str(item.predicted)
+                    attrs["confidence"] = float(item.confidence)
+                if item.target is not None:
+                    attrs["target"] = names[item.target] if names else str(item.target)
+                summary.degenerate += int(item.degenerate)
+                if map_root:
+                    path = os.path.join(map_root, f"{sid}.png")
+                    try:
+                        _write_png(path, item.map)
+                    except OSError as e:
+                        bad.append({"id": sid, "filepath": filepath, "reason": f"cannot write heatmap file: {e}"})
+                        path = None
+                    if path is not None:
+                        values[sid] = fo.Heatmap(map_path=path, range=[0, 255], **attrs)
+                        ok_ids.append(sid)
+                else:
+                    values[sid] = fo.Heatmap(map=np.clip(item.map, 0.0, 1.0).astype(np.float32),
+                                             range=[0.0, 1.0], **attrs)
+                    ok_ids.append(sid)
+            if len(ok_ids) + len(bad) >= chunk_size:
+                yield flush(values, ok_ids, bad)
+                values, ok_ids, bad = {}, [], []
+        if ok_ids or bad:
+            yield flush(values, ok_ids, bad)
         summary.elapsed = time.perf_counter() - t0
         summary.images_per_s = summary.processed / summary.elapsed if summary.elapsed > 0 else 0.0
         status = "completed" if (summary.processed or not ids or summary.failed == 0) else "failed"

@@ -218,3 +218,14 @@ def test_concurrent_run_on_same_field_is_refused(photos_ds):
                               "host": __import__("socket").gethostname(), "heartbeat": 0})
     lock = runs.acquire_lock(photos_ds, "stale")
     runs.release_lock(lock)
+
+
+def test_detection_son_is_what_fiftyone_stores():
+    kw = dict(label="cup", bounding_box=[0.1, 0.2, 0.3, 0.4], confidence=0.5, score=0.5, prob=1e-4, rank=2,
+              scale=1.0, aspect_ratio=2.0, width_px=96, height_px=48, flagged=False, degenerate=True, seed=7)
+    son = runs.detection_son(**kw)
+    doc = fo.Detection(**kw).to_mongo().to_dict()
+    assert set(son) == set(doc)
+    for key in kw:
+        assert son[key] == doc[key] and type(son[key]) is type(doc[key]), key
+    assert fo.Detection.from_dict(son).to_mongo().to_dict()["_id"] == son["_id"]

@@ -293,7 +293,7 @@ class EigenCAM(SaliencyMethod):
 
     #: Power-iteration steps; the first component of activation maps dominates
     #: (tests compare with a full eigendecomposition on real photos).
-    iterations: ClassVar[int] = 24
+    iterations: ClassVar[int] = 16
 
     def combine(self, acts: np.ndarray, grads: np.ndarray | None) -> np.ndarray:
         # Power iteration on the Gram matrix, on TensorFlow's thread pool: a full

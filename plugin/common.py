@@ -91,6 +91,38 @@ def relay(ctx: Any, gen: Any):
             yield event
 
 
+class DelegableOperator(foo.Operator):
+    """Base of the operators that may run in the background: the caller (or
+    the Python API's ``delegate=``) chooses."""
+
+    def resolve_delegation(self, ctx: Any) -> bool | None:
+        return ctx.params.get("delegate", None)
+
+
+def execute_run(ctx: Any, kind: str, kwargs: dict[str, Any], operator_uri: str):
+    """Runs a saliency or patch run for an operator, relaying progress, and
+    reloads the App's dataset at the end.
+
+    Use as ``summary = yield from execute_run(ctx, kind, kwargs, self.uri)``.
+
+    Args:
+        ctx: the execution context
+        kind: ``"saliency"`` or ``"patches"``
+        kwargs: validated keyword arguments of the run
+        operator_uri: the operator's URI (shards are queued to it)
+
+    Returns:
+        the run's :class:`xpatch_core.runs.RunSummary`
+    """
+    from xpatch_core.shards import operator_run
+
+    gen = operator_run(ctx, kind, target_images(ctx), kwargs, operator_uri)
+    summary = yield from relay(ctx, gen)
+    if not ctx.delegated:
+        yield ctx.ops.reload_dataset()
+    return summary
+
+
 def shards_input(inputs: Any) -> None:
     """Adds the "Shards" input of operators that can split a run."""
     inputs.int("num_shards", default=1, min=1, max=1000, label="Shards",

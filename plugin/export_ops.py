@@ -6,7 +6,7 @@ import json
 import os
 from typing import Any
 
-from .common import fields_of, foo, number, text, types
+from .common import DelegableOperator, fields_of, foo, number, relay, text, types
 
 #: Detection attributes written by patch runs, offered as class sources.
 PATCH_ATTRS = ["rank", "scale", "aspect_ratio", "flagged", "degenerate", "width_px", "height_px", "seed"]
@@ -105,7 +105,7 @@ def _report_for_app(report: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(out, default=str))
 
 
-class ExportPatches(foo.Operator):
+class ExportPatches(DelegableOperator):
     """Exports patches as an ImageFolder tree of crops or as a COCO dataset of
     the source images, then shows what was written and skipped."""
 
@@ -175,9 +175,6 @@ class ExportPatches(foo.Operator):
             inputs.bool("square", default=False, label="Square crops")
         return types.Property(inputs, view=types.View(label="Export patches"))
 
-    def resolve_delegation(self, ctx: Any) -> bool | None:
-        return ctx.params.get("delegate", None)
-
     def execute(self, ctx: Any):
         from xpatch_core.export import iter_export_patches
 
@@ -192,8 +189,6 @@ class ExportPatches(foo.Operator):
         return self._stream(ctx, gen)
 
     def _stream(self, ctx: Any, gen: Any):
-        from .common import relay
-
         report = yield from relay(ctx, gen)
         if not ctx.delegated:
             outputs = types.Object()

@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from .common import (
+    DelegableOperator,
+    execute_run,
     field_name_input,
     fields_of,
     foo,
     number,
     number_list,
-    relay,
     shards_input,
-    target_images,
     text,
     types,
 )
@@ -76,7 +76,7 @@ def patch_params(params: dict) -> dict[str, Any]:
     }
 
 
-class SamplePatches(foo.Operator):
+class SamplePatches(DelegableOperator):
     """Draws saliency-weighted patch boxes from a heatmap field into a
     ``fo.Detections`` field, then opens the patches view sorted by score."""
 
@@ -145,19 +145,12 @@ class SamplePatches(foo.Operator):
         shards_input(inputs)
         return types.Property(inputs, view=types.View(label="Sample patches"))
 
-    def resolve_delegation(self, ctx: Any) -> bool | None:
-        return ctx.params.get("delegate", None)
-
     def execute(self, ctx: Any):
         from xpatch_core.runs import patches_view
-        from xpatch_core.shards import operator_run
 
         kwargs = patch_params(ctx.params)
-        view = target_images(ctx)
-        gen = operator_run(ctx, "patches", view, kwargs, self.uri)
-        summary = yield from relay(ctx, gen)
+        summary = yield from execute_run(ctx, "patches", kwargs, self.uri)
         if not ctx.delegated:
-            yield ctx.ops.reload_dataset()
             if ctx.params.get("open_view", True) and summary.patches:
                 yield ctx.ops.set_view(view=patches_view(ctx.dataset, kwargs["field"]))
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from .common import (
+    DelegableOperator,
+    execute_run,
     field_name_input,
     fields_of,
     foo,
     number,
-    relay,
     shards_input,
-    target_images,
     text,
     types,
     uri,
@@ -102,7 +102,7 @@ def saliency_params(params: dict) -> dict[str, Any]:
     }
 
 
-class ComputeSaliency(foo.Operator):
+class ComputeSaliency(DelegableOperator):
     """Computes saliency heatmaps over a dataset, view or selection and
     stores them as ``fo.Heatmap`` fields (a FiftyOne run keyed by the field).
     """
@@ -179,18 +179,9 @@ class ComputeSaliency(foo.Operator):
         shards_input(inputs)
         return types.Property(inputs, view=types.View(label="Compute saliency"))
 
-    def resolve_delegation(self, ctx: Any) -> bool | None:
-        return ctx.params.get("delegate", None)
-
     def execute(self, ctx: Any):
-        from xpatch_core.shards import operator_run
-
-        kwargs = saliency_params(ctx.params)
-        view = target_images(ctx)
-        gen = operator_run(ctx, "saliency", view, kwargs, self.uri)
-        summary = yield from relay(ctx, gen)
+        summary = yield from execute_run(ctx, "saliency", saliency_params(ctx.params), self.uri)
         if not ctx.delegated:
-            yield ctx.ops.reload_dataset()
             yield _summary_output(ctx, summary)
 
     def __call__(self, sample_collection: Any, field: str = "saliency", model: str = "xception",

@@ -91,6 +91,29 @@ def relay(ctx: Any, gen: Any):
             yield event
 
 
+def long_running_config(name: str, label: str, description: str) -> Any:
+    """The config of a long operator: a dynamic form, progress from a
+    generator, run now or in the background.
+
+    Args:
+        name: the operator name
+        label: its label in the App
+        description: one line for the operator browser
+
+    Returns:
+        a :class:`fiftyone.operators.OperatorConfig`
+    """
+    return foo.OperatorConfig(
+        name=name,
+        label=label,
+        description=description,
+        dynamic=True,
+        execute_as_generator=True,
+        allow_immediate_execution=True,
+        allow_delegated_execution=True,
+    )
+
+
 class DelegableOperator(foo.Operator):
     """Base of the operators that may run in the background: the caller (or
     the Python API's ``delegate=``) chooses."""

@@ -6,7 +6,7 @@ import json
 import os
 from typing import Any
 
-from .common import DelegableOperator, fields_of, foo, number, relay, text, types
+from .common import DelegableOperator, fields_of, foo, long_running_config, number, relay, text, types
 
 #: Detection attributes written by patch runs, offered as class sources.
 PATCH_ATTRS = ["rank", "scale", "aspect_ratio", "flagged", "degenerate", "width_px", "height_px", "seed"]
@@ -111,14 +111,9 @@ class ExportPatches(DelegableOperator):
 
     @property
     def config(self) -> foo.OperatorConfig:
-        return foo.OperatorConfig(
-            name="export_patches",
-            label="Export patches",
-            description="ImageFolder crops or COCO detections from a patches view or a patch field",
-            dynamic=True,
-            execute_as_generator=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
+        return long_running_config(
+            "export_patches", "Export patches",
+            "ImageFolder crops or COCO detections from a patches view or a patch field",
         )
 
     def resolve_input(self, ctx: Any) -> types.Property:

@@ -10,6 +10,7 @@ from .common import (
     field_name_input,
     fields_of,
     foo,
+    long_running_config,
     number,
     number_list,
     shards_input,
@@ -82,14 +83,9 @@ class SamplePatches(DelegableOperator):
 
     @property
     def config(self) -> foo.OperatorConfig:
-        return foo.OperatorConfig(
-            name="sample_patches",
-            label="Sample patches",
-            description="Saliency-weighted patch boxes as fo.Detections, opened as a patches view",
-            dynamic=True,
-            execute_as_generator=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
+        return long_running_config(
+            "sample_patches", "Sample patches",
+            "Saliency-weighted patch boxes as fo.Detections, opened as a patches view",
         )
 
     def resolve_input(self, ctx: Any) -> types.Property:

@@ -10,6 +10,7 @@ from .common import (
     field_name_input,
     fields_of,
     foo,
+    long_running_config,
     number,
     shards_input,
     text,
@@ -109,14 +110,9 @@ class ComputeSaliency(DelegableOperator):
 
     @property
     def config(self) -> foo.OperatorConfig:
-        return foo.OperatorConfig(
-            name="compute_saliency",
-            label="Compute saliency",
-            description="Saliency heatmaps from a Keras CNN (Xception by default)",
-            dynamic=True,
-            execute_as_generator=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
+        return long_running_config(
+            "compute_saliency", "Compute saliency",
+            "Saliency heatmaps from a Keras CNN (Xception by default)",
         )
 
     def resolve_input(self, ctx: Any) -> types.Property:

@@ -229,3 +229,32 @@ def test_detection_son_is_what_fiftyone_stores():
     for key in kw:
         assert son[key] == doc[key] and type(son[key]) is type(doc[key]), key
     assert fo.Detection.from_dict(son).to_mongo().to_dict()["_id"] == son["_id"]
+
+
+def test_downloaded_plugin_finds_its_library(tmp_path):
+    """As after `fiftyone plugins download`: the repository's files in a plugins folder, with
+    xpatch_core not installed (no site processing, so the editable install is invisible)."""
+    import shutil
+    import sysconfig
+
+    plugins = tmp_path / "plugins"
+    dest = plugins / "xpatch-xpatch"
+    dest.mkdir(parents=True)
+    shutil.copy(os.path.join(ROOT, "fiftyone.yml"), dest)
+    for folder in ("plugin", "xpatch_core"):
+        shutil.copytree(os.path.join(ROOT, folder), dest / folder,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    code = (
+        "import sys, fiftyone.operators as foo\n"
+        "uris = [o.uri for o in foo.list_operators() if o.uri.startswith('@xpatch/')]\n"
+        "import xpatch_core\n"
+        "print(len(uris), xpatch_core.__file__, 'tensorflow' in sys.modules)\n"
+    )
+    env = dict(os.environ, FIFTYONE_PLUGINS_DIR=str(plugins),
+               PYTHONPATH=sysconfig.get_paths()["purelib"])
+    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, env=env,
+                         cwd=str(tmp_path), timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    count, path, tf_loaded = out.stdout.split()[-3:]
+    assert int(count) >= len(OPERATORS)
+    assert path.startswith(str(dest)) and tf_loaded == "False"

@@ -199,7 +199,7 @@ def test_sharded_patch_run_counts_exactly_across_a_crash(heat_ds):
 
     ds = heat_ds
     plan = shards.ShardPlan(3)
-    parent = runs._drive(runs.iter_run_patches(ds, "hm", "pp", n=3, size=32, seed=1, shard=plan), False)
+    parent = runs.drive(runs.iter_run_patches(ds, "hm", "pp", n=3, size=32, seed=1, shard=plan), False)
     assert parent.processed == 0 and "pp" not in ds.get_field_schema()
     info = runs.get_run_info(ds, "pp")
     assert info["config"]["sharding"]["num_shards"] == 3 and info["results"]["status"] == "queued"
@@ -219,14 +219,14 @@ def test_sharded_patch_run_counts_exactly_across_a_crash(heat_ds):
 
     w.save = killed_save
     with pytest.raises(KeyboardInterrupt):
-        runs._drive(runs.iter_run_patches(ds, "hm", "pp", n=3, size=32, seed=1, shard=w), False)
+        runs.drive(runs.iter_run_patches(ds, "hm", "pp", n=3, size=32, seed=1, shard=w), False)
     doc = shards.shard_docs(ds, "pp")[0]
     assert doc["pending"] and doc["current"]["processed"] == 0 and doc["status"] == "running"
     written = len(doc["pending"])
     for d in docs[1:]:
-        runs._drive(runs.iter_run_patches(ds, "hm", "pp", n=3, size=32, seed=1, shard=worker(d)), False)
+        runs.drive(runs.iter_run_patches(ds, "hm", "pp", n=3, size=32, seed=1, shard=worker(d)), False)
     assert runs.get_run_info(ds, "pp")["results"]["status"] == "running"
-    again = runs._drive(runs.iter_run_patches(ds, "hm", "pp", n=3, size=32, seed=1, shard=worker(docs[0])),
+    again = runs.drive(runs.iter_run_patches(ds, "hm", "pp", n=3, size=32, seed=1, shard=worker(docs[0])),
                         False)
     assert again.processed == 0 and again.skipped == written  # nothing redone
     res = runs.get_run_info(ds, "pp")["results"]
@@ -238,7 +238,7 @@ def test_sharded_patch_run_counts_exactly_across_a_crash(heat_ds):
         assert [d.bounding_box for d in a.detections] == [d.bounding_box for d in b.detections]
     # a new registration makes queued shards of the old one obsolete; delete forgets the records
     stale = worker(docs[1])
-    runs._drive(runs.iter_run_patches(ds, "hm", "pp", n=3, size=32, seed=1, shard=shards.ShardPlan(2)), False)
+    runs.drive(runs.iter_run_patches(ds, "hm", "pp", n=3, size=32, seed=1, shard=shards.ShardPlan(2)), False)
     with pytest.raises(Exception, match="no longer exists|started again"):
         stale.claim()
     runs.delete_run(ds, "pp")

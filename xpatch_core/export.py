@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from xpatch_core.errors import ParameterError, XpatchError
+from xpatch_core.runs import Progress, drive
 
 __all__ = ["FORMATS", "ExportReport", "export_patches", "iter_export_patches", "safe_class_name"]
 
@@ -139,18 +140,6 @@ class ExportReport:
             if len(self.skipped_examples) >= _MAX_EXAMPLES:
                 break
             self.skipped_examples.append({**ex, "reason": reason})
-
-
-@dataclass
-class _Progress:
-    done: int
-    total: int
-    failed: int = 0
-    message: str = ""
-
-    @property
-    def fraction(self) -> float:
-        return 1.0 if self.total == 0 else min(1.0, self.done / self.total)
 
 
 # -- names and folders ---------------------------------------------------------------
@@ -454,7 +443,7 @@ def _iter_samples(images: Any, field_name: str) -> Generator[tuple[list[Any], An
 
 def _export_imagefolder(images: Any, field_name: str, kept: set[str] | None, root: str, report: ExportReport,
                         written: list[str], label_attr: str | None, pad: float, square: bool,
-                        image_format: str | None) -> Generator[_Progress, None, None]:
+                        image_format: str | None) -> Generator[Progress, None, None]:
     import cv2
     import fiftyone as fo
     import fiftyone.utils.image as foui
@@ -490,7 +479,7 @@ def _export_imagefolder(images: Any, field_name: str, kept: set[str] | None, roo
     if not issubclass(exporter_cls, ImageClassificationDirectoryTreeExporter):  # pragma: no cover
         raise XpatchError("unexpected FiftyOne exporter for ImageClassificationDirectoryTree")
     exporter = exporter_cls(export_dir=root, image_format=image_format)
-    yield _Progress(0, len(rows), 0, f"cropping {total} patches from {len(rows)} images")
+    yield Progress(0, len(rows), 0, f"cropping {total} patches from {len(rows)} images")
     with exporter:
         _guard(exporter, root, written)
         for k, (sid, path, keep) in enumerate(rows):
@@ -517,12 +506,12 @@ def _export_imagefolder(images: Any, field_name: str, kept: set[str] | None, roo
                         used = True
                     report.images += int(used)
             if (k + 1) % 16 == 0 or k + 1 == len(rows):
-                yield _Progress(k + 1, len(rows), 0, f"{report.exported} crops written")
+                yield Progress(k + 1, len(rows), 0, f"{report.exported} crops written")
 
 
 def _export_coco(images: Any, field_name: str, kept: set[str] | None, root: str, report: ExportReport,
                  written: list[str], label_attr: str | None, pad: float, square: bool,
-                 image_format: str | None) -> Generator[_Progress, None, None]:
+                 image_format: str | None) -> Generator[Progress, None, None]:
     import fiftyone as fo
     import fiftyone.core.metadata as fom
     from fiftyone.utils.coco import COCODetectionDatasetExporter
@@ -542,7 +531,7 @@ def _export_coco(images: Any, field_name: str, kept: set[str] | None, root: str,
                             export_media=True, image_format=image_format, extra_attrs=extra or False)
     ids = images.values("id")
     total = 0
-    yield _Progress(0, len(ids), 0, f"exporting {len(ids)} images")
+    yield Progress(0, len(ids), 0, f"exporting {len(ids)} images")
     categories: dict[str, str] = {}
     with exporter:
         _guard(exporter, root, written)
@@ -578,7 +567,7 @@ def _export_coco(images: Any, field_name: str, kept: set[str] | None, root: str,
                 report.exported += len(out)
                 report.images += 1
             done += len(chunk_ids)
-            yield _Progress(done, len(ids), 0, f"{report.exported} annotations on {report.images} images")
+            yield Progress(done, len(ids), 0, f"{report.exported} annotations on {report.images} images")
     report.patches = total
     report.classes = dict(sorted(categories.items()))
     report.labels_path = labels_path
@@ -645,22 +634,4 @@ def export_patches(
     """
     gen = iter_export_patches(sample_collection, export_dir, format, field, label_attr, pad, square, overwrite,
                               image_format=image_format)
-    bar = None
-    try:
-        while True:
-            try:
-                p = next(gen)
-            except StopIteration as stop:
-                return stop.value
-            if callable(progress):
-                progress(p)
-            elif progress:
-                if bar is None:
-                    from tqdm import tqdm
-
-                    bar = tqdm(total=p.total, unit="img", desc="export")
-                bar.n = p.done
-                bar.refresh()
-    finally:
-        if bar is not None:
-            bar.close()
+    return drive(gen, progress)

@@ -116,6 +116,15 @@ def _base_collection(sample_collection: Any) -> Any:
     return sample_collection
 
 
+def _image_view(sample_collection: Any) -> Any:
+    """The images a run works on, checked, with the dataset reloaded so that
+    fields and runs written by other processes (a worker, a killed run) are seen."""
+    view = _base_collection(sample_collection)
+    check_image_collection(view)
+    view._dataset.reload()
+    return view
+
+
 def check_image_collection(sample_collection: Any) -> None:
     """Refuses collections whose samples are not images.
 
@@ -591,9 +600,7 @@ def iter_run_saliency(
     from xpatch_core.saliency import get_method, iter_saliency, resolve_targets
 
     fo = _fo()
-    view = _base_collection(sample_collection)
-    check_image_collection(view)
-    view._dataset.reload()  # see the fields and runs that other processes wrote (a worker, a killed run)
+    view = _image_view(sample_collection)
     run_key = run_key or field
     validate_field_name(view, field, "saliency", run_key=run_key)
     method_cls = get_method(method)
@@ -766,7 +773,16 @@ def iter_run_saliency(
         release_lock(lock)
 
 
-def _drive(gen: Generator[Progress, None, RunSummary], progress: Any) -> RunSummary:
+def drive(gen: Generator[Progress, Any, Any], progress: Any) -> Any:
+    """Runs a progress generator to completion, with an optional progress bar.
+
+    Args:
+        gen: a generator of :class:`Progress` events
+        progress: True for a progress bar, or a callable taking each event
+
+    Returns:
+        the generator's return value
+    """
     bar = None
     callback: Callable[[Progress], None] | None = progress if callable(progress) else None
     try:
@@ -827,7 +843,7 @@ def run_saliency(
     Returns:
         a :class:`RunSummary`
     """
-    return _drive(iter_run_saliency(sample_collection, field, model, method, **kwargs), progress)
+    return drive(iter_run_saliency(sample_collection, field, model, method, **kwargs), progress)
 
 
 # -- patch runs --------------------------------------------------------------------
@@ -874,9 +890,7 @@ def iter_run_patches(
     from xpatch_core.sampler import sample_patches
 
     fo = _fo()
-    view = _base_collection(sample_collection)
-    check_image_collection(view)
-    view._dataset.reload()  # see the fields and runs that other processes wrote (a worker, a killed run)
+    view = _image_view(sample_collection)
     run_key = run_key or field
     schema = view._dataset.get_field_schema(flat=True)
     if heatmap_field not in schema or getattr(schema[heatmap_field], "document_type", None) is not fo.Heatmap:
@@ -1081,7 +1095,7 @@ def run_patches(
     Returns:
         a :class:`RunSummary`
     """
-    return _drive(iter_run_patches(sample_collection, heatmap_field, field, n, size, **kwargs), progress)
+    return drive(iter_run_patches(sample_collection, heatmap_field, field, n, size, **kwargs), progress)
 
 
 def detection_son(**fields: Any) -> dict[str, Any]:
@@ -1197,6 +1211,7 @@ __all__ = [
     "RunSummary",
     "check_image_collection",
     "delete_run",
+    "drive",
     "failures_of",
     "get_run_info",
     "iter_run_patches",

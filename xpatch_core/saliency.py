@@ -100,6 +100,8 @@ class SaliencyMethod:
     """
 
     name: ClassVar[str] = ""
+    #: One line for menus (the App's form, ``xpatch --help``).
+    label: ClassVar[str] = ""
     needs_gradients: ClassVar[bool] = False
 
     def __init__(self, model: Any):
@@ -276,6 +278,7 @@ class ActivationMap(SaliencyMethod):
     averaged over channels, not over space)."""
 
     name = "activation"
+    label = "Channel-mean activation"
 
     def combine(self, acts: np.ndarray, grads: np.ndarray | None) -> np.ndarray:
         return acts.mean(axis=-1)
@@ -290,6 +293,7 @@ class EigenCAM(SaliencyMethod):
     """
 
     name = "eigencam"
+    label = "EigenCAM (class-agnostic, default)"
 
     #: Power-iteration steps; the first component of activation maps dominates
     #: (tests compare with a full eigendecomposition on real photos).
@@ -369,6 +373,7 @@ class GradCAM(SaliencyMethod):
     """Grad-CAM on logits: channels weighted by their mean gradient."""
 
     name = "gradcam"
+    label = "Grad-CAM (class-discriminative)"
     needs_gradients = True
 
     def combine(self, acts: np.ndarray, grads: np.ndarray | None) -> np.ndarray:
@@ -381,6 +386,7 @@ class GradCAMPlusPlus(SaliencyMethod):
     exponential closed form for the higher-order derivatives."""
 
     name = "gradcam++"
+    label = "Grad-CAM++ (class-discriminative)"
     needs_gradients = True
 
     def combine(self, acts: np.ndarray, grads: np.ndarray | None) -> np.ndarray:

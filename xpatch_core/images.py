@@ -5,20 +5,24 @@ Everything here uses Pillow and NumPy only.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import warnings
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+from xpatch_core import settings
 from xpatch_core.errors import ImageDecodeError
 
 #: Default refusal limit for decoded pixels (width * height). A decompression
 #: bomb is refused from its header, before any pixel is decoded.
-DEFAULT_MAX_PIXELS = int(os.environ.get("XPATCH_MAX_PIXELS", 178_956_970))
+DEFAULT_MAX_PIXELS = settings.max_pixels()
 # Pillow refuses images over twice its own MAX_IMAGE_PIXELS before xpatch can look at
 # them; a larger limit asked for through XPATCH_MAX_PIXELS raises Pillow's accordingly.
 if Image.MAX_IMAGE_PIXELS is not None and DEFAULT_MAX_PIXELS > 2 * Image.MAX_IMAGE_PIXELS:
@@ -248,6 +252,58 @@ def image_size(path: str | os.PathLike, *, max_pixels: int | None = None) -> tup
     """
     img = _open(path, DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
     return _display_size(img)
+
+
+def _decode_one(index: int, src: Any, size: tuple[int, int] | None,
+                max_pixels: int | None) -> DecodedImage | ImageDecodeError:
+    try:
+        return load_image(src, size, max_pixels=max_pixels)
+    except ImageDecodeError as e:
+        return e
+    except Exception as e:  # noqa: BLE001 - a bad input fails its own sample only
+        return ImageDecodeError(_name(src)[:200], f"{type(e).__name__}: {e}")
+
+
+def iter_decoded_batches(
+    sources: Iterable[Any],
+    size: tuple[int, int] | None,
+    batch_size: int,
+    *,
+    workers: int | None = None,
+    max_pixels: int | None = None,
+) -> Iterator[list[tuple[int, Any, DecodedImage | ImageDecodeError]]]:
+    """Decodes images in batches on a thread pool, one batch ahead.
+
+    While the caller works on one batch (a model call), the next one is
+    decoded, so at most two batches are in memory. A bad image comes back
+    as an :class:`ImageDecodeError` in its place and does not stop the
+    others.
+
+    Args:
+        sources: paths, Pillow images or arrays (read lazily)
+        size: ``(width, height)`` to resize to, or None
+        batch_size: images per batch
+        workers: decoding threads (default ``XPATCH_DECODE_WORKERS``, 2)
+        max_pixels: the pixel limit (default :data:`DEFAULT_MAX_PIXELS`)
+
+    Returns:
+        an iterator of batches, each a list of ``(index, source, decoded
+        image or error)`` in input order
+    """
+    it = enumerate(sources)
+    with ThreadPoolExecutor(max_workers=workers or settings.decode_workers(),
+                            thread_name_prefix="xpatch-decode") as pool:
+
+        def submit() -> list[tuple[int, Any, Any]] | None:
+            chunk = list(itertools.islice(it, batch_size))
+            if not chunk:
+                return None
+            return [(i, src, pool.submit(_decode_one, i, src, size, max_pixels)) for i, src in chunk]
+
+        pending = submit()
+        while pending is not None:
+            current, pending = pending, submit()
+            yield [(i, src, fut.result()) for i, src, fut in current]
 
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False

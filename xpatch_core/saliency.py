@@ -18,10 +18,8 @@ as all ones (uniform) with ``degenerate=True``.
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -29,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from xpatch_core.errors import ImageDecodeError, ModelError, ParameterError
-from xpatch_core.images import load_image
+from xpatch_core.images import iter_decoded_batches
 
 _EPS = 1e-12
 
@@ -459,25 +457,6 @@ def resolve_targets(model: Any, target: Any, count: int | None) -> Any:
     raise ParameterError(f"invalid target {target!r}")
 
 
-def _chunks(it: Iterable[Any], n: int) -> Iterator[list[Any]]:
-    it = iter(it)
-    while True:
-        chunk = list(itertools.islice(it, n))
-        if not chunk:
-            return
-        yield chunk
-
-
-def _decode(args: tuple[int, Any, tuple[int, int], int | None]) -> tuple[int, Any]:
-    index, src, size, max_pixels = args
-    try:
-        return index, load_image(src, size, max_pixels=max_pixels)
-    except ImageDecodeError as e:
-        return index, e
-    except Exception as e:  # noqa: BLE001 - a bad input fails its own sample only
-        return index, ImageDecodeError(str(src)[:200], f"{type(e).__name__}: {e}")
-
-
 def iter_saliency(
     images: Iterable[Any],
     model: Any = "xception",
@@ -526,60 +505,53 @@ def iter_saliency(
     runner = method_cls(sm)
     targets = resolve_targets(sm, target, count)
     h, w = sm.input_size
-    workers = num_workers or int(os.environ.get("XPATCH_DECODE_WORKERS", 2))
+    for batch in iter_decoded_batches(images, (w, h), batch_size, workers=num_workers, max_pixels=max_pixels):
+        yield from _batch_items(batch, sm, runner, targets)
 
-    def _targets_for(indices: list[int]) -> np.ndarray:
+
+def _source_name(src: Any) -> str | None:
+    return os.fspath(src) if isinstance(src, (str, os.PathLike)) else None
+
+
+def _batch_items(batch: list[tuple[int, Any, Any]], sm: Any, runner: SaliencyMethod,
+                 targets: Any) -> Iterator[SaliencyItem]:
+    """Runs one decoded batch through the model; items in input order."""
+    results: dict[int, SaliencyItem] = {}
+    good = []
+    for i, src, d in batch:
+        if isinstance(d, Exception):
+            results[i] = SaliencyItem(i, None, error=getattr(d, "reason", str(d)), source=_source_name(src))
+        else:
+            good.append((i, src, d))
+    if good:
+        idx = [i for i, _, _ in good]
         if isinstance(targets, list):
-            if max(indices) >= len(targets):
+            if max(idx) >= len(targets):
                 raise ParameterError(f"{len(targets)} targets given for more images")
-            return np.array([targets[i] for i in indices], np.int32)
-        return np.full(len(indices), targets, np.int32)
-
-    def _submit(pool: ThreadPoolExecutor, chunk: list[tuple[int, Any]]) -> list[Any]:
-        return [pool.submit(_decode, (i, src, (w, h), max_pixels)) for i, src in chunk]
-
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xpatch-decode") as pool:
-        chunks = _chunks(enumerate(images), batch_size)
-        pending = None
-        first = next(chunks, None)
-        if first is not None:
-            pending = (first, _submit(pool, first))
-        while pending is not None:
-            chunk, futures = pending
-            nxt = next(chunks, None)
-            pending = (nxt, _submit(pool, nxt)) if nxt is not None else None
-            decoded = [f.result() for f in futures]
-            good = [(i, d) for i, d in decoded if not isinstance(d, Exception)]
-            results: dict[int, SaliencyItem] = {}
-            sources = {i: (os.fspath(s) if isinstance(s, (str, os.PathLike)) else None) for i, s in chunk}
-            for i, d in decoded:
-                if isinstance(d, Exception):
-                    results[i] = SaliencyItem(i, None, error=getattr(d, "reason", str(d)), source=sources[i])
-            if good:
-                idx = [i for i, _ in good]
-                x = np.stack([d.array for _, d in good])
-                x = np.asarray(sm.preprocess(x), dtype=np.float32)
-                maps, degenerate, info = runner.run_batch(x, _targets_for(idx))
-                logits = info["logits"]
-                probs = None
-                if logits is not None:
-                    z = logits - logits.max(axis=1, keepdims=True)
-                    e = np.exp(z)
-                    probs = e / e.sum(axis=1, keepdims=True)
-                for k, (i, d) in enumerate(good):
-                    pred = None if info["predicted"] is None else int(info["predicted"][k])
-                    results[i] = SaliencyItem(
-                        index=i,
-                        map=maps[k],
-                        degenerate=bool(degenerate[k]),
-                        image_size=d.size,
-                        target=None if info["targets"] is None else int(info["targets"][k]),
-                        predicted=pred,
-                        confidence=None if probs is None else float(probs[k, pred]),
-                        source=sources[i],
-                    )
-            for i, _ in chunk:
-                yield results[i]
+            t = np.array([targets[i] for i in idx], np.int32)
+        else:
+            t = np.full(len(idx), targets, np.int32)
+        x = np.asarray(sm.preprocess(np.stack([d.array for _, _, d in good])), dtype=np.float32)
+        maps, degenerate, info = runner.run_batch(x, t)
+        probs = None
+        if info["logits"] is not None:
+            z = info["logits"] - info["logits"].max(axis=1, keepdims=True)
+            e = np.exp(z)
+            probs = e / e.sum(axis=1, keepdims=True)
+        for k, (i, src, d) in enumerate(good):
+            pred = None if info["predicted"] is None else int(info["predicted"][k])
+            results[i] = SaliencyItem(
+                index=i,
+                map=maps[k],
+                degenerate=bool(degenerate[k]),
+                image_size=d.size,
+                target=None if info["targets"] is None else int(info["targets"][k]),
+                predicted=pred,
+                confidence=None if probs is None else float(probs[k, pred]),
+                source=_source_name(src),
+            )
+    for i, _, _ in batch:
+        yield results[i]
 
 
 def compute_saliency(

@@ -142,10 +142,11 @@ class SamplePatches(DelegableOperator):
         return types.Property(inputs, view=types.View(label="Sample patches"))
 
     def execute(self, ctx: Any):
+        from xpatch_core import runs
         from xpatch_core.runs import patches_view
 
         kwargs = patch_params(ctx.params)
-        summary = yield from execute_run(ctx, "patches", kwargs, self.uri)
+        summary = yield from execute_run(ctx, runs.iter_run_patches, kwargs, self.uri)
         if not ctx.delegated:
             if ctx.params.get("open_view", True) and summary.patches:
                 yield ctx.ops.set_view(view=patches_view(ctx.dataset, kwargs["field"]))

@@ -176,7 +176,9 @@ class ComputeSaliency(DelegableOperator):
         return types.Property(inputs, view=types.View(label="Compute saliency"))
 
     def execute(self, ctx: Any):
-        summary = yield from execute_run(ctx, "saliency", saliency_params(ctx.params), self.uri)
+        from xpatch_core import runs
+
+        summary = yield from execute_run(ctx, runs.iter_run_saliency, saliency_params(ctx.params), self.uri)
         if not ctx.delegated:
             yield _summary_output(ctx, summary)
 

@@ -304,36 +304,12 @@ def _guard(exporter: Any, root: str, written: list[str]) -> None:
 
 def _resolve(sample_collection: Any, field_name: str | None) -> tuple[Any, str, set[str] | None]:
     """Returns ``(images view, field, kept label ids or None for all)``."""
-    import fiftyone as fo
-    import fiftyone.core.patches as fop
+    from xpatch_core.runs.collections import select_patches
+    from xpatch_core.runs.records import fields_of_runs
 
-    from xpatch_core.runs import check_image_collection, list_runs
-
-    if isinstance(sample_collection, fop.EvaluationPatchesView):
-        raise ParameterError("evaluation patches views are not supported; export a patches view or a field")
-    if isinstance(sample_collection, fop.PatchesView):
-        pf = sample_collection.patches_field
-        if field_name is not None and field_name != pf:
-            raise ParameterError(f"this patches view shows {pf!r}, not {field_name!r}")
-        kept = set(sample_collection.values(f"{pf}.id"))
-        base = sample_collection._source_collection  # the images (``_base_view`` is the unfiltered patches)
-        check_image_collection(base)
-        return base, pf, kept
-    check_image_collection(sample_collection)
-    dataset = sample_collection._dataset
-    if field_name is None:
-        runs = list_runs(dataset, type="patches")
-        fields = sorted({dataset.get_run_info(k).config.field for k in runs})
-        if len(fields) != 1:
-            raise ParameterError(
-                "give the patches field" + (f" (one of {', '.join(fields)})" if fields else "")
-            )
-        field_name = fields[0]
-    schema = dataset.get_field_schema(flat=True)
-    if (not isinstance(field_name, str) or field_name not in schema
-            or getattr(schema[field_name], "document_type", None) is not fo.Detections):
-        raise ParameterError(f"field {field_name!r} does not exist or is not a fo.Detections field")
-    return sample_collection, field_name, None
+    sel = select_patches(sample_collection, field_name,
+                         runs_of_field=lambda: fields_of_runs(sample_collection._dataset, "patches"))
+    return sel.images, sel.field, sel.kept
 
 
 def _class_value(det: Any, label_attr: str | None) -> tuple[str | None, str | None]:

@@ -13,6 +13,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from xpatch_core.defaults import CHOICES, PATCHES, SALIENCY
+
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".jfif"}
 
 EPILOG = """\
@@ -97,42 +99,50 @@ def _export(text: str) -> tuple[str, str]:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and saliency")
-    g.add_argument("--model", default="xception",
+    g.add_argument("--model", default=SALIENCY["model"],
                    help="keras.applications name (xception, resnet50, efficientnetb0, mobilenetv2, ...) "
                         "or a saved .keras/.h5 classifier (default: xception)")
     g.add_argument("--weights", default=None,
                    help="weights file for a named model (offline); default: ImageNet via Keras' cache, "
                         "or $XPATCH_WEIGHTS for xception")
-    g.add_argument("--method", default="eigencam",
+    g.add_argument("--method", default=SALIENCY["method"],
                    help="eigencam (default), activation, gradcam or gradcam++")
     g.add_argument("--target", default=None,
                    help="class name or index to explain (gradcam/gradcam++); default: the predicted class")
     g.add_argument("--layer", default=None, help="target layer (default: last 4-D layer; 'outer/inner' if nested)")
-    g.add_argument("--fuse-layer", default="auto",
+    g.add_argument("--fuse-layer", default=SALIENCY["fuse_layer"],
                    help="finer layer fused with the target layer for activation/eigencam ('auto': "
                         "block13_sepconv1_act for Xception; 'none' to turn off)")
     g.add_argument("--class-names", default=None, help="comma-separated class names of a saved classifier")
-    g.add_argument("--batch-size", type=_positive_int, default=16, help="images per model call (default 16)")
+    g.add_argument("--batch-size", type=_positive_int, default=SALIENCY["batch_size"],
+                   help=f"images per model call (default {SALIENCY['batch_size']})")
     g.add_argument("--allow-unsafe-model", action="store_true",
                    help="load a saved model with Keras' safe mode OFF (only for files you trust)")
 
 
 def _add_patch_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("patches")
-    g.add_argument("-n", "--num-patches", type=_positive_int, default=16, help="patches per image (default 16)")
-    g.add_argument("--size", type=_size, default=96,
-                   help="patch size: pixels (96) or a fraction of the short side (0.25); default 96")
-    g.add_argument("--scales", type=_floats, default=(1.0,), help="size multipliers, e.g. 1,1.5 (default 1)")
-    g.add_argument("--aspect-ratios", type=_floats, default=(1.0,), help="width/height ratios, e.g. 1,2")
-    g.add_argument("--max-iou", type=_unit, default=0.7, help="NMS: maximum IoU between patches (default 0.7)")
+    g.add_argument("-n", "--num-patches", type=_positive_int, default=PATCHES["n"],
+                   help=f"patches per image (default {PATCHES['n']})")
+    g.add_argument("--size", type=_size, default=PATCHES["size"],
+                   help=f"patch size: pixels (96) or a fraction of the short side (0.25); default {PATCHES['size']}")
+    g.add_argument("--scales", type=_floats, default=PATCHES["scales"], help="size multipliers, e.g. 1,1.5 (default 1)")
+    g.add_argument("--aspect-ratios", type=_floats, default=PATCHES["aspect_ratios"], help="width/height ratios, e.g. 1,2")
+    g.add_argument("--max-iou", type=_unit, default=PATCHES["max_iou"],
+                   help=f"NMS: maximum IoU between patches (default {PATCHES['max_iou']})")
     g.add_argument("--no-nms", action="store_true", help="no overlap control")
     g.add_argument("--min-distance", type=_nonneg, default=None, help="minimum centre distance in pixels")
-    g.add_argument("--temperature", type=_nonneg, default=4.0, help="weights ** temperature (default 4)")
-    g.add_argument("--epsilon", type=_unit, default=0.0, help="share of uniform sampling (default 0)")
-    g.add_argument("--score", choices=("mean", "center"), default="mean", help="box score (default mean)")
-    g.add_argument("--mode", choices=("random", "topk", "grid"), default="random")
-    g.add_argument("--seed", type=int, default=0, help="seed (each image's generator is (seed, sample id))")
-    g.add_argument("--label", default="predicted", help="patch label: 'predicted' or a fixed text")
+    g.add_argument("--temperature", type=_nonneg, default=PATCHES["temperature"],
+                   help=f"weights ** temperature (default {PATCHES['temperature']:g})")
+    g.add_argument("--epsilon", type=_unit, default=PATCHES["epsilon"], help="share of uniform sampling (default 0)")
+    g.add_argument("--score", choices=CHOICES["score"], default=PATCHES["score"],
+                   help=f"box score (default {PATCHES['score']})")
+    g.add_argument("--mode", choices=CHOICES["mode"], default=PATCHES["mode"])
+    g.add_argument("--border", choices=CHOICES["border"], default=PATCHES["border"],
+                   help="a patch shape larger than an image: 'drop' leaves it out for that image, 'pad' keeps it "
+                        f"centred past the border, 'clip' cuts it, 'error' fails the image (default {PATCHES['border']})")
+    g.add_argument("--seed", type=int, default=PATCHES["seed"], help="seed (each image's generator is (seed, sample id))")
+    g.add_argument("--label", default=PATCHES["label"], help="patch label: 'predicted' or a fixed text")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,8 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(run)
     _add_patch_args(run)
     out = run.add_argument_group("output")
-    out.add_argument("--heatmap-field", default="saliency", help="heatmap field (default saliency)")
-    out.add_argument("--patches-field", default="patches", help="patches field (default patches)")
+    out.add_argument("--heatmap-field", default=SALIENCY["field"], help="heatmap field (default saliency)")
+    out.add_argument("--patches-field", default=PATCHES["field"], help="patches field (default patches)")
     out.add_argument("--map-dir", default=None, help="store heatmaps as 8-bit PNGs under this folder")
     out.add_argument("--overwrite", action="store_true", help="recompute samples that already have results")
     out.add_argument("--export", type=_export, default=None, metavar="imagefolder:DIR|coco:DIR",
@@ -273,7 +283,8 @@ def _run_job(args: argparse.Namespace, images: list[str] | None = None, class_na
         scales=args.scales, aspect_ratios=args.aspect_ratios,
         max_iou=None if args.no_nms or args.min_distance is not None else args.max_iou,
         min_distance=args.min_distance, temperature=args.temperature, epsilon=args.epsilon,
-        score=args.score, mode=args.mode, seed=args.seed, label=args.label, overwrite=args.overwrite,
+        score=args.score, mode=args.mode, border=args.border, seed=args.seed, label=args.label,
+        overwrite=args.overwrite,
     )
     try:
         pat = run_patches(ds, args.heatmap_field, args.patches_field, args.num_patches, args.size,

@@ -184,6 +184,9 @@ class LocalRecorder:
 
     id_range = None
     register_only = False
+    #: A run with nothing to do and the same request may return at once
+    #: (a shard worker must still record that its range is complete).
+    may_skip = True
 
     def check(self, dataset: Any, run_key: str, config: records.RunConfig, overwrite: bool) -> None:
         """Refuses other parameters on an existing run (before the lock)."""
@@ -225,8 +228,7 @@ def execute(run: RunKind, sample_collection: Any, recorder: Any = None) -> Gener
     todo, skipped = run.todo(view)
     summary = RunSummary(run_key=run.run_key, field=run.field, type=run.kind, total=len(todo) + skipped,
                          skipped=skipped)
-    if not todo and not recorder.register_only and records.same_request(dataset, run.run_key, run.kind,
-                                                                         run.request()):
+    if not todo and recorder.may_skip and records.same_request(dataset, run.run_key, run.kind, run.request()):
         summary.status = "nothing to do"
         return summary
     t = time.perf_counter()

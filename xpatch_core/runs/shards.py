@@ -119,6 +119,7 @@ class ShardPlan:
     """
 
     register_only = True
+    may_skip = False
     id_range = None
 
     def __init__(self, num_shards: int) -> None:
@@ -238,6 +239,7 @@ class ShardWorker:
     """
 
     register_only = False
+    may_skip = False
 
     def __init__(self, dataset: Any, run_key: str, run_id: str, index: int, lo: str | None,
                  hi: str | None) -> None:

@@ -234,8 +234,7 @@ def _ingest(name: str, paths: list[str]) -> tuple[Any, int]:
 
 
 def _print_summary(title: str, summary: Any, out: Any = sys.stdout) -> None:
-    print(f"{title}: {summary.processed} processed, {summary.skipped} already done, "
-          f"{summary.failed} failed, {summary.images_per_s:.1f} images/s", file=out)
+    print(f"{title}: {summary.describe()}", file=out)
 
 
 def _print_failures(failures: list[dict[str, str]], limit: int = 20) -> None:
@@ -248,25 +247,39 @@ def _print_failures(failures: list[dict[str, str]], limit: int = 20) -> None:
         print(f"  ... and {len(failures) - limit} more (see the run's results)")
 
 
-def _run_job(args: argparse.Namespace, images: list[str] | None = None, class_names: list[str] | None = None) -> int:
+def _sheet_path(args: argparse.Namespace) -> str:
+    return args.contact_sheet or f"xpatch-{args.dataset}.png"
+
+
+def _check_before_work(args: argparse.Namespace) -> None:
+    """Fields and output paths, before any work (ingestion included): no
+    output may overlap another, the images folder, or files the dataset
+    points to."""
     import fiftyone as fo
 
-    from xpatch_core.contact import contact_sheet
-    from xpatch_core.errors import XpatchError
-    from xpatch_core.runs import run_patches, run_saliency, validate_field_name
+    from xpatch_core.paths import check_disjoint, check_not_holding
+    from xpatch_core.runs import validate_field_name
+    from xpatch_core.runs.collections import stored_folders
 
-    t0 = time.perf_counter()
     if args.heatmap_field == args.patches_field:
         raise UsageError("--heatmap-field and --patches-field must differ")
+    outputs = {
+        "--map-dir": os.path.join(args.map_dir, args.heatmap_field) if args.map_dir else None,
+        "--export": args.export[1] if args.export else None,
+        "--contact-sheet": _sheet_path(args),
+    }
+    check_disjoint(outputs, {"IMAGES_DIR": getattr(args, "images_dir", None)})
     if fo.dataset_exists(args.dataset):
-        # Validate both fields before any work, including ingestion.
         existing = fo.load_dataset(args.dataset)
         validate_field_name(existing, args.heatmap_field, "saliency")
         validate_field_name(existing, args.patches_field, "patches")
-    ds, added = _ingest(args.dataset, images or [])
-    print(f"dataset {args.dataset!r}: {len(ds)} samples ({added} added)")
-    validate_field_name(ds, args.heatmap_field, "saliency")
-    validate_field_name(ds, args.patches_field, "patches")
+        if args.export:
+            check_not_holding(args.export[1], "--export", stored_folders(existing))
+
+
+def _saliency_step(ds: Any, args: argparse.Namespace, class_names: list[str] | None) -> Any:
+    from xpatch_core.runs import run_saliency
+
     sal = run_saliency(
         ds, args.heatmap_field, args.model, args.method,
         target=args.target, weights=args.weights, layer=args.layer,
@@ -275,10 +288,13 @@ def _run_job(args: argparse.Namespace, images: list[str] | None = None, class_na
         allow_unsafe=getattr(args, "allow_unsafe_model", False), progress=True,
     )
     _print_summary("saliency", sal)
-    if sal.processed == 0 and sal.skipped == 0:
-        _print_failures(sal.failures)
-        print("error: no image could be processed", file=sys.stderr)
-        return 1
+    return sal
+
+
+def _patch_step(ds: Any, args: argparse.Namespace) -> Any:
+    from xpatch_core.errors import XpatchError
+    from xpatch_core.runs import run_patches
+
     patch_kwargs = dict(
         scales=args.scales, aspect_ratios=args.aspect_ratios,
         max_iou=None if args.no_nms or args.min_distance is not None else args.max_iou,
@@ -292,16 +308,13 @@ def _run_job(args: argparse.Namespace, images: list[str] | None = None, class_na
     except XpatchError as e:
         raise UsageError(str(e)) from e
     _print_summary("patches", pat)
-    elapsed = time.perf_counter() - t0
-    failures = sal.failures + pat.failures
-    n_patches = ds.count(f"{args.patches_field}.detections")
-    n_images = ds.exists(args.heatmap_field).count()
-    print(f"summary: {len(ds)} images, {n_images} with heatmaps, {n_patches} patches, "
-          f"{len(failures)} failures, {(sal.processed + pat.processed) and sal.processed / elapsed:.2f} images/s "
-          f"end to end ({elapsed:.1f} s)")
-    _print_failures(failures)
-    sheet = args.contact_sheet or f"xpatch-{args.dataset}.png"
-    written = contact_sheet(ds, sheet, args.patches_field)
+    return pat
+
+
+def _outputs_step(ds: Any, args: argparse.Namespace) -> None:
+    from xpatch_core.contact import contact_sheet
+
+    written = contact_sheet(ds, _sheet_path(args), args.patches_field)
     if written:
         print(f"contact sheet: {os.path.abspath(written)}")
     if args.export:
@@ -310,7 +323,7 @@ def _run_job(args: argparse.Namespace, images: list[str] | None = None, class_na
 
         report = export_patches(ds, path, format=kind, field=args.patches_field,
                                 overwrite=getattr(args, "export_overwrite", False))
-        print(f"export ({kind}): {report}")
+        print(report.summary())
     print(f"open the App: fiftyone app launch {args.dataset}   (or: xpatch run ... --app)")
     if args.app:
         import fiftyone as fo
@@ -320,6 +333,28 @@ def _run_job(args: argparse.Namespace, images: list[str] | None = None, class_na
         session = fo.launch_app(patches_view(ds, args.patches_field), port=args.port, auto=False)
         print(f"App at {session.url} (Ctrl-C to stop)")
         session.wait()
+
+
+def _run_job(args: argparse.Namespace, images: list[str] | None = None, class_names: list[str] | None = None) -> int:
+    t0 = time.perf_counter()
+    _check_before_work(args)
+    ds, added = _ingest(args.dataset, images or [])
+    print(f"dataset {args.dataset!r}: {len(ds)} samples ({added} added)")
+    sal = _saliency_step(ds, args, class_names)
+    if sal.processed == 0 and sal.skipped == 0:
+        _print_failures(sal.failures)
+        print("error: no image could be processed", file=sys.stderr)
+        return 1
+    pat = _patch_step(ds, args)
+    elapsed = time.perf_counter() - t0
+    failures = sal.failures + pat.failures
+    n_patches = ds.count(f"{args.patches_field}.detections")
+    n_images = ds.exists(args.heatmap_field).count()
+    speed = f", {sal.processed / elapsed:.2f} images/s end to end" if sal.processed else ""
+    print(f"summary: {len(ds)} images, {n_images} with heatmaps, {n_patches} patches, "
+          f"{len(failures)} failures{speed} ({elapsed:.1f} s)")
+    _print_failures(failures)
+    _outputs_step(ds, args)
     return 0
 
 

@@ -238,7 +238,8 @@ def _prepare_dir(export_dir: Any, overwrite: bool, sources: list[str]) -> tuple[
                 )
             for src in sources:
                 if os.path.commonpath([root, src]) == root:
-                    raise ParameterError(f"refusing to clear {root}: it holds source images ({src})")
+                    raise ParameterError(f"refusing to clear {root}: it holds source images or files the "
+                                         f"dataset points to ({src})")
             for entry in entries:
                 # never follow a symlink: remove the link itself
                 if entry.is_symlink() or not entry.is_dir(follow_symlinks=False):
@@ -391,9 +392,9 @@ def iter_export_patches(
         from fiftyone import ViewField as F
 
         images = images.match(F(f"{field_name}.detections").length() > 0).select_fields(field_name)
-    filepaths = images.values("filepath")
-    source_dirs = sorted({os.path.realpath(os.path.dirname(p)) for p in filepaths})
-    root, cleared = _prepare_dir(export_dir, overwrite, source_dirs)
+    from xpatch_core.runs.collections import stored_folders
+
+    root, cleared = _prepare_dir(export_dir, overwrite, stored_folders(images))
     report = ExportReport(format=format, export_dir=root, field=field_name, label_attr=label_attr,
                           cleared=cleared)
     written: list[str] = []

@@ -16,6 +16,7 @@ Rules:
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -354,6 +355,37 @@ def ensure_metadata(dataset: Any, ids: Sequence[str]) -> int:
     return n
 
 
+def stored_folders(sample_collection: Any) -> list[str]:
+    """The folders that the samples' files and stored label files lie in.
+
+    Source images (``filepath``), heatmap PNGs (``map_path``) and mask
+    files (``mask_path``) of the top-level label fields: an export or a
+    patch dataset may not clear or fill a folder holding any of them.
+
+    Args:
+        sample_collection: a FiftyOne collection
+
+    Returns:
+        a sorted list of real folder paths
+    """
+    import fiftyone as fo
+
+    from xpatch_core.paths import real
+
+    paths = ["filepath"]
+    schema = sample_collection._dataset.get_field_schema(flat=True)
+    for name, fld in schema.items():
+        doc = getattr(fld, "document_type", None)
+        if "." not in name and doc is fo.Heatmap:
+            paths.append(f"{name}.map_path")
+        elif "." not in name and doc is fo.Segmentation:
+            paths.append(f"{name}.mask_path")
+    folders = set()
+    for values in sample_collection._dataset.values(paths):
+        folders.update(os.path.dirname(v) for v in values if isinstance(v, str) and v)
+    return sorted({real(f) for f in folders})
+
+
 def tag_failed(dataset: Any, field_name: str, ok_ids: Sequence[str], failed_ids: Sequence[str]) -> None:
     """Tags the samples that failed in a run and untags those that now succeeded.
 
@@ -391,6 +423,7 @@ __all__ = [
     "require_field",
     "restrict",
     "select_patches",
+    "stored_folders",
     "tag_failed",
     "validate_field_name",
 ]

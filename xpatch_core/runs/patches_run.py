@@ -144,39 +144,39 @@ class PatchesRun(RunKind):
             raise ParameterError(f"a fractional size must be in (0, 1], got {size!r}")
 
     def _probe(self) -> None:
-        """Runs the sampler once on an image that fits every box shape: what
-        fails there fails for every image."""
+        """Runs the sampler once, borders aside: a parameter that fails here
+        fails for every image."""
         from xpatch_core.sampler import sample_patches
 
-        def positive(values: Any) -> list[float]:
-            try:
-                return [float(v) for v in values if isinstance(v, (int, float)) and 0 < float(v) < 1e6]
-            except TypeError:
-                return []
-
-        scales, aspects = positive(self.sampling["scales"]), positive(self.sampling["aspect_ratios"])
-        # the longest side of any box shape, with room to move (malformed values: the sampler says why)
-        reach = max((s * max(a, 1 / a) ** 0.5 * 2 for s in scales for a in aspects), default=1.0)
-        side = 512 if isinstance(self.size, (float, np.floating)) else int(self.size * reach) + 8
+        sampling = dict(self.sampling)
+        if sampling["border"] in ("error", "drop"):  # sizes are checked per image and by _check_sizes
+            sampling["border"] = "pad"
         try:
-            sample_patches(np.ones((4, 4)), (side, side), self.n, self.size, seed=int(self.seed), key="probe",
-                           **self.sampling)
+            sample_patches(np.ones((4, 4)), (64, 64), self.n, self.size, seed=int(self.seed), key="probe",
+                           **sampling)
         except (XpatchError, ValueError, TypeError) as e:
             raise ParameterError(str(e)) from e
 
     def _check_sizes(self, view: Any) -> None:
-        """Refuses a pixel size larger than every image (with ``border`` that
-        cannot place such boxes)."""
-        if not isinstance(self.size, (int, np.integer)) or self.sampling["border"] not in ("error", "drop"):
+        """Refuses box shapes that fit no image at all (with a ``border``
+        that cannot place them); one image too small is that image's matter."""
+        from xpatch_core.sampler import box_shapes
+
+        if self.sampling["border"] not in ("error", "drop"):
             return
         ws, hs, mws, mhs = view.values([f"{self.heatmap_field}.width", f"{self.heatmap_field}.height",
                                         "metadata.width", "metadata.height"])
-        known = [(w or mw, h or mh) for w, h, mw, mh in zip(ws, hs, mws, mhs) if (w or mw) and (h or mh)]
-        smallest = self.size * min(self.sampling["scales"])
-        if known and all(smallest > min(w, h) for w, h in known):
-            big = max(known, key=lambda s: min(s))
-            raise ParameterError(f"patch size {self.size} (x{min(self.sampling['scales'])}) is larger than every "
-                                 f"image (largest short side: {min(big)} px)")
+        sizes = {(int(w or mw), int(h or mh)) for w, h, mw, mh in zip(ws, hs, mws, mhs) if (w or mw) and (h or mh)}
+        try:
+            fits = any(((shapes[:, 0] <= w) & (shapes[:, 1] <= h)).any() for w, h in sizes
+                       for shapes in [box_shapes((w, h), self.size, self.sampling["scales"],
+                                                 self.sampling["aspect_ratios"])])
+        except (XpatchError, ValueError) as e:
+            raise ParameterError(str(e)) from e
+        if sizes and not fits:
+            big = max(sizes, key=lambda s: min(s))
+            raise ParameterError(f"patch size {self.size} (scales {', '.join(map(str, self.sampling['scales']))}) "
+                                 f"is larger than every image (largest short side: {min(big)} px)")
 
     # -- work -----------------------------------------------------------------------
     def request(self) -> dict[str, Any]:

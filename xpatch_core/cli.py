@@ -233,8 +233,8 @@ def _ingest(name: str, paths: list[str]) -> tuple[Any, int]:
     return ds, len(new)
 
 
-def _print_summary(title: str, summary: Any, out: Any = sys.stdout) -> None:
-    print(f"{title}: {summary.describe()}", file=out)
+def _print_summary(title: str, summary: Any) -> None:
+    print(f"{title}: {summary.describe()}")
 
 
 def _print_failures(failures: list[dict[str, str]], limit: int = 20) -> None:

@@ -164,8 +164,9 @@ class PatchesRun(RunKind):
 
         if self.sampling["border"] not in ("error", "drop"):
             return
-        ws, hs, mws, mhs = view.values([f"{self.heatmap_field}.width", f"{self.heatmap_field}.height",
-                                        "metadata.width", "metadata.height"])
+        # read from the dataset: the view may hide the heatmap field
+        ws, hs, mws, mhs = view._dataset.select(view.values("id")).values(
+            [f"{self.heatmap_field}.width", f"{self.heatmap_field}.height", "metadata.width", "metadata.height"])
         sizes = {(int(w or mw), int(h or mh)) for w, h, mw, mh in zip(ws, hs, mws, mhs) if (w or mw) and (h or mh)}
         try:
             fits = any(((shapes[:, 0] <= w) & (shapes[:, 1] <= h)).any() for w, h in sizes

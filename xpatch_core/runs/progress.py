@@ -108,8 +108,9 @@ class RunSummary:
         line = ", ".join(parts)
         if self.processed and self.elapsed > 0:
             line += f" ({self.images_per_s:.1f} images/s)"
-        if self.timings:
-            line += "; time: " + ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in self.timings.items())
+        stages = [f"{k.replace('_', ' ')} {v:.1f} s" for k, v in self.timings.items() if v >= 0.05]
+        if stages:
+            line += "; time: " + ", ".join(stages)
         return line
 
 

@@ -79,7 +79,7 @@ def test_a_default_defined_twice_is_found(tmp_path):
     root = _tree(tmp_path, {
         "xpatch_core/api.py": f"def run(temperature={t!r}, n=3):\n    return n\n",
         "xpatch_core/cli2.py": f"def build(g):\n    g.add_argument('--max-iou', default={PATCHES['max_iou']!r})\n",
-        "plugin/form.py": "def form(inputs):\n    inputs.int('size', default=%r)\n" % PATCHES["size"],
+        "plugin/form.py": f"def form(inputs):\n    inputs.int('size', default={PATCHES['size']!r})\n",
         "xpatch_core/ok.py": "from xpatch_core.defaults import PATCHES\n\n"
                              "def run(temperature=PATCHES['temperature'], n=3):\n    return n\n",
     })

@@ -268,7 +268,7 @@ def test_mixed_bfloat16_mode_gives_float32_maps():
     assert "float32" in str(full.backbone.outputs[0].dtype)
 
 
-def test_fusion_is_the_product_of_the_two_layer_maps(xception_weights, photos):
+def test_fusion_is_the_geometric_mean_of_the_two_layer_maps(xception_weights, photos):
     fused = xp.load_model("xception", weights=xception_weights)
     assert fused.fuse_layer == "block13_sepconv1_act" and fused.target_layer == "block14_sepconv2_act"
     coarse = xp.load_model("xception", weights=xception_weights, fuse_layer=None)
@@ -279,9 +279,12 @@ def test_fusion_is_the_product_of_the_two_layer_maps(xception_weights, photos):
     a = xp.compute_saliency(images, model=coarse, method="eigencam")
     b = xp.compute_saliency(images, model=fine, method="eigencam")
     for g, ma, mb in zip(got, a, b):
-        prod = xp.upsample(ma, mb.shape) * mb
-        expected = (prod - prod.min()) / (prod.max() - prod.min())
-        np.testing.assert_allclose(g, expected, atol=1e-4)
+        geo = np.sqrt(xp.upsample(ma, mb.shape) * mb)
+        expected = (geo - geo.min()) / (geo.max() - geo.min())
+        np.testing.assert_allclose(g, expected, atol=1e-3)
+        # the same ranking as the product of the two maps (what the sampler's temperature sharpens)
+        prod = (xp.upsample(ma, mb.shape) * mb).ravel()
+        assert np.corrcoef(np.argsort(np.argsort(prod)), np.argsort(np.argsort(g.ravel())))[0, 1] > 0.99
 
 
 def test_fusion_rules():

@@ -26,6 +26,17 @@ SALIENCY: dict[str, Any] = {
     "batch_size": 16,
     "fuse_layer": "auto",
     "precision": "float32",
+    "map_resolution": "standard",
+}
+
+#: Stored heatmaps (:func:`xpatch_core.heatmaps.display_map`): the network's
+#: map smoothly upsampled to this long side (never more than the image's),
+#: aspect ratio kept, as uint8 with ``range=[0, 255]``. Chosen by
+#: ``benchmarks/bench_quality.py`` (``docs/quality.md``): no block edges in
+#: the App's modal at 1000 px, a few kB per sample.
+HEATMAP: dict[str, Any] = {
+    "long_side": 512,
+    "upsample": "bicubic",
 }
 
 #: Patch runs (:func:`xpatch_core.runs.run_patches`, ``xpatch run``, the
@@ -59,6 +70,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "on_degenerate": ("uniform", "error"),
     "precision": ("float32", "bfloat16", "mixed_bfloat16"),
     "storage": ("database", "png"),
+    "map_resolution": ("standard", "high"),
 }
 
 #: Models offered first in the App's model menu (any ``keras.applications``
@@ -69,6 +81,10 @@ MODEL_MENU: tuple[tuple[str, str], ...] = (
     ("efficientnetb0", "EfficientNetB0 (ImageNet)"),
     ("mobilenetv2", "MobileNetV2 (ImageNet)"),
 )
+
+#: Batches of images decoded ahead of the model
+#: (:func:`xpatch_core.images.iter_decoded_batches`).
+DECODE_PREFETCH = 2
 
 #: Rows written to the database per bulk write.
 WRITE_CHUNK = 64
@@ -100,4 +116,4 @@ def gradient_methods() -> tuple[str, ...]:
     return tuple(name for name, _, grad in method_choices() if grad)
 
 
-__all__ = ["CHOICES", "MODEL_MENU", "PATCHES", "SALIENCY", "WRITE_CHUNK", "gradient_methods", "method_choices"]
+__all__ = ["CHOICES", "DECODE_PREFETCH", "HEATMAP", "MODEL_MENU", "PATCHES", "SALIENCY", "WRITE_CHUNK", "gradient_methods", "method_choices"]

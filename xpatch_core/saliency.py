@@ -140,6 +140,18 @@ class SaliencyMethod:
         """
         raise NotImplementedError
 
+    def combine_tf(self, acts: Any) -> Any:
+        """Turns activations into raw maps with TensorFlow ops, on the device
+        (the methods that can fuse layers implement it).
+
+        Args:
+            acts: ``(B, h, w, C)`` activations, a tensor
+
+        Returns:
+            ``(B, h, w)`` float32 raw maps, a tensor
+        """
+        raise NotImplementedError(f"{self.name} does not fuse layers")
+
     # -- compiled model calls, cached on the model --------------------------------
     def _fn(self, key: str) -> Any:
         import tensorflow as tf
@@ -158,12 +170,18 @@ class SaliencyMethod:
                 def fn(x):
                     return backbone(x, training=False)
 
-            elif key == "fused":
-                fused = model.fused
+            elif key.startswith("fused_maps:"):
+                fused, head, combine = model.fused, model.head, self.combine_tf
 
                 @tf.function(input_signature=[image_spec])
                 def fn(x):
-                    return fused(x, training=False)
+                    # Maps, fusion and normalisation stay on the device: only the
+                    # small fused maps (and logits) come back to the host.
+                    acts, fine = fused(x, training=False)
+                    logits = (tf.zeros([tf.shape(x)[0], 0]) if head is None
+                              else tf.cast(head(acts, training=False), tf.float32))
+                    maps, degenerate = fuse_maps_tf(combine(acts), combine(fine))
+                    return maps, degenerate, logits
 
             elif key == "head":
                 head = model.head
@@ -232,16 +250,9 @@ class SaliencyMethod:
         t = np.full(b, -1, np.int32) if targets is None else np.asarray(targets, np.int32)
         logits = used = grads = None
         if self.uses_fusion:
-            acts, fine = self._fn("fused")(x)
-            if model.head is not None:
-                logits = self._fn("head")(acts)
-            coarse_maps, d1 = normalize_maps(self.combine(np.asarray(acts, np.float32), None))
-            fine_maps, d2 = normalize_maps(self.combine(np.asarray(fine, np.float32), None))
-            fh, fw = fine_maps.shape[1:]
-            up = np.stack([upsample(m, (fh, fw)) for m in coarse_maps])
-            maps, degenerate = normalize_maps(up.astype(np.float64) * fine_maps)
-            degenerate |= d1 & d2
-            return maps, degenerate, self._info(logits, None)
+            maps, degenerate, logits = self._fn(f"fused_maps:{self.name}")(x)
+            logits = logits if model.head is not None else None
+            return np.asarray(maps), np.asarray(degenerate), self._info(logits, None)
         if model.head is not None or model.joint is None:
             acts = self._fn("backbone")(x)
             if self.needs_gradients:
@@ -281,6 +292,11 @@ class ActivationMap(SaliencyMethod):
     def combine(self, acts: np.ndarray, grads: np.ndarray | None) -> np.ndarray:
         return acts.mean(axis=-1)
 
+    def combine_tf(self, acts: Any) -> Any:
+        import tensorflow as tf
+
+        return tf.reduce_mean(tf.cast(acts, tf.float32), axis=-1)
+
 
 class EigenCAM(SaliencyMethod):
     """First principal component of the activations (Eigen-CAM).
@@ -306,41 +322,99 @@ class EigenCAM(SaliencyMethod):
         proj = _first_component(acts.reshape(b, h * w, c), self.iterations)
         return proj.reshape(b, h, w)
 
+    def combine_tf(self, acts: Any) -> Any:
+        import tensorflow as tf
 
-def _first_component(x: np.ndarray, iterations: int) -> np.ndarray:
-    """First principal component scores of each ``(n, c)`` matrix of a batch,
-    signed to correlate positively with the channel mean."""
+        shape = tf.shape(acts)
+        x = tf.reshape(tf.cast(acts, tf.float32), [shape[0], shape[1] * shape[2], shape[3]])
+        return tf.reshape(_first_component_tf(x, self.iterations), shape[:3])
+
+
+def _first_component_tf(x: Any, iterations: int) -> Any:
+    """First principal component scores of each ``(n, c)`` matrix of a
+    batch (TensorFlow ops), signed to correlate positively with the channel
+    mean."""
     import tensorflow as tf
 
-    fn = _POWER.get("fn")
+    # Block (subspace) iteration with a Rayleigh-Ritz step: the top
+    # vector converges like (lambda_{k+1} / lambda_1) ** iterations,
+    # robust where the first two components are nearly tied.
+    xc = x - tf.reduce_mean(x, axis=1, keepdims=True)
+    gram = tf.matmul(xc, xc, transpose_b=True)
+    gram = gram / (tf.reduce_max(tf.abs(gram), axis=(1, 2), keepdims=True) + 1e-30)
+    n = tf.shape(x)[1]
+    mean_map = tf.reduce_mean(x, axis=2)
+    v0 = mean_map - tf.reduce_mean(mean_map, axis=1, keepdims=True)
+    idx = tf.cast(tf.range(n), x.dtype)
+    probes = tf.stack([tf.cos(idx * (0.7 + 0.9 * j)) for j in range(_BLOCK - 1)], axis=1)
+    basis = tf.concat([v0[:, :, None], tf.broadcast_to(probes[None], [tf.shape(x)[0], n, _BLOCK - 1])], axis=2)
+    q, _ = tf.linalg.qr(basis)
+    for _ in range(iterations):
+        q, _ = tf.linalg.qr(tf.matmul(gram, q))
+    small = tf.matmul(q, tf.matmul(gram, q), transpose_a=True)
+    _, vecs = tf.linalg.eigh(small)
+    v = tf.einsum("bnk,bk->bn", q, vecs[:, :, -1])
+    sign = tf.where(tf.reduce_sum(v * v0, axis=1, keepdims=True) < 0, -1.0, 1.0)
+    return v * sign
+
+
+def _first_component(x: np.ndarray, iterations: int) -> np.ndarray:
+    """:func:`_first_component_tf` on a NumPy batch, on TensorFlow's threads."""
+    import tensorflow as tf
+
+    fn = _POWER.get(iterations)
     if fn is None:
+        fn = _POWER[iterations] = tf.function(lambda x: _first_component_tf(x, iterations), reduce_retracing=True)
+    return fn(tf.convert_to_tensor(x, tf.float32)).numpy().astype(np.float64)
 
-        @tf.function(reduce_retracing=True)
-        def fn(x, iterations):
-            # Block (subspace) iteration with a Rayleigh-Ritz step: the top
-            # vector converges like (lambda_{k+1} / lambda_1) ** iterations,
-            # robust where the first two components are nearly tied.
-            xc = x - tf.reduce_mean(x, axis=1, keepdims=True)
-            gram = tf.matmul(xc, xc, transpose_b=True)
-            gram = gram / (tf.reduce_max(tf.abs(gram), axis=(1, 2), keepdims=True) + 1e-30)
-            n = tf.shape(x)[1]
-            mean_map = tf.reduce_mean(x, axis=2)
-            v0 = mean_map - tf.reduce_mean(mean_map, axis=1, keepdims=True)
-            idx = tf.cast(tf.range(n), x.dtype)
-            probes = tf.stack([tf.cos(idx * (0.7 + 0.9 * j)) for j in range(_BLOCK - 1)], axis=1)
-            basis = tf.concat([v0[:, :, None], tf.broadcast_to(probes[None], [tf.shape(x)[0], n, _BLOCK - 1])],
-                              axis=2)
-            q, _ = tf.linalg.qr(basis)
-            for _ in tf.range(iterations):
-                q, _ = tf.linalg.qr(tf.matmul(gram, q))
-            small = tf.matmul(q, tf.matmul(gram, q), transpose_a=True)
-            _, vecs = tf.linalg.eigh(small)
-            v = tf.einsum("bnk,bk->bn", q, vecs[:, :, -1])
-            sign = tf.where(tf.reduce_sum(v * v0, axis=1, keepdims=True) < 0, -1.0, 1.0)
-            return v * sign
 
-        _POWER["fn"] = fn
-    return fn(tf.convert_to_tensor(x, tf.float32), tf.constant(iterations)).numpy().astype(np.float64)
+def fuse_maps_tf(coarse: Any, fine: Any) -> tuple[Any, Any]:
+    """Fuses two layers' raw maps on the finer grid (TensorFlow ops).
+
+    Each map is min-max normalised, the coarse one upsampled bilinearly
+    (pixel centres aligned) to the fine grid, and the fused map is their
+    geometric mean ``sqrt(coarse * fine)``, normalised again: the ranking of
+    the product of the two maps (which localises best, ``docs/quality.md``)
+    with the contrast of a single CAM; the sampler's temperature does the
+    sharpening.
+
+    Args:
+        coarse: ``(B, h, w)`` raw maps of the target layer
+        fine: ``(B, H, W)`` raw maps of the finer layer
+
+    Returns:
+        ``(maps, degenerate)``: float32 ``(B, H, W)`` maps in ``[0, 1]`` and a
+        bool ``(B,)`` tensor (see :func:`normalize_maps`)
+    """
+    import tensorflow as tf
+
+    a, d1 = normalize_maps_tf(coarse)
+    b, d2 = normalize_maps_tf(fine)
+    up = tf.image.resize(a[..., None], tf.shape(b)[1:3], method="bilinear")[..., 0]
+    maps, degenerate = normalize_maps_tf(tf.sqrt(tf.maximum(up, 0.0) * b))
+    return maps, degenerate | (d1 & d2)
+
+
+def normalize_maps_tf(maps: Any) -> tuple[Any, Any]:
+    """:func:`normalize_maps` with TensorFlow ops (float32).
+
+    Args:
+        maps: ``(B, h, w)`` raw maps, a tensor
+
+    Returns:
+        ``(maps, degenerate)`` tensors
+    """
+    import tensorflow as tf
+
+    m = tf.cast(maps, tf.float32)
+    ok = tf.math.is_finite(m)
+    safe = tf.where(ok, m, 0.0)
+    lo = tf.reduce_min(safe, axis=(1, 2), keepdims=True)
+    hi = tf.reduce_max(safe, axis=(1, 2), keepdims=True)
+    span = hi - lo
+    degenerate = ~tf.reduce_all(ok, axis=(1, 2)) | (span[:, 0, 0] <= _EPS * tf.maximum(1.0, tf.abs(hi[:, 0, 0])))
+    out = (safe - lo) / tf.where(span > 0, span, 1.0)
+    return tf.where(degenerate[:, None, None], 1.0, out), degenerate
 
 
 _POWER: dict[str, Any] = {}

@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
+from xpatch_core.defaults import CHOICES, SALIENCY
 from xpatch_core.errors import ImageDecodeError, ModelError, ParameterError
 from xpatch_core.images import iter_decoded_batches
 
@@ -544,12 +545,13 @@ def iter_saliency(
     num_workers: int | None = None,
     max_pixels: int | None = None,
     precision: str = "float32",
+    map_resolution: str = SALIENCY["map_resolution"],
 ) -> Iterator[SaliencyItem]:
     """Computes saliency maps, streaming one :class:`SaliencyItem` per image.
 
-    Images are decoded by a thread pool while the previous batch runs on the
-    model, so at most two batches are in memory. A bad image yields an item
-    with ``error`` set and does not stop the others.
+    Images are decoded by a thread pool ahead of the batch that runs on the
+    model (:func:`xpatch_core.images.iter_decoded_batches`). A bad image
+    yields an item with ``error`` set and does not stop the others.
 
     Args:
         images: an iterable of paths, PIL images or arrays
@@ -562,70 +564,135 @@ def iter_saliency(
         layer: target layer override
         fuse_layer: a finer layer fused with the target layer (see
             :func:`xpatch_core.load_model`)
-        num_workers: decoding threads (default: 2)
+        num_workers: decoding threads (default ``XPATCH_DECODE_WORKERS``)
         max_pixels: refuse images with more pixels than this
         precision: ``"float32"``, ``"bfloat16"`` or ``"mixed_bfloat16"``
+        map_resolution: ``"standard"`` (the image squashed to the network's
+            input size) or ``"high"`` (fused with a map of the image at 1.5x
+            that size with its aspect ratio kept, about 4x the compute; see
+            :mod:`xpatch_core.highres`)
 
     Returns:
         an iterator of :class:`SaliencyItem`, in input order
+
+    Raises:
+        ParameterError: for a bad parameter, before any image is read
+        ModelError: if the model cannot do what is asked (e.g. a gradient
+            method at high resolution with a head that needs a fixed size)
     """
     from xpatch_core.models import load_model
 
     method_cls = get_method(method)
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ParameterError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if map_resolution not in CHOICES["map_resolution"]:
+        raise ParameterError(f"map_resolution must be one of {', '.join(CHOICES['map_resolution'])}, "
+                             f"got {map_resolution!r}")
     count = len(images) if hasattr(images, "__len__") else None
     sm = load_model(model, weights=weights, layer=layer, fuse_layer=fuse_layer, precision=precision)
     runner = method_cls(sm)
     targets = resolve_targets(sm, target, count)
+    if map_resolution == "high":
+        from xpatch_core.highres import iter_high_resolution
+
+        yield from iter_high_resolution(images, runner, targets, batch_size, workers=num_workers,
+                                        max_pixels=max_pixels)
+        return
     h, w = sm.input_size
     for batch in iter_decoded_batches(images, (w, h), batch_size, workers=num_workers, max_pixels=max_pixels):
-        yield from _batch_items(batch, sm, runner, targets)
+        results: dict[int, SaliencyItem] = {}
+        good = []
+        for i, src, d in batch:
+            if isinstance(d, Exception):
+                results[i] = failed_item(i, src, d)
+            else:
+                good.append((i, src, d))
+        if good:
+            found = run_arrays(runner, [d.array for _, _, d in good], batch_targets(targets, [i for i, _, _ in good]))
+            for (i, src, d), r in zip(good, found):
+                results[i] = SaliencyItem(index=i, image_size=d.size, source=source_name(src), **r)
+        for i, _, _ in batch:
+            yield results[i]
 
 
-def _source_name(src: Any) -> str | None:
+def source_name(src: Any) -> str | None:
+    """The path of an input, or None for an in-memory image.
+
+    Args:
+        src: a path, a Pillow image or an array
+
+    Returns:
+        the path as a string, or None
+    """
     return os.fspath(src) if isinstance(src, (str, os.PathLike)) else None
 
 
-def _batch_items(batch: list[tuple[int, Any, Any]], sm: Any, runner: SaliencyMethod,
-                 targets: Any) -> Iterator[SaliencyItem]:
-    """Runs one decoded batch through the model; items in input order."""
-    results: dict[int, SaliencyItem] = {}
-    good = []
-    for i, src, d in batch:
-        if isinstance(d, Exception):
-            results[i] = SaliencyItem(i, None, error=getattr(d, "reason", str(d)), source=_source_name(src))
-        else:
-            good.append((i, src, d))
-    if good:
-        idx = [i for i, _, _ in good]
-        if isinstance(targets, list):
-            if max(idx) >= len(targets):
-                raise ParameterError(f"{len(targets)} targets given for more images")
-            t = np.array([targets[i] for i in idx], np.int32)
-        else:
-            t = np.full(len(idx), targets, np.int32)
-        x = np.asarray(sm.preprocess(np.stack([d.array for _, _, d in good])), dtype=np.float32)
-        maps, degenerate, info = runner.run_batch(x, t)
-        probs = None
-        if info["logits"] is not None:
-            z = info["logits"] - info["logits"].max(axis=1, keepdims=True)
-            e = np.exp(z)
-            probs = e / e.sum(axis=1, keepdims=True)
-        for k, (i, src, d) in enumerate(good):
-            pred = None if info["predicted"] is None else int(info["predicted"][k])
-            results[i] = SaliencyItem(
-                index=i,
-                map=maps[k],
-                degenerate=bool(degenerate[k]),
-                image_size=d.size,
-                target=None if info["targets"] is None else int(info["targets"][k]),
-                predicted=pred,
-                confidence=None if probs is None else float(probs[k, pred]),
-                source=_source_name(src),
-            )
-    for i, _, _ in batch:
-        yield results[i]
+def failed_item(index: int, src: Any, error: Exception) -> SaliencyItem:
+    """The item of an image that could not be decoded.
+
+    Args:
+        index: the image's position in the input
+        src: the input as given
+        error: the decoding error
+
+    Returns:
+        a :class:`SaliencyItem` with ``error`` set
+    """
+    return SaliencyItem(index, None, error=getattr(error, "reason", str(error)), source=source_name(src))
+
+
+def batch_targets(targets: Any, indices: Sequence[int]) -> np.ndarray:
+    """The target class of each image of a batch.
+
+    Args:
+        targets: what :func:`resolve_targets` returned
+        indices: the images' positions in the input
+
+    Returns:
+        an int32 array, -1 for the predicted class
+
+    Raises:
+        ParameterError: if a per-image target list is too short
+    """
+    if isinstance(targets, list):
+        if max(indices) >= len(targets):
+            raise ParameterError(f"{len(targets)} targets given for more images")
+        return np.array([targets[i] for i in indices], np.int32)
+    return np.full(len(indices), targets, np.int32)
+
+
+def run_arrays(runner: SaliencyMethod, arrays: Sequence[np.ndarray], targets: np.ndarray) -> list[dict[str, Any]]:
+    """Runs decoded images of one size through a method, as one batch.
+
+    Args:
+        runner: a :class:`SaliencyMethod`
+        arrays: float32 ``(H, W, 3)`` RGB arrays in ``[0, 255]`` at the
+            model's input size
+        targets: int32 class indices, -1 for the predicted class
+
+    Returns:
+        one dict per image with the :class:`SaliencyItem` fields ``map``,
+        ``degenerate``, ``target``, ``predicted`` and ``confidence``
+    """
+    sm = runner.model
+    x = np.asarray(sm.preprocess(np.stack(arrays)), dtype=np.float32)
+    maps, degenerate, info = runner.run_batch(x, targets)
+    probs = None
+    if info["logits"] is not None:
+        z = info["logits"] - info["logits"].max(axis=1, keepdims=True)
+        e = np.exp(z)
+        probs = e / e.sum(axis=1, keepdims=True)
+    out = []
+    for k in range(len(arrays)):
+        pred = None if info["predicted"] is None else int(info["predicted"][k])
+        out.append({
+            "map": maps[k],
+            "degenerate": bool(degenerate[k]),
+            "target": None if info["targets"] is None else int(info["targets"][k]),
+            "predicted": pred,
+            "confidence": None if probs is None else float(probs[k, pred]),
+        })
+    return out
 
 
 def compute_saliency(
@@ -655,7 +722,8 @@ def compute_saliency(
         return_items: return :class:`SaliencyItem` objects (with predicted
             class, degenerate flag and errors) instead of bare maps
         **kwargs: passed to :func:`iter_saliency` (``weights``, ``layer``,
-            ``fuse_layer``, ``num_workers``, ``max_pixels``, ``precision``)
+            ``fuse_layer``, ``num_workers``, ``max_pixels``, ``precision``,
+            ``map_resolution``)
 
     Returns:
         a list of float32 ``(h, w)`` maps in ``[0, 1]`` (or of items)

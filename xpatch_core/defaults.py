@@ -49,7 +49,7 @@ PATCHES: dict[str, Any] = {
     "size_fraction": 0.25,
     "scales": (1.0,),
     "aspect_ratios": (1.0,),
-    "temperature": 4.0,
+    "temperature": 8.0,
     "epsilon": 0.0,
     "replace": False,
     "max_iou": 0.7,

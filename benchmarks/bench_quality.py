@@ -246,7 +246,7 @@ def table_settings(images: list[dict], all_stored: dict, table1: dict) -> list[d
     """Table 2: the sampling settings on the default map and the best other map."""
     ranked = sorted((k for k in table1 if k[0] != "prior" and k != DEFAULT),
                     key=lambda k: -max(table1[k][t]["hit_rate"] for t in TEMPERATURES))
-    chosen = [DEFAULT] + ranked[:1]
+    chosen = [DEFAULT] + ranked[:1]  # without table 1: the default map only
     print("\nTable 2 - sampling settings on stored maps (delivered: share of the requested patches placed; "
           "top4: hit rate of each image's 4 best-scored patches)\n")
     print("| method | layer | T | eps | max_iou | hit | uniform | x unif | centre | point | delivered "
@@ -422,10 +422,9 @@ def main() -> None:
           f"{time.perf_counter() - t0:.0f} s\n")
     layer_names = {**LAYERS, **{k: f"{LAYERS['b14s2']} {SYMBOL[h]} {LAYERS['b13s1']}" for k, h in FUSIONS.items()}}
     print("layers: " + "; ".join(f"{k} = {v}" for k, v in layer_names.items()) + "\n")
-    if "1" in args.tables or "2" in args.tables:
-        table1 = table_maps(images, all_stored)
-        if "2" in args.tables:
-            recommend(table_settings(images, all_stored, table1), layer_names)
+    table1 = table_maps(images, all_stored) if "1" in args.tables else {}
+    if "2" in args.tables:
+        recommend(table_settings(images, all_stored, table1), layer_names)
     if "3" in args.tables:
         table_display(images, net[DEFAULT])
     if "4" in args.tables:

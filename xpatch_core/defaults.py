@@ -6,7 +6,7 @@ form field) is defined here once; the library's signatures, the CLI's
 ``python -m xpatch_core.tools.check_structure`` fails when a parameter named
 in this table gets a literal default anywhere else.
 
-The quality defaults (fusion, temperature, max IoU) were chosen by
+The quality defaults (fusion, temperature, max IoU, stored map size) were chosen by
 ``benchmarks/bench_quality.py`` on the shared COCO subset; see
 ``docs/quality.md``. Saliency method names and which need gradients come from
 :mod:`xpatch_core.saliency` (:func:`method_choices`), so the plugin never
@@ -33,7 +33,8 @@ SALIENCY: dict[str, Any] = {
 #: map smoothly upsampled to this long side (never more than the image's),
 #: aspect ratio kept, as uint8 with ``range=[0, 255]``. Chosen by
 #: ``benchmarks/bench_quality.py`` (``docs/quality.md``): no block edges in
-#: the App's modal at 1000 px, a few kB per sample.
+#: the App's modal at 1000 px (bicubic: no creases along the network's
+#: cells either), about 40 kB per 640x480 photo in the database, 27 kB as PNG.
 HEATMAP: dict[str, Any] = {
     "long_side": 512,
     "upsample": "bicubic",

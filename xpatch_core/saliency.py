@@ -12,8 +12,16 @@ that only says how it turns activations (and gradients) into a map:
 | ``gradcam++`` | :class:`GradCAMPlusPlus` | yes |
 
 Maps are float32 in ``[0, 1]`` at the target layer's resolution; use
-:func:`upsample` for any other size. A constant or non-finite map comes back
-as all ones (uniform) with ``degenerate=True``.
+:func:`upsample` for any other size, and
+:func:`xpatch_core.heatmaps.display_map` for the map a run stores. A
+constant or non-finite map comes back as all ones (uniform) with
+``degenerate=True``.
+
+With a fuse layer (Xception's default), ``activation`` and ``eigencam`` maps
+are the geometric mean of the target layer's and the finer layer's
+normalised maps (:func:`fuse_maps_tf`), computed on the device so that only
+the small maps come back to the host. ``map_resolution="high"`` adds an
+aspect-kept pass at 1.5x the input size (:mod:`xpatch_core.highres`).
 """
 
 from __future__ import annotations
@@ -124,7 +132,8 @@ class SaliencyMethod:
 
     @property
     def layer_description(self) -> str:
-        """The layer(s) the maps come from, ``"a*b"`` for a fusion."""
+        """The layer(s) the maps come from, ``"a*b"`` for a fusion (their
+        geometric mean)."""
         if self.uses_fusion:
             return f"{self.model.target_layer}*{self.model.fuse_layer}"
         return self.model.target_layer

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from xpatch_core.defaults import MODEL_MENU, SALIENCY, gradient_methods, method_choices
+from xpatch_core.defaults import MODEL_MENU, SALIENCY
+from xpatch_core.saliency import gradient_methods, method_choices
 
 from .common import (
     DelegableOperator,

@@ -6,11 +6,11 @@ form field) is defined here once; the library's signatures, the CLI's
 ``python -m xpatch_core.tools.check_structure`` fails when a parameter named
 in this table gets a literal default anywhere else.
 
-The quality defaults (fusion, temperature, max IoU) were chosen by
+The quality defaults (fusion, temperature, max IoU, stored map size) were chosen by
 ``benchmarks/bench_quality.py`` on the shared COCO subset; see
 ``docs/quality.md``. Saliency method names and which need gradients come from
-:mod:`xpatch_core.saliency` (:func:`method_choices`), so the plugin never
-keeps its own list. This module imports nothing heavy.
+:mod:`xpatch_core.saliency` (:func:`~xpatch_core.saliency.method_choices`),
+so the plugin never keeps its own list. This module imports nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +26,18 @@ SALIENCY: dict[str, Any] = {
     "batch_size": 16,
     "fuse_layer": "auto",
     "precision": "float32",
+    "map_resolution": "standard",
+}
+
+#: Stored heatmaps (:func:`xpatch_core.heatmaps.display_map`): the network's
+#: map smoothly upsampled to this long side (never more than the image's),
+#: aspect ratio kept, as uint8 with ``range=[0, 255]``. Chosen by
+#: ``benchmarks/bench_quality.py`` (``docs/quality.md``): no block edges in
+#: the App's modal at 1000 px (bicubic: no creases along the network's
+#: cells either), about 40 kB per 640x480 photo in the database, 27 kB as PNG.
+HEATMAP: dict[str, Any] = {
+    "long_side": 512,
+    "upsample": "bicubic",
 }
 
 #: Patch runs (:func:`xpatch_core.runs.run_patches`, ``xpatch run``, the
@@ -38,7 +50,7 @@ PATCHES: dict[str, Any] = {
     "size_fraction": 0.25,
     "scales": (1.0,),
     "aspect_ratios": (1.0,),
-    "temperature": 4.0,
+    "temperature": 8.0,
     "epsilon": 0.0,
     "replace": False,
     "max_iou": 0.7,
@@ -59,6 +71,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "on_degenerate": ("uniform", "error"),
     "precision": ("float32", "bfloat16", "mixed_bfloat16"),
     "storage": ("database", "png"),
+    "map_resolution": ("standard", "high"),
 }
 
 #: Models offered first in the App's model menu (any ``keras.applications``
@@ -70,30 +83,4 @@ MODEL_MENU: tuple[tuple[str, str], ...] = (
     ("mobilenetv2", "MobileNetV2 (ImageNet)"),
 )
 
-def method_choices() -> list[tuple[str, str, bool]]:
-    """The saliency methods, as ``(name, description, needs_gradients)``.
-
-    Imports :mod:`xpatch_core.saliency` (NumPy and Pillow only, no
-    TensorFlow).
-
-    Returns:
-        a list of tuples, the default method first
-    """
-    from xpatch_core.saliency import METHODS
-
-    out = [(name, cls.label or name, bool(cls.needs_gradients))
-           for name, cls in METHODS.items()]
-    out.sort(key=lambda t: t[0] != SALIENCY["method"])
-    return out
-
-
-def gradient_methods() -> tuple[str, ...]:
-    """The names of the methods that need a classifier head and gradients.
-
-    Returns:
-        a tuple of names
-    """
-    return tuple(name for name, _, grad in method_choices() if grad)
-
-
-__all__ = ["CHOICES", "MODEL_MENU", "PATCHES", "SALIENCY", "gradient_methods", "method_choices"]
+__all__ = ["CHOICES", "HEATMAP", "MODEL_MENU", "PATCHES", "SALIENCY"]

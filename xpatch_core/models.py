@@ -198,6 +198,78 @@ class SaliencyModel:
         shape = self.backbone.outputs[0].shape
         return int(shape[1]), int(shape[2]), int(shape[3])
 
+    def backbone_for(self, height: int, width: int) -> SaliencyModel:
+        """This model at another input size, with the same layers and weights.
+
+        The split (backbone, fused layers, head or joint model) is re-traced
+        on a new ``keras.Input`` of that size; the result is cached per size
+        (the model's own size returns the model itself). Convolutional
+        backbones, ``keras.applications`` models and a saved classifier's
+        nested backbone take any size their layers accept. A classifier head
+        is kept where it accepts features of the new size (a pooling head);
+        otherwise ``head`` and ``joint`` are None and
+        ``source["head_error"]`` says why, so gradient methods refuse it.
+
+        Args:
+            height: input height in pixels (>= 32)
+            width: input width in pixels (>= 32)
+
+        Returns:
+            a :class:`SaliencyModel` for ``(height, width)`` inputs
+
+        Raises:
+            ParameterError: for a size under 32 pixels
+            ModelError: if the backbone's layers cannot take that size
+        """
+        import dataclasses
+
+        import keras
+
+        h, w = int(height), int(width)
+        if min(h, w) < 32:
+            raise ParameterError(f"input size must be at least 32x32, got {h}x{w}")
+        if (h, w) == tuple(self.input_size):
+            return self
+        with self.lock:
+            cached = self._compiled.get(("size", h, w))
+        if cached is not None:
+            return cached
+        inp = keras.Input((h, w, 3), dtype=self.backbone.inputs[0].dtype, name="xpatch_input")
+        try:
+            if self.fused is not None:
+                feat, fine = _trace(self.fused, inp, [], strip=False)[0]
+                fused = keras.Model(inp, [feat, fine], name="xpatch_fused")
+            else:
+                feat = _trace(self.backbone, inp, [], strip=False)[0]
+                fused = None
+            for t in fused.outputs if fused is not None else [feat]:
+                if None in t.shape[1:3] or min(t.shape[1:3]) < 1:
+                    raise ValueError(f"features of shape {tuple(t.shape)}")
+        except Exception as e:  # noqa: BLE001 - any layer that cannot take the size
+            raise ModelError(
+                f"model {self.name!r} cannot take a {h}x{w} input (its layers up to {self.target_layer!r} "
+                f"were built for {self.input_size[0]}x{self.input_size[1]}: {type(e).__name__}: {e})"
+            ) from e
+        backbone = keras.Model(inp, feat, name="xpatch_backbone")
+        head = joint = None
+        source = dict(self.source, input_size=[h, w], feature_shape=[int(d) for d in feat.shape[1:]])
+        try:
+            if self.head is not None:
+                fin = keras.Input(tuple(feat.shape[1:]), dtype=feat.dtype, name="xpatch_features")
+                head = keras.Model(fin, _trace(self.head, fin, [], strip=False)[0], name="xpatch_head")
+            elif self.joint is not None:
+                joint = keras.Model(inp, _trace(self.joint, inp, [], strip=False)[0], name="xpatch_joint")
+        except Exception as e:  # noqa: BLE001 - e.g. a Flatten + Dense head
+            head = joint = None
+            source["head_error"] = (f"the classifier head of {self.name!r} does not take "
+                                    f"{tuple(feat.shape[1:3])} features ({type(e).__name__})")
+        sized = dataclasses.replace(
+            self, backbone=backbone, head=head, joint=joint, fused=fused, input_size=(h, w),
+            source=source, _compiled={}, lock=threading.Lock(),
+        )
+        with self.lock:
+            return self._compiled.setdefault(("size", h, w), sized)
+
     def class_index(self, target: int | str) -> int:
         """Resolves a class index or name to an index.
 

@@ -12,8 +12,16 @@ that only says how it turns activations (and gradients) into a map:
 | ``gradcam++`` | :class:`GradCAMPlusPlus` | yes |
 
 Maps are float32 in ``[0, 1]`` at the target layer's resolution; use
-:func:`upsample` for any other size. A constant or non-finite map comes back
-as all ones (uniform) with ``degenerate=True``.
+:func:`upsample` for any other size, and
+:func:`xpatch_core.heatmaps.display_map` for the map a run stores. A
+constant or non-finite map comes back as all ones (uniform) with
+``degenerate=True``.
+
+With a fuse layer (Xception's default), ``activation`` and ``eigencam`` maps
+are the geometric mean of the target layer's and the finer layer's
+normalised maps (:func:`fuse_maps_tf`), computed on the device so that only
+the small maps come back to the host. ``map_resolution="high"`` adds an
+aspect-kept pass at 1.5x the input size (:mod:`xpatch_core.highres`).
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
+from xpatch_core.defaults import CHOICES, SALIENCY
 from xpatch_core.errors import ImageDecodeError, ModelError, ParameterError
 from xpatch_core.images import iter_decoded_batches
 
@@ -123,7 +132,8 @@ class SaliencyMethod:
 
     @property
     def layer_description(self) -> str:
-        """The layer(s) the maps come from, ``"a*b"`` for a fusion."""
+        """The layer(s) the maps come from, ``"a*b"`` for a fusion (their
+        geometric mean)."""
         if self.uses_fusion:
             return f"{self.model.target_layer}*{self.model.fuse_layer}"
         return self.model.target_layer
@@ -139,6 +149,18 @@ class SaliencyMethod:
             ``(B, h, w)`` raw maps
         """
         raise NotImplementedError
+
+    def combine_tf(self, acts: Any) -> Any:
+        """Turns activations into raw maps with TensorFlow ops, on the device
+        (the methods that can fuse layers implement it).
+
+        Args:
+            acts: ``(B, h, w, C)`` activations, a tensor
+
+        Returns:
+            ``(B, h, w)`` float32 raw maps, a tensor
+        """
+        raise NotImplementedError(f"{self.name} does not fuse layers")
 
     # -- compiled model calls, cached on the model --------------------------------
     def _fn(self, key: str) -> Any:
@@ -158,12 +180,18 @@ class SaliencyMethod:
                 def fn(x):
                     return backbone(x, training=False)
 
-            elif key == "fused":
-                fused = model.fused
+            elif key.startswith("fused_maps:"):
+                fused, head, combine = model.fused, model.head, self.combine_tf
 
                 @tf.function(input_signature=[image_spec])
                 def fn(x):
-                    return fused(x, training=False)
+                    # Maps, fusion and normalisation stay on the device: only the
+                    # small fused maps (and logits) come back to the host.
+                    acts, fine = fused(x, training=False)
+                    logits = (tf.zeros([tf.shape(x)[0], 0]) if head is None
+                              else tf.cast(head(acts, training=False), tf.float32))
+                    maps, degenerate = fuse_maps_tf(combine(acts), combine(fine))
+                    return maps, degenerate, logits
 
             elif key == "head":
                 head = model.head
@@ -232,16 +260,9 @@ class SaliencyMethod:
         t = np.full(b, -1, np.int32) if targets is None else np.asarray(targets, np.int32)
         logits = used = grads = None
         if self.uses_fusion:
-            acts, fine = self._fn("fused")(x)
-            if model.head is not None:
-                logits = self._fn("head")(acts)
-            coarse_maps, d1 = normalize_maps(self.combine(np.asarray(acts, np.float32), None))
-            fine_maps, d2 = normalize_maps(self.combine(np.asarray(fine, np.float32), None))
-            fh, fw = fine_maps.shape[1:]
-            up = np.stack([upsample(m, (fh, fw)) for m in coarse_maps])
-            maps, degenerate = normalize_maps(up.astype(np.float64) * fine_maps)
-            degenerate |= d1 & d2
-            return maps, degenerate, self._info(logits, None)
+            maps, degenerate, logits = self._fn(f"fused_maps:{self.name}")(x)
+            logits = logits if model.head is not None else None
+            return np.asarray(maps), np.asarray(degenerate), self._info(logits, None)
         if model.head is not None or model.joint is None:
             acts = self._fn("backbone")(x)
             if self.needs_gradients:
@@ -281,6 +302,11 @@ class ActivationMap(SaliencyMethod):
     def combine(self, acts: np.ndarray, grads: np.ndarray | None) -> np.ndarray:
         return acts.mean(axis=-1)
 
+    def combine_tf(self, acts: Any) -> Any:
+        import tensorflow as tf
+
+        return tf.reduce_mean(tf.cast(acts, tf.float32), axis=-1)
+
 
 class EigenCAM(SaliencyMethod):
     """First principal component of the activations (Eigen-CAM).
@@ -306,41 +332,99 @@ class EigenCAM(SaliencyMethod):
         proj = _first_component(acts.reshape(b, h * w, c), self.iterations)
         return proj.reshape(b, h, w)
 
+    def combine_tf(self, acts: Any) -> Any:
+        import tensorflow as tf
 
-def _first_component(x: np.ndarray, iterations: int) -> np.ndarray:
-    """First principal component scores of each ``(n, c)`` matrix of a batch,
-    signed to correlate positively with the channel mean."""
+        shape = tf.shape(acts)
+        x = tf.reshape(tf.cast(acts, tf.float32), [shape[0], shape[1] * shape[2], shape[3]])
+        return tf.reshape(_first_component_tf(x, self.iterations), shape[:3])
+
+
+def _first_component_tf(x: Any, iterations: int) -> Any:
+    """First principal component scores of each ``(n, c)`` matrix of a
+    batch (TensorFlow ops), signed to correlate positively with the channel
+    mean."""
     import tensorflow as tf
 
-    fn = _POWER.get("fn")
+    # Block (subspace) iteration with a Rayleigh-Ritz step: the top
+    # vector converges like (lambda_{k+1} / lambda_1) ** iterations,
+    # robust where the first two components are nearly tied.
+    xc = x - tf.reduce_mean(x, axis=1, keepdims=True)
+    gram = tf.matmul(xc, xc, transpose_b=True)
+    gram = gram / (tf.reduce_max(tf.abs(gram), axis=(1, 2), keepdims=True) + 1e-30)
+    n = tf.shape(x)[1]
+    mean_map = tf.reduce_mean(x, axis=2)
+    v0 = mean_map - tf.reduce_mean(mean_map, axis=1, keepdims=True)
+    idx = tf.cast(tf.range(n), x.dtype)
+    probes = tf.stack([tf.cos(idx * (0.7 + 0.9 * j)) for j in range(_BLOCK - 1)], axis=1)
+    basis = tf.concat([v0[:, :, None], tf.broadcast_to(probes[None], [tf.shape(x)[0], n, _BLOCK - 1])], axis=2)
+    q, _ = tf.linalg.qr(basis)
+    for _ in range(iterations):
+        q, _ = tf.linalg.qr(tf.matmul(gram, q))
+    small = tf.matmul(q, tf.matmul(gram, q), transpose_a=True)
+    _, vecs = tf.linalg.eigh(small)
+    v = tf.einsum("bnk,bk->bn", q, vecs[:, :, -1])
+    sign = tf.where(tf.reduce_sum(v * v0, axis=1, keepdims=True) < 0, -1.0, 1.0)
+    return v * sign
+
+
+def _first_component(x: np.ndarray, iterations: int) -> np.ndarray:
+    """:func:`_first_component_tf` on a NumPy batch, on TensorFlow's threads."""
+    import tensorflow as tf
+
+    fn = _POWER.get(iterations)
     if fn is None:
+        fn = _POWER[iterations] = tf.function(lambda x: _first_component_tf(x, iterations), reduce_retracing=True)
+    return fn(tf.convert_to_tensor(x, tf.float32)).numpy().astype(np.float64)
 
-        @tf.function(reduce_retracing=True)
-        def fn(x, iterations):
-            # Block (subspace) iteration with a Rayleigh-Ritz step: the top
-            # vector converges like (lambda_{k+1} / lambda_1) ** iterations,
-            # robust where the first two components are nearly tied.
-            xc = x - tf.reduce_mean(x, axis=1, keepdims=True)
-            gram = tf.matmul(xc, xc, transpose_b=True)
-            gram = gram / (tf.reduce_max(tf.abs(gram), axis=(1, 2), keepdims=True) + 1e-30)
-            n = tf.shape(x)[1]
-            mean_map = tf.reduce_mean(x, axis=2)
-            v0 = mean_map - tf.reduce_mean(mean_map, axis=1, keepdims=True)
-            idx = tf.cast(tf.range(n), x.dtype)
-            probes = tf.stack([tf.cos(idx * (0.7 + 0.9 * j)) for j in range(_BLOCK - 1)], axis=1)
-            basis = tf.concat([v0[:, :, None], tf.broadcast_to(probes[None], [tf.shape(x)[0], n, _BLOCK - 1])],
-                              axis=2)
-            q, _ = tf.linalg.qr(basis)
-            for _ in tf.range(iterations):
-                q, _ = tf.linalg.qr(tf.matmul(gram, q))
-            small = tf.matmul(q, tf.matmul(gram, q), transpose_a=True)
-            _, vecs = tf.linalg.eigh(small)
-            v = tf.einsum("bnk,bk->bn", q, vecs[:, :, -1])
-            sign = tf.where(tf.reduce_sum(v * v0, axis=1, keepdims=True) < 0, -1.0, 1.0)
-            return v * sign
 
-        _POWER["fn"] = fn
-    return fn(tf.convert_to_tensor(x, tf.float32), tf.constant(iterations)).numpy().astype(np.float64)
+def fuse_maps_tf(coarse: Any, fine: Any) -> tuple[Any, Any]:
+    """Fuses two layers' raw maps on the finer grid (TensorFlow ops).
+
+    Each map is min-max normalised, the coarse one upsampled bilinearly
+    (pixel centres aligned) to the fine grid, and the fused map is their
+    geometric mean ``sqrt(coarse * fine)``, normalised again: the ranking of
+    the product of the two maps (which localises best, ``docs/quality.md``)
+    with the contrast of a single CAM; the sampler's temperature does the
+    sharpening.
+
+    Args:
+        coarse: ``(B, h, w)`` raw maps of the target layer
+        fine: ``(B, H, W)`` raw maps of the finer layer
+
+    Returns:
+        ``(maps, degenerate)``: float32 ``(B, H, W)`` maps in ``[0, 1]`` and a
+        bool ``(B,)`` tensor (see :func:`normalize_maps`)
+    """
+    import tensorflow as tf
+
+    a, d1 = normalize_maps_tf(coarse)
+    b, d2 = normalize_maps_tf(fine)
+    up = tf.image.resize(a[..., None], tf.shape(b)[1:3], method="bilinear")[..., 0]
+    maps, degenerate = normalize_maps_tf(tf.sqrt(tf.maximum(up, 0.0) * b))
+    return maps, degenerate | (d1 & d2)
+
+
+def normalize_maps_tf(maps: Any) -> tuple[Any, Any]:
+    """:func:`normalize_maps` with TensorFlow ops (float32).
+
+    Args:
+        maps: ``(B, h, w)`` raw maps, a tensor
+
+    Returns:
+        ``(maps, degenerate)`` tensors
+    """
+    import tensorflow as tf
+
+    m = tf.cast(maps, tf.float32)
+    ok = tf.math.is_finite(m)
+    safe = tf.where(ok, m, 0.0)
+    lo = tf.reduce_min(safe, axis=(1, 2), keepdims=True)
+    hi = tf.reduce_max(safe, axis=(1, 2), keepdims=True)
+    span = hi - lo
+    degenerate = ~tf.reduce_all(ok, axis=(1, 2)) | (span[:, 0, 0] <= _EPS * tf.maximum(1.0, tf.abs(hi[:, 0, 0])))
+    out = (safe - lo) / tf.where(span > 0, span, 1.0)
+    return tf.where(degenerate[:, None, None], 1.0, out), degenerate
 
 
 _POWER: dict[str, Any] = {}
@@ -423,6 +507,26 @@ def get_method(name: str) -> type[SaliencyMethod]:
     return METHODS[key]
 
 
+def method_choices() -> list[tuple[str, str, bool]]:
+    """The saliency methods for menus, as ``(name, label, needs_gradients)``.
+
+    Returns:
+        a list of tuples, the default method first
+    """
+    out = [(name, cls.label or name, bool(cls.needs_gradients)) for name, cls in METHODS.items()]
+    out.sort(key=lambda t: t[0] != SALIENCY["method"])
+    return out
+
+
+def gradient_methods() -> tuple[str, ...]:
+    """The names of the methods that need a classifier head and gradients.
+
+    Returns:
+        a tuple of names
+    """
+    return tuple(name for name, _, grad in method_choices() if grad)
+
+
 def resolve_targets(model: Any, target: Any, count: int | None) -> Any:
     """Validates a target specification before any work.
 
@@ -470,12 +574,13 @@ def iter_saliency(
     num_workers: int | None = None,
     max_pixels: int | None = None,
     precision: str = "float32",
+    map_resolution: str = SALIENCY["map_resolution"],
 ) -> Iterator[SaliencyItem]:
     """Computes saliency maps, streaming one :class:`SaliencyItem` per image.
 
-    Images are decoded by a thread pool while the previous batch runs on the
-    model, so at most two batches are in memory. A bad image yields an item
-    with ``error`` set and does not stop the others.
+    Images are decoded by a thread pool ahead of the batch that runs on the
+    model (:func:`xpatch_core.images.iter_decoded_batches`). A bad image
+    yields an item with ``error`` set and does not stop the others.
 
     Args:
         images: an iterable of paths, PIL images or arrays
@@ -488,70 +593,135 @@ def iter_saliency(
         layer: target layer override
         fuse_layer: a finer layer fused with the target layer (see
             :func:`xpatch_core.load_model`)
-        num_workers: decoding threads (default: 2)
+        num_workers: decoding threads (default ``XPATCH_DECODE_WORKERS``)
         max_pixels: refuse images with more pixels than this
         precision: ``"float32"``, ``"bfloat16"`` or ``"mixed_bfloat16"``
+        map_resolution: ``"standard"`` (the image squashed to the network's
+            input size) or ``"high"`` (fused with a map of the image at 1.5x
+            that size with its aspect ratio kept, about 4x the compute; see
+            :mod:`xpatch_core.highres`)
 
     Returns:
         an iterator of :class:`SaliencyItem`, in input order
+
+    Raises:
+        ParameterError: for a bad parameter, before any image is read
+        ModelError: if the model cannot do what is asked (e.g. a gradient
+            method at high resolution with a head that needs a fixed size)
     """
     from xpatch_core.models import load_model
 
     method_cls = get_method(method)
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ParameterError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if map_resolution not in CHOICES["map_resolution"]:
+        raise ParameterError(f"map_resolution must be one of {', '.join(CHOICES['map_resolution'])}, "
+                             f"got {map_resolution!r}")
     count = len(images) if hasattr(images, "__len__") else None
     sm = load_model(model, weights=weights, layer=layer, fuse_layer=fuse_layer, precision=precision)
     runner = method_cls(sm)
     targets = resolve_targets(sm, target, count)
+    if map_resolution == "high":
+        from xpatch_core.highres import iter_high_resolution
+
+        yield from iter_high_resolution(images, runner, targets, batch_size, workers=num_workers,
+                                        max_pixels=max_pixels)
+        return
     h, w = sm.input_size
     for batch in iter_decoded_batches(images, (w, h), batch_size, workers=num_workers, max_pixels=max_pixels):
-        yield from _batch_items(batch, sm, runner, targets)
+        results: dict[int, SaliencyItem] = {}
+        good = []
+        for i, src, d in batch:
+            if isinstance(d, Exception):
+                results[i] = failed_item(i, src, d)
+            else:
+                good.append((i, src, d))
+        if good:
+            found = run_arrays(runner, [d.array for _, _, d in good], batch_targets(targets, [i for i, _, _ in good]))
+            for (i, src, d), r in zip(good, found):
+                results[i] = SaliencyItem(index=i, image_size=d.size, source=source_name(src), **r)
+        for i, _, _ in batch:
+            yield results[i]
 
 
-def _source_name(src: Any) -> str | None:
+def source_name(src: Any) -> str | None:
+    """The path of an input, or None for an in-memory image.
+
+    Args:
+        src: a path, a Pillow image or an array
+
+    Returns:
+        the path as a string, or None
+    """
     return os.fspath(src) if isinstance(src, (str, os.PathLike)) else None
 
 
-def _batch_items(batch: list[tuple[int, Any, Any]], sm: Any, runner: SaliencyMethod,
-                 targets: Any) -> Iterator[SaliencyItem]:
-    """Runs one decoded batch through the model; items in input order."""
-    results: dict[int, SaliencyItem] = {}
-    good = []
-    for i, src, d in batch:
-        if isinstance(d, Exception):
-            results[i] = SaliencyItem(i, None, error=getattr(d, "reason", str(d)), source=_source_name(src))
-        else:
-            good.append((i, src, d))
-    if good:
-        idx = [i for i, _, _ in good]
-        if isinstance(targets, list):
-            if max(idx) >= len(targets):
-                raise ParameterError(f"{len(targets)} targets given for more images")
-            t = np.array([targets[i] for i in idx], np.int32)
-        else:
-            t = np.full(len(idx), targets, np.int32)
-        x = np.asarray(sm.preprocess(np.stack([d.array for _, _, d in good])), dtype=np.float32)
-        maps, degenerate, info = runner.run_batch(x, t)
-        probs = None
-        if info["logits"] is not None:
-            z = info["logits"] - info["logits"].max(axis=1, keepdims=True)
-            e = np.exp(z)
-            probs = e / e.sum(axis=1, keepdims=True)
-        for k, (i, src, d) in enumerate(good):
-            pred = None if info["predicted"] is None else int(info["predicted"][k])
-            results[i] = SaliencyItem(
-                index=i,
-                map=maps[k],
-                degenerate=bool(degenerate[k]),
-                image_size=d.size,
-                target=None if info["targets"] is None else int(info["targets"][k]),
-                predicted=pred,
-                confidence=None if probs is None else float(probs[k, pred]),
-                source=_source_name(src),
-            )
-    for i, _, _ in batch:
-        yield results[i]
+def failed_item(index: int, src: Any, error: Exception) -> SaliencyItem:
+    """The item of an image that could not be decoded.
+
+    Args:
+        index: the image's position in the input
+        src: the input as given
+        error: the decoding error
+
+    Returns:
+        a :class:`SaliencyItem` with ``error`` set
+    """
+    return SaliencyItem(index, None, error=getattr(error, "reason", str(error)), source=source_name(src))
+
+
+def batch_targets(targets: Any, indices: Sequence[int]) -> np.ndarray:
+    """The target class of each image of a batch.
+
+    Args:
+        targets: what :func:`resolve_targets` returned
+        indices: the images' positions in the input
+
+    Returns:
+        an int32 array, -1 for the predicted class
+
+    Raises:
+        ParameterError: if a per-image target list is too short
+    """
+    if isinstance(targets, list):
+        if max(indices) >= len(targets):
+            raise ParameterError(f"{len(targets)} targets given for more images")
+        return np.array([targets[i] for i in indices], np.int32)
+    return np.full(len(indices), targets, np.int32)
+
+
+def run_arrays(runner: SaliencyMethod, arrays: Sequence[np.ndarray], targets: np.ndarray) -> list[dict[str, Any]]:
+    """Runs decoded images of one size through a method, as one batch.
+
+    Args:
+        runner: a :class:`SaliencyMethod`
+        arrays: float32 ``(H, W, 3)`` RGB arrays in ``[0, 255]`` at the
+            model's input size
+        targets: int32 class indices, -1 for the predicted class
+
+    Returns:
+        one dict per image with the :class:`SaliencyItem` fields ``map``,
+        ``degenerate``, ``target``, ``predicted`` and ``confidence``
+    """
+    sm = runner.model
+    x = np.asarray(sm.preprocess(np.stack(arrays)), dtype=np.float32)
+    maps, degenerate, info = runner.run_batch(x, targets)
+    probs = None
+    if info["logits"] is not None:
+        z = info["logits"] - info["logits"].max(axis=1, keepdims=True)
+        e = np.exp(z)
+        probs = e / e.sum(axis=1, keepdims=True)
+    out = []
+    for k in range(len(arrays)):
+        pred = None if info["predicted"] is None else int(info["predicted"][k])
+        out.append({
+            "map": maps[k],
+            "degenerate": bool(degenerate[k]),
+            "target": None if info["targets"] is None else int(info["targets"][k]),
+            "predicted": pred,
+            "confidence": None if probs is None else float(probs[k, pred]),
+        })
+    return out
 
 
 def compute_saliency(
@@ -581,7 +751,8 @@ def compute_saliency(
         return_items: return :class:`SaliencyItem` objects (with predicted
             class, degenerate flag and errors) instead of bare maps
         **kwargs: passed to :func:`iter_saliency` (``weights``, ``layer``,
-            ``fuse_layer``, ``num_workers``, ``max_pixels``, ``precision``)
+            ``fuse_layer``, ``num_workers``, ``max_pixels``, ``precision``,
+            ``map_resolution``)
 
     Returns:
         a list of float32 ``(h, w)`` maps in ``[0, 1]`` (or of items)

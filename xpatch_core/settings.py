@@ -7,7 +7,7 @@ used (not at import), so a worker can change them between runs:
 | --- | --- | --- |
 | ``XPATCH_WEIGHTS`` | weights file for the default Xception | unset (Keras' cache) |
 | ``XPATCH_BATCH_SIZE`` | overrides a run's batch size on this worker | unset |
-| ``XPATCH_DECODE_WORKERS`` | image decoding threads | 2 |
+| ``XPATCH_DECODE_WORKERS`` | image decoding threads | the usable cores, at most 16 |
 | ``XPATCH_WRITE_CHUNK`` | samples per bulk database write | 64 |
 | ``XPATCH_LOCK_TTL`` | seconds after which a silent lock or shard counts as dead | 120 |
 | ``XPATCH_MAX_PIXELS`` | images with more pixels are refused from the header | 178,956,970 |
@@ -60,9 +60,18 @@ def batch_size_override() -> int | None:
     return _int("XPATCH_BATCH_SIZE", None)
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity, else the count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 def decode_workers() -> int:
-    """``XPATCH_DECODE_WORKERS``: decoding threads (default 2)."""
-    return _int("XPATCH_DECODE_WORKERS", 2)
+    """``XPATCH_DECODE_WORKERS``: decoding threads (default: the usable
+    cores, at most 16; Pillow decodes and resizes without the GIL)."""
+    return _int("XPATCH_DECODE_WORKERS", min(16, usable_cores()))
 
 
 def write_chunk() -> int:
@@ -109,6 +118,7 @@ __all__ = [
     "max_pixels",
     "tf_threads",
     "tf_verbose",
+    "usable_cores",
     "weights_file",
     "write_chunk",
 ]

@@ -113,6 +113,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fuse-layer", default=SALIENCY["fuse_layer"],
                    help="finer layer fused with the target layer for activation/eigencam ('auto': "
                         "block13_sepconv1_act for Xception; 'none' to turn off)")
+    g.add_argument("--map-resolution", choices=CHOICES["map_resolution"], default=SALIENCY["map_resolution"],
+                   help="'high': sharper maps from a second pass keeping the image's aspect ratio at a higher "
+                        "resolution (about 4x the time); default standard")
     g.add_argument("--class-names", default=None, help="comma-separated class names of a saved classifier")
     g.add_argument("--batch-size", type=_positive_int, default=SALIENCY["batch_size"],
                    help=f"images per model call (default {SALIENCY['batch_size']})")
@@ -285,6 +288,7 @@ def _saliency_step(ds: Any, args: argparse.Namespace, class_names: list[str] | N
         target=args.target, weights=args.weights, layer=args.layer,
         fuse_layer=None if str(args.fuse_layer).lower() == "none" else args.fuse_layer, batch_size=args.batch_size,
         class_names=class_names, map_dir=args.map_dir, overwrite=args.overwrite,
+        map_resolution=getattr(args, "map_resolution", SALIENCY["map_resolution"]),
         allow_unsafe=getattr(args, "allow_unsafe_model", False), progress=True,
     )
     _print_summary("saliency", sal)

@@ -29,7 +29,7 @@ import numpy as np
 
 from xpatch_core.defaults import PATCHES
 from xpatch_core.errors import ParameterError, XpatchError
-from xpatch_core.heatmaps import read_heatmap
+from xpatch_core.heatmaps import HeatmapError, read_heatmap
 from xpatch_core.runs import collections as colls
 from xpatch_core.runs.lifecycle import Outcome, RunKind, execute
 from xpatch_core.runs.progress import Progress, RunSummary, drive
@@ -227,7 +227,10 @@ class PatchesRun(RunKind):
 
         from xpatch_core.sampler import sample_patches
 
-        heat = read_heatmap(fo.Heatmap(map=m, map_path=map_path, range=rng))
+        try:
+            heat = read_heatmap(fo.Heatmap(map=m, map_path=map_path, range=rng))
+        except HeatmapError as e:
+            return Outcome(sid, reason=f"heatmap missing or unreadable: {e.reason}")
         if heat is None:
             return Outcome(sid, reason="heatmap missing or unreadable")
         if not w or not h:

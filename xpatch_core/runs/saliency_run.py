@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from xpatch_core import settings
-from xpatch_core.defaults import SALIENCY
+from xpatch_core.defaults import CHOICES, HEATMAP, SALIENCY
 from xpatch_core.errors import ParameterError
 from xpatch_core.runs import collections as colls
 from xpatch_core.runs import heatmap_files
@@ -57,7 +57,7 @@ class SaliencyConfig(RunConfig):
 
     kind: ClassVar[str] = "saliency"
     compared: ClassVar[tuple[str, ...]] = ("model_source", "method", "layer", "target", "target_field",
-                                          "input_size", "precision", "map_dir")
+                                          "input_size", "precision", "map_dir", "map_resolution")
 
     model_source: dict[str, Any]
     method: str
@@ -70,6 +70,8 @@ class SaliencyConfig(RunConfig):
     precision_used: str = SALIENCY["precision"]
     map_dir: str | None = None
     storage: str = "database"
+    map_resolution: str = SALIENCY["map_resolution"]
+    display_long_side: int = HEATMAP["long_side"]
 
 
 def _describe_model(model: Any) -> Any:
@@ -89,12 +91,13 @@ class SaliencyRun(RunKind):
                  weights: str | None = None, layer: str | None = None, fuse_layer: str | None = SALIENCY["fuse_layer"],
                  batch_size: int = SALIENCY["batch_size"], map_dir: str | None = None,
                  class_names: Sequence[str] | None = None, allow_unsafe: bool = False,
-                 precision: str = SALIENCY["precision"], **common: Any) -> None:
+                 precision: str = SALIENCY["precision"], map_resolution: str = SALIENCY["map_resolution"],
+                 **common: Any) -> None:
         super().__init__(field, **common)
         self.model, self.method, self.target, self.target_field = model, method, target, target_field
         self.weights, self.layer, self.fuse_layer = weights, layer, fuse_layer
         self.batch_size, self.map_dir, self.class_names = batch_size, map_dir, class_names
-        self.allow_unsafe, self.precision = allow_unsafe, precision
+        self.allow_unsafe, self.precision, self.map_resolution = allow_unsafe, precision, map_resolution
         self.map_root: str | None = None
         self.sm: Any = None
 
@@ -110,6 +113,9 @@ class SaliencyRun(RunKind):
         bs = self.batch_size
         if not isinstance(bs, (int, np.integer)) or isinstance(bs, bool) or bs < 1:
             raise ParameterError(f"batch_size must be a positive integer, got {bs!r}")
+        if self.map_resolution not in CHOICES["map_resolution"]:
+            raise ParameterError(f"map_resolution must be one of {', '.join(CHOICES['map_resolution'])}, "
+                                 f"got {self.map_resolution!r}")
         if self.target is not None and self.target_field is not None:
             raise ParameterError("give either target or target_field, not both")
         if self.target_field is not None:
@@ -123,6 +129,7 @@ class SaliencyRun(RunKind):
         return {"model": _describe_model(self.model), "method": self.method, "target": target,
                 "target_field": self.target_field, "weights": self.weights, "layer": self.layer,
                 "fuse_layer": self.fuse_layer, "map_dir": self.map_root, "precision": self.precision,
+                "map_resolution": self.map_resolution,
                 "class_names": list(self.class_names) if self.class_names else None}
 
     def setup(self, view: Any, todo: list[str]) -> SaliencyConfig:
@@ -146,6 +153,7 @@ class SaliencyRun(RunKind):
             target_field=self.target_field, batch_size=int(self.batch_size), input_size=list(sm.input_size),
             precision=self.precision, precision_used=str(sm.source.get("precision", self.precision)),
             map_dir=self.map_root, storage="png" if self.map_root else "database",
+            map_resolution=self.map_resolution,
         )
 
     def _field_targets(self, view: Any, todo: list[str]) -> list[int]:
@@ -165,7 +173,7 @@ class SaliencyRun(RunKind):
             heatmap_files.remove_temporary(self.map_root, ids)
         paths: dict[int, str | None] = {}
         items = iter_saliency(self._paths(dataset, ids, paths), self.sm, self.method_cls.name, self.targets,
-                              self.batch_size)
+                              self.batch_size, map_resolution=self.map_resolution)
         names = self.sm.class_names if self.sm.has_head else None
         while True:
             t = time.perf_counter()
@@ -191,22 +199,29 @@ class SaliencyRun(RunKind):
                 yield by_id.get(sid) or f"<sample {sid} was deleted>"
 
     def _stored(self, sid: str, path: str, item: Any, names: list[str] | None) -> Outcome:
-        """The ``fo.Heatmap`` of one item, its PNG written first with ``map_dir``."""
+        """The ``fo.Heatmap`` of one item: the map smoothly upsampled to a
+        display size with the image's aspect ratio (8-bit, ``range=[0, 255]``),
+        the network's own map kept as ``network_map``; with ``map_dir`` the
+        PNG is written first."""
         import fiftyone as fo
 
+        from xpatch_core.heatmaps import display_map, encode_network_map
+
         attrs: dict[str, Any] = {"method": self.method_cls.name, "degenerate": bool(item.degenerate),
-                                 "width": int(item.image_size[0]), "height": int(item.image_size[1])}
+                                 "width": int(item.image_size[0]), "height": int(item.image_size[1]),
+                                 "network_map": encode_network_map(item.map)}
         if item.predicted is not None:
             attrs["predicted"] = names[item.predicted] if names else str(item.predicted)
             attrs["confidence"] = float(item.confidence)
         if item.target is not None:
             attrs["target"] = names[item.target] if names else str(item.target)
+        shown = display_map(item.map, tuple(item.image_size))
         if not self.map_root:
-            value = fo.Heatmap(map=np.clip(item.map, 0.0, 1.0).astype(np.float32), range=[0.0, 1.0], **attrs)
-            return Outcome(sid, value, filepath=path, degenerate=bool(item.degenerate))
+            return Outcome(sid, fo.Heatmap(map=shown, range=[0, 255], **attrs), filepath=path,
+                           degenerate=bool(item.degenerate))
         png = os.path.join(self.map_root, f"{sid}.png")
         try:
-            heatmap_files.write_png(png, item.map)
+            heatmap_files.write_png(png, shown)
         except OSError as e:
             return Outcome(sid, reason=f"cannot write heatmap file: {e}", filepath=path)
         return Outcome(sid, fo.Heatmap(map_path=png, range=[0, 255], **attrs), filepath=path,
@@ -266,6 +281,8 @@ def run_saliency(sample_collection: Any, field: str = SALIENCY["field"], model: 
             ``map_dir`` (write 8-bit PNGs under ``map_dir/field/`` instead
             of storing maps in the database), ``overwrite``, ``run_key``,
             ``class_names``, ``allow_unsafe``, ``precision``,
+            ``map_resolution`` (``"standard"``, or ``"high"`` for sharper
+            maps from a second, aspect-kept pass at a higher resolution),
             ``sample_ids``, ``id_range``
 
     Returns:

@@ -51,6 +51,19 @@ PATCHES: dict[str, Any] = {
     "border": "error",
 }
 
+#: Patch datasets (:func:`xpatch_core.patch_dataset.make_patch_dataset`,
+#: ``xpatch patch-dataset``, the *Make patch dataset* form). ``min_area_ratio``
+#: is SAHI's default (``sahi.slicing.slice_image`` / ``slice_coco``).
+PATCH_DATASET: dict[str, Any] = {
+    "min_area_ratio": 0.1,
+    "min_coverage": 0.5,
+    "background_label": "background",
+    "label_field": "label",
+    "image_format": "auto",
+    "jpeg_quality": 95,
+    "fill": 0,
+}
+
 #: Choices offered for the enumerated parameters.
 CHOICES: dict[str, tuple[str, ...]] = {
     "mode": ("random", "topk", "grid"),
@@ -59,6 +72,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "on_degenerate": ("uniform", "error"),
     "precision": ("float32", "bfloat16", "mixed_bfloat16"),
     "storage": ("database", "png"),
+    "patch_image_format": ("auto", "jpg", "png"),
+    "patch_export": ("imagefolder", "coco", "yolov5", "fiftyone", "fiftyone-classification"),
 }
 
 #: Models offered first in the App's model menu (any ``keras.applications``
@@ -100,4 +115,4 @@ def gradient_methods() -> tuple[str, ...]:
     return tuple(name for name, _, grad in method_choices() if grad)
 
 
-__all__ = ["CHOICES", "MODEL_MENU", "PATCHES", "SALIENCY", "WRITE_CHUNK", "gradient_methods", "method_choices"]
+__all__ = ["CHOICES", "MODEL_MENU", "PATCHES", "PATCH_DATASET", "SALIENCY", "WRITE_CHUNK", "gradient_methods", "method_choices"]

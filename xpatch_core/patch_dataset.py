@@ -363,7 +363,7 @@ def _iter_jobs(images: Any, ids: list[str], pf: str, gt_field: str | None, kept:
     """Reads the source in chunks and yields the rows with their new patches
     (rows without any yield with an empty list, for progress)."""
     dataset = images._dataset
-    attrs = [a for a in _PATCH_ATTRS if f"{pf}.detections.{a}" in dataset.get_field_schema(flat=True)]
+    attrs = list(_PATCH_ATTRS)  # read whether declared or not (values() gives None when absent)
     paths = ["id", "filepath", f"{pf}.detections.id", f"{pf}.detections.bounding_box", f"{pf}.detections.label"]
     paths += [f"{pf}.detections.{a}" for a in attrs] + ([gt_field] if gt_field else [])
     for start in range(0, len(ids), _READ_CHUNK):

@@ -168,9 +168,16 @@ class OutputFolder:
             raise XpatchError(f"refused file name {name!r}")
         folder = os.path.join(self.root, *folders)
         if folder not in self._checked:
-            os.makedirs(folder, exist_ok=True)
-            if os.path.realpath(folder) != folder:
-                raise XpatchError(f"{folder} is a link or lies outside the output folder {self.root}; refused")
+            current = self.root
+            for part in folders:  # one level at a time: nothing is created through a link
+                current = os.path.join(current, part)
+                if os.path.islink(current) or (os.path.exists(current) and os.path.realpath(current) != current):
+                    raise XpatchError(f"{current} is a link or lies outside the output folder {self.root}; refused")
+                try:
+                    os.mkdir(current)
+                except FileExistsError:
+                    if not os.path.isdir(current) or os.path.realpath(current) != current:
+                        raise XpatchError(f"{current} is not a folder inside {self.root}; refused") from None
             with self._lock:
                 self._checked.add(folder)
         return os.path.join(folder, name)

@@ -216,6 +216,20 @@ def test_segmentation_cropped_inline_and_as_files(hand, tmp_path, made):
     np.testing.assert_array_equal(np.asarray(Image.open(s2.seg.mask_path)), full[20:80, 40:100])
 
 
+def test_image_classification_is_each_patch_class(hand, tmp_path, made):
+    s1, s2 = hand
+    s1["cls"] = fo.Classification(label="kitchen", confidence=0.9)
+    s1.save()
+    s2["cls"] = fo.Classification(label="street")
+    s2.save()
+    name = _name("cls")
+    made.append(name)
+    pd = make_patch_dataset(hand, "pp", name, str(tmp_path / "out"), "cls")
+    assert pd.count_values("label.label") == {"kitchen": 2, "street": 1}
+    assert sorted(pd.values("cls.confidence"), key=str) == [0.9, 0.9, None]
+    assert pd.get_field_schema()["cls"].document_type is fo.Classification
+
+
 def test_without_ground_truth_the_patch_label_is_kept(hand, tmp_path, made):
     name = _name("plain")
     made.append(name)
@@ -665,3 +679,26 @@ def test_operator_parameters_are_checked_on_the_server(coco):
         ctx = SimpleNamespace(params={**base, **params}, dataset=coco, target_view=lambda: coco.view())
         with pytest.raises(ParameterError, match=match):
             dataset_params(ctx)
+
+
+def test_operator_form(coco, tmp_path):
+    from types import SimpleNamespace
+
+    from plugin.dataset_ops import MakePatchDataset
+
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "mine.txt").write_text("x")
+    op = MakePatchDataset()
+    params = {"output_dir": str(taken), "gt_field": "ground_truth_detections", "patches_field": "pp"}
+    ctx = SimpleNamespace(params=params, dataset=coco, target_view=lambda: coco.view())
+    form = op.resolve_input(ctx).to_json()
+    props = form["type"]["properties"]
+    assert "pp" in props["patches_field"]["type"]["values"]
+    assert "ground_truth_detections" in props["gt_field"]["type"]["values"]
+    assert props["output_dir"]["invalid"] and "is not empty" in props["output_dir"]["error_message"]
+    assert {"min_area_ratio", "min_coverage", "background_label", "name", "open_dataset"} <= set(props)
+    patches = coco.to_patches("pp")
+    ctx = SimpleNamespace(params={}, dataset=coco, target_view=lambda: patches)
+    props = op.resolve_input(ctx).to_json()["type"]["properties"]
+    assert "patches_field" not in props and "source" in props and "min_area_ratio" not in props

@@ -312,7 +312,7 @@ def _one_patch(rj: RowJob, pj: PatchJob, src: SourceImage, objs: Any, seg_mask: 
             seg_mask, rj, pj.id, box, src.size, s, to_file, result)
     elif s.gt_kind == "classification":
         cls["label"] = rj.gt.label
-        doc[s.gt_field] = {"_id": ObjectId(), "_cls": "Classification", "tags": [], "label": rj.gt.label}
+        doc[s.gt_field] = {**dict(rj.gt.to_mongo()), "_id": ObjectId()}
     else:
         cls["label"] = text
     doc[s.label_field] = cls

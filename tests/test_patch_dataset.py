@@ -607,11 +607,15 @@ def test_same_annotations_and_boxes_as_sahi(coco_run, tmp_path, made):
 @pytest.fixture(scope="module")
 def make_op_uri():
     """The operator's URI: the xpatch plugin's once it is wired there; until
-    then ``plugin/dataset_ops.py`` is registered as a plugin of its own."""
+    then ``plugin/dataset_ops.py`` is registered as a plugin of its own (in
+    the session's plugins folder, removed afterwards)."""
+    import shutil
+
     uri = "@xpatch/xpatch/make_patch_dataset"
     try:
         foo.get_operator(uri)
-        return uri
+        yield uri
+        return
     except ValueError:
         pass
     folder = os.path.join(fo.config.plugins_dir, "xpatch-dataset-ops")
@@ -627,9 +631,11 @@ def make_op_uri():
             """))
     with open(os.path.join(folder, "__init__.py"), "w") as f:
         f.write("from .plugin import dataset_ops\n\n\ndef register(p):\n    dataset_ops.register(p)\n")
-    if not os.path.lexists(os.path.join(folder, "plugin")):
-        os.symlink(os.path.join(ROOT, "plugin"), os.path.join(folder, "plugin"))
-    return "@xpatch/dataset-ops/make_patch_dataset"
+    os.symlink(os.path.join(ROOT, "plugin"), os.path.join(folder, "plugin"))
+    try:
+        yield "@xpatch/dataset-ops/make_patch_dataset"
+    finally:
+        shutil.rmtree(folder)
 
 
 def test_operator_makes_the_dataset_and_validates(coco, tmp_path, made, make_op_uri):

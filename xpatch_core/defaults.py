@@ -63,6 +63,19 @@ PATCHES: dict[str, Any] = {
     "border": "error",
 }
 
+#: Patch datasets (:func:`xpatch_core.patch_dataset.make_patch_dataset`,
+#: ``xpatch patch-dataset``, the *Make patch dataset* form). ``min_area_ratio``
+#: is SAHI's default (``sahi.slicing.slice_image`` / ``slice_coco``).
+PATCH_DATASET: dict[str, Any] = {
+    "min_area_ratio": 0.1,
+    "min_coverage": 0.5,
+    "background_label": "background",
+    "label_field": "label",
+    "image_format": "auto",
+    "jpeg_quality": 95,
+    "fill": 0,
+}
+
 #: Choices offered for the enumerated parameters.
 CHOICES: dict[str, tuple[str, ...]] = {
     "mode": ("random", "topk", "grid"),
@@ -72,6 +85,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "precision": ("float32", "bfloat16", "mixed_bfloat16"),
     "storage": ("database", "png"),
     "map_resolution": ("standard", "high"),
+    "patch_image_format": ("auto", "jpg", "png"),
+    "patch_export": ("imagefolder", "coco", "yolov5", "fiftyone", "fiftyone-classification"),
 }
 
 #: Models offered first in the App's model menu (any ``keras.applications``
@@ -83,4 +98,4 @@ MODEL_MENU: tuple[tuple[str, str], ...] = (
     ("mobilenetv2", "MobileNetV2 (ImageNet)"),
 )
 
-__all__ = ["CHOICES", "HEATMAP", "MODEL_MENU", "PATCHES", "SALIENCY"]
+__all__ = ["CHOICES", "HEATMAP", "MODEL_MENU", "PATCHES", "PATCH_DATASET", "SALIENCY"]

@@ -55,7 +55,7 @@ PATCHES: dict[str, Any] = {
 CHOICES: dict[str, tuple[str, ...]] = {
     "mode": ("random", "topk", "grid"),
     "score": ("center", "mean"),
-    "border": ("error", "pad", "clip"),
+    "border": ("error", "pad", "clip", "drop"),
     "on_degenerate": ("uniform", "error"),
     "precision": ("float32", "bfloat16", "mixed_bfloat16"),
     "storage": ("database", "png"),

@@ -196,9 +196,9 @@ def pick(prep: Prepared, p: SampleParams) -> Picked:
 
 def _dropped_note(shapes: np.ndarray, dropped: tuple[int, ...], p: SampleParams) -> str:
     na = len(p.aspect_ratios)
+    sc, ar = p.scales, p.aspect_ratios
     parts = [
-        f"{shapes[k, 0]}x{shapes[k, 1]} (scale {p.scales[k // na]:g}, aspect ratio {p.aspect_ratios[k % na]:g})"
-        for k in dropped
+        f"{shapes[k, 0]}x{shapes[k, 1]} (scale {sc[k // na]:g}, aspect ratio {ar[k % na]:g})" for k in dropped
     ]
     return f"left out box shapes larger than the image {p.W}x{p.H}: " + ", ".join(parts)
 

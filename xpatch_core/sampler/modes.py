@@ -37,7 +37,16 @@ from xpatch_core.sampler.geometry import Axis
 from xpatch_core.sampler.maps import ShapeSampler
 from xpatch_core.sampler.overlap import compatible, greedy
 
-__all__ = ["Limits", "Picked", "RankedCells", "draw_shapes", "grid_positions", "sample_grid", "sample_random", "sample_topk"]
+__all__ = [
+    "Limits",
+    "Picked",
+    "RankedCells",
+    "draw_shapes",
+    "grid_positions",
+    "sample_grid",
+    "sample_random",
+    "sample_topk",
+]
 
 
 class Picked(NamedTuple):
@@ -70,7 +79,9 @@ class Limits(NamedTuple):
     max_tries: int | None
 
 
-def _boxes(kk: np.ndarray, x0: np.ndarray, y0: np.ndarray, widths: np.ndarray, heights: np.ndarray) -> np.ndarray:
+def _boxes(
+    kk: np.ndarray, x0: np.ndarray, y0: np.ndarray, widths: np.ndarray, heights: np.ndarray
+) -> np.ndarray:
     return np.stack([x0, y0, x0 + widths[kk], y0 + heights[kk]], axis=1).astype(np.float64)
 
 

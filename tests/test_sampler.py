@@ -588,18 +588,19 @@ class _ConstGen:
 @pytest.mark.parametrize("full", [False, True])
 def test_extreme_uniforms_never_pick_zero_weight_cells(monkeypatch, full):
     import xpatch_core.sampler.core as core
+    from xpatch_core.sampler.seeding import seeded_rng
 
     W, H, p = 30, 10, 3
     m = np.array([[0.0, 2.0, 0.0]])
     if full:
         m = full_res(m, W, H)
-    lo = image_rng(0, 0).random()  # the real generator still works
+    lo = seeded_rng(0, 0).random()  # the real generator still works
     assert 0 <= lo < 1
-    monkeypatch.setattr(core, "image_rng", lambda seed, key: _ConstGen(0.0))
+    monkeypatch.setattr(core, "seeded_rng", lambda seed, key_hash: _ConstGen(0.0))
     r = sample_patches(m, (W, H), 5, p)
     # u = 0 with side="right" skips the zero-weight first cell: centre x = 10
     assert np.all(r.boxes[:, 0] == 10 - p // 2)
-    monkeypatch.setattr(core, "image_rng", lambda seed, key: _ConstGen(1.0 - 2.0**-53))
+    monkeypatch.setattr(core, "seeded_rng", lambda seed, key_hash: _ConstGen(1.0 - 2.0**-53))
     r = sample_patches(m, (W, H), 5, p)
     # u -> total never runs into the trailing zero-weight cell: centre x = 19
     assert np.all(r.boxes[:, 0] == 19 - p // 2)

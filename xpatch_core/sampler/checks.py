@@ -24,15 +24,13 @@ import numpy as np
 
 from xpatch_core.defaults import CHOICES
 from xpatch_core.errors import ParameterError
+from xpatch_core.sampler.seeding import check_seed, stable_key_hash
 
 __all__ = [
     "SampleParams",
-    "check_choice",
     "check_image_size",
-    "check_key",
     "check_params",
     "check_positive_seq",
-    "check_seed",
     "check_size",
     "check_stride",
     "is_int",
@@ -69,23 +67,6 @@ def check_image_size(image_size: Any) -> tuple[int, int]:
     if not (is_int(W) and is_int(H)) or W < 1 or H < 1:
         raise ParameterError(f"image_size must be two positive ints (width, height), got {image_size!r}")
     return int(W), int(H)
-
-
-def check_seed(seed: Any) -> int:
-    """Checks a seed: a non-negative int.
-
-    Args:
-        seed: the value to check
-
-    Returns:
-        the seed as a Python int
-
-    Raises:
-        ParameterError: if it is not a non-negative int
-    """
-    if not is_int(seed) or seed < 0:
-        raise ParameterError(f"seed must be a non-negative int, got {seed!r}")
-    return int(seed)
 
 
 def check_size(size: Any, W: int, H: int) -> int:
@@ -145,30 +126,6 @@ def check_positive_seq(values: Any, name: str) -> tuple[float, ...]:
     return tuple(out)
 
 
-def check_key(key: Any) -> bytes:
-    """Checks a sample key and encodes it, tagged by type, for hashing.
-
-    Args:
-        key: ``None``, a ``str``, ``bytes`` or an ``int``
-
-    Returns:
-        the bytes that :func:`~xpatch_core.sampler.seeding.stable_key_hash`
-        hashes (``None`` and ``"None"`` differ)
-
-    Raises:
-        ParameterError: for a key of any other type
-    """
-    if key is None:
-        return b"n:"
-    if isinstance(key, str):
-        return b"s:" + key.encode("utf-8", "surrogatepass")
-    if isinstance(key, (bytes, bytearray)):
-        return b"b:" + bytes(key)
-    if is_int(key):
-        return b"i:" + str(int(key)).encode()
-    raise ParameterError(f"key must be None, str, bytes or int, got {type(key).__name__}")
-
-
 def check_stride(stride: Any) -> tuple[int, int] | None:
     """Checks a grid stride: ``None``, an int or ``(x, y)``, ints ``>= 1``.
 
@@ -195,34 +152,16 @@ def check_stride(stride: Any) -> tuple[int, int] | None:
     return int(sx), int(sy)
 
 
-def check_choice(name: str, value: Any) -> str:
-    """Checks an enumerated parameter against ``CHOICES[name]``.
-
-    Args:
-        name: the parameter's name, a key of
-            :data:`xpatch_core.defaults.CHOICES`
-        value: the value to check
-
-    Returns:
-        the value
-
-    Raises:
-        ParameterError: if the value is not one of the choices
-    """
-    choices = CHOICES[name]
-    if value not in choices:
-        raise ParameterError(f"{name} must be one of {choices}, got {value!r}")
-    return value
-
-
 @dataclass(slots=True)
 class SampleParams:
     """The checked arguments of one :func:`sample_patches` call.
 
     Attributes mirror the arguments of
     :func:`~xpatch_core.sampler.sample_patches`; ``base`` is the size in
-    pixels, ``strides`` the checked ``stride``, ``key`` the (valid) sample
-    key and ``constrained`` whether overlap control is on.
+    pixels, ``key_hash`` the key's
+    :func:`~xpatch_core.sampler.seeding.stable_key_hash`, ``strides`` the
+    checked ``stride`` and ``constrained`` whether overlap control is on
+    (``max_iou < 1`` or ``min_distance > 0``).
     """
 
     W: int
@@ -230,7 +169,7 @@ class SampleParams:
     n: int | None
     base: int
     seed: int
-    key: Any
+    key_hash: int
     scales: tuple[float, ...]
     aspect_ratios: tuple[float, ...]
     temperature: float
@@ -238,6 +177,7 @@ class SampleParams:
     replace: bool
     max_iou: float | None
     min_distance: float | None
+    constrained: bool
     score: str
     mode: str
     border: str
@@ -245,20 +185,9 @@ class SampleParams:
     max_tries: int | None
     strides: tuple[int, int] | None
 
-    @property
-    def constrained(self) -> bool:
-        """Whether overlap control (``max_iou < 1`` or ``min_distance > 0``) is on."""
-        return (self.max_iou is not None and self.max_iou < 1.0) or bool(self.min_distance)
 
-
-def _check_n(n: Any, mode: str) -> int | None:
-    if n is None:
-        if mode != "grid":
-            raise ParameterError("n=None (all tiles) is only allowed with mode='grid'")
-        return None
-    if not is_int(n) or n < 1:
-        raise ParameterError(f"n must be an int >= 1, got {n!r}")
-    return int(n)
+def _choice_error(name: str, value: Any) -> ParameterError:
+    return ParameterError(f"{name} must be one of {CHOICES[name]}, got {value!r}")
 
 
 def _check_numbers(temperature: Any, epsilon: Any, max_iou: Any, min_distance: Any) -> None:
@@ -325,26 +254,33 @@ def check_params(
         ParameterError: naming the first bad argument
     """
     W, H = check_image_size(image_size)
-    check_choice("mode", mode)
-    n = _check_n(n, mode)
+    if mode not in CHOICES["mode"]:
+        raise _choice_error("mode", mode)
+    if n is None:
+        if mode != "grid":
+            raise ParameterError("n=None (all tiles) is only allowed with mode='grid'")
+    elif not is_int(n) or n < 1:
+        raise ParameterError(f"n must be an int >= 1, got {n!r}")
+    else:
+        n = int(n)
     base = check_size(size, W, H)
     seed = check_seed(seed)
-    check_key(key)
+    key_hash = stable_key_hash(key)
     sc = check_positive_seq(scales, "scales")
     ar = check_positive_seq(aspect_ratios, "aspect_ratios")
     _check_numbers(temperature, epsilon, max_iou, min_distance)
-    check_choice("score", score)
-    check_choice("border", border)
-    check_choice("on_degenerate", on_degenerate)
+    for name, value in (("score", score), ("border", border), ("on_degenerate", on_degenerate)):
+        if value not in CHOICES[name]:
+            raise _choice_error(name, value)
     if max_tries is not None and (not is_int(max_tries) or max_tries < 1):
         raise ParameterError(f"max_tries must be an int >= 1 or None, got {max_tries!r}")
     if not isinstance(replace, (bool, np.bool_)):
         raise ParameterError(f"replace must be a bool, got {replace!r}")
+    strides = check_stride(stride)
+    max_iou = None if max_iou is None else float(max_iou)
+    min_distance = None if min_distance is None else float(min_distance)
+    constrained = (max_iou is not None and max_iou < 1.0) or bool(min_distance)
     return SampleParams(
-        W=W, H=H, n=n, base=base, seed=seed, key=key, scales=sc, aspect_ratios=ar,
-        temperature=float(temperature), epsilon=float(epsilon), replace=replace,
-        max_iou=None if max_iou is None else float(max_iou),
-        min_distance=None if min_distance is None else float(min_distance),
-        score=score, mode=mode, border=border, on_degenerate=on_degenerate,
-        max_tries=max_tries, strides=check_stride(stride),
+        W, H, n, base, seed, key_hash, sc, ar, float(temperature), float(epsilon), replace,
+        max_iou, min_distance, constrained, score, mode, border, on_degenerate, max_tries, strides,
     )

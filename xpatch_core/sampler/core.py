@@ -28,9 +28,9 @@ import numpy as np
 from xpatch_core.sampler.checks import SampleParams, check_params
 from xpatch_core.sampler.geometry import axis_geometry, nominal_shapes, usable_shapes
 from xpatch_core.sampler.maps import DegenerateMapError, ShapeSampler, as_map, clean_map, weight_map
-from xpatch_core.sampler.modes import Limits, Picked, sample_grid, sample_random, sample_topk
+from xpatch_core.sampler.modes import Picked, sample_grid, sample_random, sample_topk
 from xpatch_core.sampler.scoring import box_scores, center_scores
-from xpatch_core.sampler.seeding import image_rng
+from xpatch_core.sampler.seeding import seeded_rng
 
 __all__ = ["PatchSet", "Prepared", "assemble", "pick", "prepare", "sample_patches"]
 
@@ -118,7 +118,7 @@ class Prepared(NamedTuple):
         vmax: its maximum
         samplers: one :class:`~xpatch_core.sampler.maps.ShapeSampler` per
             sampled shape, in shape order
-        keep: the full shape index of each sampler
+        keep: the full shape index of each sampler (Python ints)
         widths: box width of each sampler's shape, as drawn
         heights: box height of each sampler's shape, as drawn
         flagged: whether each sampler's boxes are padded or clipped
@@ -129,7 +129,7 @@ class Prepared(NamedTuple):
     v: np.ndarray
     vmax: float
     samplers: list[ShapeSampler]
-    keep: np.ndarray
+    keep: tuple[int, ...]
     widths: np.ndarray
     heights: np.ndarray
     flagged: np.ndarray
@@ -137,7 +137,7 @@ class Prepared(NamedTuple):
     no_info: bool
 
 
-def prepare(saliency: Any, shapes: np.ndarray, keep: np.ndarray, p: SampleParams) -> Prepared:
+def prepare(saliency: Any, shapes: np.ndarray, keep: tuple[int, ...], p: SampleParams) -> Prepared:
     """Cleans the map and builds the samplers of the shapes ``keep``.
 
     Args:
@@ -185,13 +185,12 @@ def pick(prep: Prepared, p: SampleParams) -> Picked:
     Returns:
         a :class:`~xpatch_core.sampler.modes.Picked` (local shape indices)
     """
-    lim = Limits(p.n, p.replace, p.max_iou, p.min_distance, p.constrained, p.max_tries)
     if p.mode == "random":
-        rng = image_rng(p.seed, p.key)
-        return sample_random(prep.samplers, lim, prep.widths, prep.heights, rng, (p.W, p.H))
+        rng = seeded_rng(p.seed, p.key_hash)
+        return sample_random(prep.samplers, p, prep.widths, prep.heights, rng)
     if p.mode == "topk":
-        return sample_topk(prep.samplers, lim, prep.widths, prep.heights)
-    return sample_grid(prep.samplers, lim, p.strides, prep.widths, prep.heights)
+        return sample_topk(prep.samplers, p, prep.widths, prep.heights)
+    return sample_grid(prep.samplers, p, prep.widths, prep.heights)
 
 
 def _dropped_note(shapes: np.ndarray, dropped: tuple[int, ...], p: SampleParams) -> str:
@@ -218,16 +217,25 @@ def assemble(prep: Prepared, picked: Picked, shapes: np.ndarray, p: SampleParams
     W, H, na = p.W, p.H, len(p.aspect_ratios)
     kk, x0, y0 = picked.kk, picked.x0, picked.y0
     widths, heights, flagged, keep = prep.widths, prep.heights, prep.flagged, prep.keep
-    single = len(prep.samplers) == 1
+    K = shapes.shape[0]
+    single = len(keep) == 1
+    m = kk.size
+    xywh = np.empty((m, 4), dtype=np.int64)
+    xywh[:, 0] = x0
+    xywh[:, 1] = y0
     if single:
-        m = kk.size
-        xywh = np.stack([x0, y0, np.full(m, widths[0]), np.full(m, heights[0])], axis=1)
-        scale_idx = np.full(m, keep[0] // na, dtype=np.int64)
-        aspect_idx = np.full(m, keep[0] % na, dtype=np.int64)
-        flags = np.full(m, bool(flagged[0]))
+        xywh[:, 2] = widths[0]
+        xywh[:, 3] = heights[0]
+        scale_idx = np.zeros(m, dtype=np.int64)
+        aspect_idx = np.zeros(m, dtype=np.int64)
+        if keep[0]:  # border="drop" left out the shapes before it
+            scale_idx += keep[0] // na
+            aspect_idx += keep[0] % na
+        flags = np.ones(m, dtype=bool) if flagged[0] else np.zeros(m, dtype=bool)
     else:
-        xywh = np.stack([x0, y0, widths[kk], heights[kk]], axis=1)
-        scale_idx, aspect_idx = np.divmod(keep[kk], na)
+        xywh[:, 2] = widths[kk]
+        xywh[:, 3] = heights[kk]
+        scale_idx, aspect_idx = np.divmod(kk if len(keep) == K else np.asarray(keep)[kk], na)
         flags = flagged[kk]
     rel = xywh / np.array([W, H, W, H], dtype=np.float64)
     boxes = xywh
@@ -239,7 +247,7 @@ def assemble(prep: Prepared, picked: Picked, shapes: np.ndarray, p: SampleParams
         scores = center_scores(x0 + s0.gx.half, y0 + s0.gy.half, v, vmax, W, H)
     else:
         scores = box_scores(boxes, v, vmax, W, H, p.score)
-    dropped = () if keep.size == len(shapes) else tuple(np.setdiff1d(np.arange(len(shapes)), keep).tolist())
+    dropped = () if len(keep) == K else tuple(k for k in range(K) if k not in keep)
     notes = prep.problems + ([_dropped_note(shapes, dropped, p)] if dropped else [])
     return PatchSet(
         boxes=boxes,

@@ -116,7 +116,7 @@ def box_shapes(
     return nominal_shapes(base, sc, ar)
 
 
-def usable_shapes(shapes: np.ndarray, W: int, H: int, border: str) -> np.ndarray:
+def usable_shapes(shapes: np.ndarray, W: int, H: int, border: str) -> tuple[int, ...]:
     """The indices of the box shapes that a border policy samples.
 
     Args:
@@ -127,17 +127,17 @@ def usable_shapes(shapes: np.ndarray, W: int, H: int, border: str) -> np.ndarray
             every shape if all fit; ``"drop"`` keeps the shapes that fit
 
     Returns:
-        an int64 array of shape indices, increasing
+        the shape indices, increasing
 
     Raises:
         ParameterError: with ``"error"`` if a shape does not fit (naming the
             first), with ``"drop"`` if none fits
     """
     if border in ("pad", "clip"):
-        return np.arange(shapes.shape[0], dtype=np.int64)
+        return tuple(range(shapes.shape[0]))
     bad = (shapes[:, 0] > W) | (shapes[:, 1] > H)
     if border == "drop" and not bad.all():
-        return np.flatnonzero(~bad).astype(np.int64)
+        return tuple(np.flatnonzero(~bad).tolist())
     if bad.any():
         bw, bh = shapes[int(np.flatnonzero(bad)[0])]
         also = ", and so is every other box shape" if border == "drop" and bad.size > 1 else ""
@@ -145,7 +145,7 @@ def usable_shapes(shapes: np.ndarray, W: int, H: int, border: str) -> np.ndarray
             f"patch {bw}x{bh} is larger than the image {W}x{H}{also}; "
             "use a smaller size or border='pad' / border='clip'"
         )
-    return np.arange(shapes.shape[0], dtype=np.int64)
+    return tuple(range(shapes.shape[0]))
 
 
 @lru_cache(maxsize=256)

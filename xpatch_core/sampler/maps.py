@@ -82,7 +82,7 @@ def clean_map(v: np.ndarray, on_degenerate: str) -> tuple[np.ndarray, float, lis
         DegenerateMapError: for the first problem with ``"error"``
     """
     problems: list[str] = []
-    mn, mx = float(v.min()), float(v.max())
+    mn, mx = float(np.minimum.reduce(v, axis=None)), float(np.maximum.reduce(v, axis=None))
     if not (math.isfinite(mn) and math.isfinite(mx)):
         finite = np.isfinite(v)
         n_nan = int(np.isnan(v).sum())
@@ -185,10 +185,10 @@ class ShapeSampler:
         if self.fallback or self.cdf is not None or (not cdf and self.total > 0.0):
             return
         if cdf:
-            c = np.cumsum(self.cell_weights(), dtype=np.float64).reshape(-1)
+            c = self.cell_weights().cumsum(dtype=np.float64)
             total = float(c[-1])
         else:
-            total = float(self.cell_weights().sum(dtype=np.float64))
+            total = float(np.add.reduce(self.cell_weights(), axis=None, dtype=np.float64))
         if not (total > 0.0 and math.isfinite(total)):
             self.fallback = True
             return

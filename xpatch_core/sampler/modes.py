@@ -33,12 +33,12 @@ from typing import NamedTuple
 
 import numpy as np
 
+from xpatch_core.sampler.checks import SampleParams
 from xpatch_core.sampler.geometry import Axis
 from xpatch_core.sampler.maps import ShapeSampler
 from xpatch_core.sampler.overlap import compatible, greedy
 
 __all__ = [
-    "Limits",
     "Picked",
     "RankedCells",
     "draw_shapes",
@@ -65,18 +65,6 @@ class Picked(NamedTuple):
     y0: np.ndarray
     probs: np.ndarray
     n_draws: int
-
-
-class Limits(NamedTuple):
-    """What a mode may return: ``n`` boxes (``None``: all grid tiles), with
-    or without replacement, overlap constraints, a cap on candidates."""
-
-    n: int | None
-    replace: bool
-    max_iou: float | None
-    min_distance: float | None
-    constrained: bool
-    max_tries: int | None
 
 
 def _boxes(
@@ -145,31 +133,30 @@ def _new_boxes(keys: np.ndarray, acc_keys: np.ndarray) -> np.ndarray:
 
 def sample_random(
     samplers: list[ShapeSampler],
-    lim: Limits,
+    params: SampleParams,
     widths: np.ndarray,
     heights: np.ndarray,
     rng: np.random.Generator,
-    image_wh: tuple[int, int],
 ) -> Picked:
     """Random mode: draws until ``n`` boxes are accepted or ``max_tries``.
 
     Args:
         samplers: the per-shape samplers
-        lim: what may be returned
+        params: the checked parameters (``n``, ``replace``, ``max_iou``,
+            ``min_distance``, ``max_tries`` and the image size are used)
         widths: box width of each sampler's shape (as drawn)
         heights: box height of each sampler's shape (as drawn)
         rng: the image's generator
-        image_wh: ``(W, H)``
 
     Returns:
         a :class:`Picked`
     """
-    n, replace, constrained = lim.n, lim.replace, lim.constrained
+    n, replace, constrained = params.n, params.replace, params.constrained
     if replace and not constrained:
         kk, x0, y0, p = draw_shapes(samplers, rng, n)
         return Picked(kk, x0, y0, p, n)
-    limit = lim.max_tries if lim.max_tries is not None else 10_000 + 20 * n
-    box_keys = None if replace else _BoxKeys(widths, heights, image_wh)
+    limit = params.max_tries if params.max_tries is not None else 10_000 + 20 * n
+    box_keys = None if replace else _BoxKeys(widths, heights, (params.W, params.H))
     parts: list[tuple[np.ndarray, ...]] = []
     acc_boxes = np.zeros((0, 4))
     acc_keys = np.zeros(0, dtype=np.int64)
@@ -187,9 +174,9 @@ def sample_random(
             idx = _new_boxes(keys, acc_keys)
         if constrained:
             cand = _boxes(kk[idx], x0[idx], y0[idx], widths, heights)
-            ok = compatible(cand, acc_boxes, lim.max_iou, lim.min_distance)
+            ok = compatible(cand, acc_boxes, params.max_iou, params.min_distance)
             idx, cand = idx[ok], cand[ok]
-            sel = greedy(cand, n - got, lim.max_iou, lim.min_distance)
+            sel = greedy(cand, n - got, params.max_iou, params.min_distance)
             idx = idx[sel]
             acc_boxes = np.concatenate([acc_boxes, cand[sel]])
         else:
@@ -286,12 +273,15 @@ class RankedCells:
         return take[allv[take] > -np.inf], rest
 
 
-def sample_topk(samplers: list[ShapeSampler], lim: Limits, widths: np.ndarray, heights: np.ndarray) -> Picked:
+def sample_topk(
+    samplers: list[ShapeSampler], params: SampleParams, widths: np.ndarray, heights: np.ndarray
+) -> Picked:
     """Top-k mode: positions by decreasing weight (see the module rules).
 
     Args:
         samplers: the per-shape samplers
-        lim: what may be returned
+        params: the checked parameters (``n``, ``max_iou``, ``min_distance``
+            and ``max_tries`` are used)
         widths: box width of each sampler's shape (as drawn)
         heights: box height of each sampler's shape (as drawn)
 
@@ -299,18 +289,18 @@ def sample_topk(samplers: list[ShapeSampler], lim: Limits, widths: np.ndarray, h
         a :class:`Picked`
     """
     ranked = RankedCells(samplers)
-    n = lim.n
-    if not lim.constrained:
+    n = params.n
+    if not params.constrained:
         # each cell holds >= 1 position: the n best cells hold >= n positions
         g, _ = ranked.top(None, n)
         (kk, x0, y0, p), _ = ranked.first_positions(g, n)
         return Picked(kk[:n], x0[:n], y0[:n], p[:n], min(n, kk.size))
-    return _topk_constrained(ranked, lim, widths, heights)
+    return _topk_constrained(ranked, params, widths, heights)
 
 
-def _topk_constrained(ranked: RankedCells, lim: Limits, widths: np.ndarray, heights: np.ndarray) -> Picked:
-    n = lim.n
-    limit = lim.max_tries if lim.max_tries is not None else np.iinfo(np.int64).max
+def _topk_constrained(ranked: RankedCells, params: SampleParams, widths: np.ndarray, heights: np.ndarray) -> Picked:
+    n = params.n
+    limit = params.max_tries if params.max_tries is not None else np.iinfo(np.int64).max
     parts = []
     acc = np.zeros((0, 4))
     got = seen = 0
@@ -331,8 +321,8 @@ def _topk_constrained(ranked: RankedCells, lim: Limits, widths: np.ndarray, heig
             kk, x0, y0, p = kk[:m], x0[:m], y0[:m], p[:m]
         seen += kk.size
         cand = _boxes(kk, x0, y0, widths, heights)
-        ok = np.flatnonzero(compatible(cand, acc, lim.max_iou, lim.min_distance))
-        sel = ok[greedy(cand[ok], n - got, lim.max_iou, lim.min_distance)]
+        ok = np.flatnonzero(compatible(cand, acc, params.max_iou, params.min_distance))
+        sel = ok[greedy(cand[ok], n - got, params.max_iou, params.min_distance)]
         acc = np.concatenate([acc, cand[sel]])
         parts.append((kk[sel], x0[sel], y0[sel], p[sel]))
         got += sel.size
@@ -368,18 +358,15 @@ def grid_positions(ax: Axis, step: int) -> np.ndarray:
 
 
 def sample_grid(
-    samplers: list[ShapeSampler],
-    lim: Limits,
-    strides: tuple[int, int] | None,
-    widths: np.ndarray,
-    heights: np.ndarray,
+    samplers: list[ShapeSampler], params: SampleParams, widths: np.ndarray, heights: np.ndarray
 ) -> Picked:
     """Grid mode: tiles of every shape in shape order, raster order.
 
     Args:
         samplers: the per-shape samplers
-        lim: what may be returned (``n=None``: every tile)
-        strides: ``(sx, sy)``, or ``None`` for the box size
+        params: the checked parameters (``n``, with ``None`` for every tile,
+            ``strides``, ``max_iou``, ``min_distance`` and ``max_tries``
+            are used)
         widths: box width of each sampler's shape (as drawn)
         heights: box height of each sampler's shape (as drawn)
 
@@ -387,6 +374,7 @@ def sample_grid(
         a :class:`Picked`
     """
     ks, xs, ys, ps = [], [], [], []
+    strides = params.strides
     for k, s in enumerate(samplers):
         stx, sty = strides if strides is not None else (s.gx.p, s.gy.p)
         gxs, gys = grid_positions(s.gx, stx), grid_positions(s.gy, sty)
@@ -397,14 +385,14 @@ def sample_grid(
         ys.append(yy)
         ps.append(s.prob_at(xx, yy))
     kk, x0, y0, p = np.concatenate(ks), np.concatenate(xs), np.concatenate(ys), np.concatenate(ps)
-    if lim.max_tries is not None:
-        m = lim.max_tries
+    if params.max_tries is not None:
+        m = params.max_tries
         kk, x0, y0, p = kk[:m], x0[:m], y0[:m], p[:m]
     seen = kk.size
-    n = lim.n
-    if lim.constrained:
+    n = params.n
+    if params.constrained:
         cand = _boxes(kk, x0, y0, widths, heights)
-        sel = greedy(cand, kk.size if n is None else n, lim.max_iou, lim.min_distance)
+        sel = greedy(cand, kk.size if n is None else n, params.max_iou, params.min_distance)
         kk, x0, y0, p = kk[sel], x0[sel], y0[sel], p[sel]
     elif n is not None:
         kk, x0, y0, p = kk[:n], x0[:n], y0[:n], p[:n]

@@ -1,13 +1,18 @@
-"""Per-image random generators that do not depend on call order.
+"""Seeds, sample keys and the per-image random generators.
 
 Rules:
 
--   One image's generator depends only on ``(seed, key)``: results do not
-    depend on call order, batch size or the number of workers.
--   Sample keys are hashed with BLAKE2b (64 bits, tagged by type, see
-    :func:`~xpatch_core.sampler.checks.check_key`), never with Python's
-    per-process salted :func:`hash`.
--   The global NumPy generator is never touched.
+-   A seed is a non-negative int; a sample key is ``None``, a ``str``,
+    ``bytes`` or an ``int`` (never a bool or a float).
+-   Keys are hashed with BLAKE2b (64 bits) over their bytes tagged by type
+    (so ``None`` and ``"None"`` differ), never with Python's per-process
+    salted :func:`hash`.
+-   One image's generator depends only on ``(seed, key)``:
+    ``Generator(PCG64(SeedSequence([seed, stable_key_hash(key)])))``, so
+    results do not depend on call order, batch size or the number of
+    workers. The global NumPy generator is never touched.
+
+This module imports nothing from the rest of the package.
 """
 
 from __future__ import annotations
@@ -17,9 +22,26 @@ from typing import Any
 
 import numpy as np
 
-from xpatch_core.sampler.checks import check_key, check_seed
+from xpatch_core.errors import ParameterError
 
-__all__ = ["image_rng", "stable_key_hash"]
+__all__ = ["check_seed", "image_rng", "seeded_rng", "stable_key_hash"]
+
+
+def check_seed(seed: Any) -> int:
+    """Checks a seed: a non-negative int.
+
+    Args:
+        seed: the value to check
+
+    Returns:
+        the seed as a Python int
+
+    Raises:
+        ParameterError: if it is not a non-negative int
+    """
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, (bool, np.bool_)) or seed < 0:
+        raise ParameterError(f"seed must be a non-negative int, got {seed!r}")
+    return int(seed)
 
 
 def stable_key_hash(key: Any) -> int:
@@ -37,7 +59,30 @@ def stable_key_hash(key: Any) -> int:
     Raises:
         ParameterError: for a key of any other type
     """
-    return int.from_bytes(hashlib.blake2b(check_key(key), digest_size=8).digest(), "little")
+    if key is None:
+        data = b"n:"
+    elif isinstance(key, str):
+        data = b"s:" + key.encode("utf-8", "surrogatepass")
+    elif isinstance(key, (bytes, bytearray)):
+        data = b"b:" + bytes(key)
+    elif isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
+        data = b"i:" + str(int(key)).encode()
+    else:
+        raise ParameterError(f"key must be None, str, bytes or int, got {type(key).__name__}")
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+
+
+def seeded_rng(seed: int, key_hash: int) -> np.random.Generator:
+    """The generator of a checked seed and a key's hash.
+
+    Args:
+        seed: a non-negative int (not checked)
+        key_hash: :func:`stable_key_hash` of the sample key
+
+    Returns:
+        ``Generator(PCG64(SeedSequence([seed, key_hash])))``
+    """
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, key_hash])))
 
 
 def image_rng(seed: int = 0, key: Any = None) -> np.random.Generator:
@@ -56,5 +101,4 @@ def image_rng(seed: int = 0, key: Any = None) -> np.random.Generator:
     Raises:
         ParameterError: for a negative or non-int seed or a bad key
     """
-    seq = np.random.SeedSequence([check_seed(seed), stable_key_hash(key)])
-    return np.random.Generator(np.random.PCG64(seq))
+    return seeded_rng(check_seed(seed), stable_key_hash(key))

@@ -226,26 +226,32 @@ def check_params(
 ) -> SampleParams:
     """Checks every argument of :func:`sample_patches` but the map.
 
+    The arguments are those of
+    :func:`~xpatch_core.sampler.sample_patches`, checked in this order:
+    ``image_size``, ``mode``, ``n``, ``size``, ``seed``, ``key``,
+    ``scales``, ``aspect_ratios``, ``temperature``, ``epsilon``,
+    ``max_iou``, ``min_distance``, ``score``, ``border``,
+    ``on_degenerate``, ``max_tries``, ``replace``, ``stride``.
+
     Args:
-        image_size: see :func:`~xpatch_core.sampler.sample_patches`, as are
-            all the other arguments
-        n: number of boxes
-        size: box size
-        seed: seed
-        key: sample key
-        scales: scales
-        aspect_ratios: aspect ratios
-        temperature: temperature
-        epsilon: epsilon
-        replace: replace
-        max_iou: max IoU
-        min_distance: min distance
-        score: score
-        mode: mode
-        border: border
-        on_degenerate: on_degenerate
-        max_tries: max tries
-        stride: grid stride
+        image_size: ``(width, height)``
+        n: the number of boxes (``None``: every tile, grid mode only)
+        size: the box size, pixels (int) or fraction of the short side
+        seed: a non-negative int
+        key: the sample key
+        scales: size multipliers
+        aspect_ratios: width / height ratios
+        temperature: the weight exponent, finite and ``>= 0``
+        epsilon: the uniform mixture weight in ``[0, 1]``
+        replace: a bool
+        max_iou: ``None`` or in ``[0, 1]``
+        min_distance: ``None`` or finite and ``>= 0``
+        score: one of ``CHOICES["score"]``
+        mode: one of ``CHOICES["mode"]``
+        border: one of ``CHOICES["border"]``
+        on_degenerate: one of ``CHOICES["on_degenerate"]``
+        max_tries: ``None`` or an int ``>= 1``
+        stride: ``None``, an int or ``(x, y)``, ints ``>= 1``
 
     Returns:
         a :class:`SampleParams`
@@ -281,6 +287,8 @@ def check_params(
     min_distance = None if min_distance is None else float(min_distance)
     constrained = (max_iou is not None and max_iou < 1.0) or bool(min_distance)
     return SampleParams(
-        W, H, n, base, seed, key_hash, sc, ar, float(temperature), float(epsilon), replace,
-        max_iou, min_distance, constrained, score, mode, border, on_degenerate, max_tries, strides,
+        W=W, H=H, n=n, base=base, seed=seed, key_hash=key_hash, scales=sc, aspect_ratios=ar,
+        temperature=float(temperature), epsilon=float(epsilon), replace=replace, max_iou=max_iou,
+        min_distance=min_distance, constrained=constrained, score=score, mode=mode, border=border,
+        on_degenerate=on_degenerate, max_tries=max_tries, strides=strides,
     )

@@ -76,7 +76,7 @@ from xpatch_core.defaults import HEATMAP, PATCHES  # noqa: E402
 from xpatch_core.heatmaps import display_map  # noqa: E402
 from xpatch_core.images import load_image  # noqa: E402
 from xpatch_core.metrics import QualityAccumulator, center_hits  # noqa: E402
-from xpatch_core.sampler import _scores, sample_patches  # noqa: E402
+from xpatch_core.sampler import box_scores, sample_patches  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COCO = os.path.join(ROOT, "..", "shared", "data", "coco_val_subset")
@@ -194,7 +194,7 @@ def evaluate(images: list[dict], maps: list[np.ndarray], temperature: float, eps
             hits = center_hits(ps.boxes, im["gt"])
             # the score never moves a patch: the centre score of the same boxes
             v = np.asarray(m, np.float64)
-            centre = _scores(ps.boxes.copy(), v, float(v.max()), im["size"][0], im["size"][1], "center")
+            centre = box_scores(ps.boxes.copy(), v, float(v.max()), im["size"][0], im["size"][1], "center")
             for name, scores in (("mean", ps.scores), ("center", centre)):
                 order = np.argsort(-scores, kind="stable")[:TOP]
                 top[name][0] += int(hits[order].sum())

@@ -60,7 +60,7 @@ PATCHES: dict[str, Any] = {
     "mode": "random",
     "seed": 0,
     "label": "predicted",
-    "border": "error",
+    "border": "drop",
 }
 
 #: Patch datasets (:func:`xpatch_core.patch_dataset.make_patch_dataset`,
@@ -80,7 +80,7 @@ PATCH_DATASET: dict[str, Any] = {
 CHOICES: dict[str, tuple[str, ...]] = {
     "mode": ("random", "topk", "grid"),
     "score": ("center", "mean"),
-    "border": ("error", "pad", "clip"),
+    "border": ("error", "pad", "clip", "drop"),
     "on_degenerate": ("uniform", "error"),
     "precision": ("float32", "bfloat16", "mixed_bfloat16"),
     "storage": ("database", "png"),

@@ -563,17 +563,17 @@ def resolve_targets(model: Any, target: Any, count: int | None) -> Any:
 
 def iter_saliency(
     images: Iterable[Any],
-    model: Any = "xception",
-    method: str = "eigencam",
+    model: Any = SALIENCY["model"],
+    method: str = SALIENCY["method"],
     target: Any = None,
-    batch_size: int = 16,
+    batch_size: int = SALIENCY["batch_size"],
     *,
     weights: str | None = None,
     layer: str | None = None,
-    fuse_layer: str | None = "auto",
+    fuse_layer: str | None = SALIENCY["fuse_layer"],
     num_workers: int | None = None,
     max_pixels: int | None = None,
-    precision: str = "float32",
+    precision: str = SALIENCY["precision"],
     map_resolution: str = SALIENCY["map_resolution"],
 ) -> Iterator[SaliencyItem]:
     """Computes saliency maps, streaming one :class:`SaliencyItem` per image.
@@ -726,10 +726,10 @@ def run_arrays(runner: SaliencyMethod, arrays: Sequence[np.ndarray], targets: np
 
 def compute_saliency(
     images: Iterable[Any],
-    model: Any = "xception",
-    method: str = "eigencam",
+    model: Any = SALIENCY["model"],
+    method: str = SALIENCY["method"],
     target: Any = None,
-    batch_size: int = 16,
+    batch_size: int = SALIENCY["batch_size"],
     *,
     on_error: str = "raise",
     return_items: bool = False,

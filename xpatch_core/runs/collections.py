@@ -52,10 +52,11 @@ def chunks(seq: Sequence[Any], n: int) -> Iterable[Sequence[Any]]:
 
 
 def is_patches_view(sample_collection: Any) -> bool:
-    """Whether a collection is a patches view (of any kind)."""
+    """Whether a collection is a patches view (of any kind, evaluation
+    patches included)."""
     import fiftyone.core.patches as fop
 
-    return isinstance(sample_collection, fop.PatchesView)
+    return isinstance(sample_collection, (fop.PatchesView, fop.EvaluationPatchesView))
 
 
 def images_of(sample_collection: Any) -> Any:

@@ -140,6 +140,11 @@ def restrict(sample_collection: Any, id_range: Sequence[Any] | None) -> Any:
 def check_image_collection(sample_collection: Any) -> None:
     """Refuses collections whose samples are not images.
 
+    A new empty dataset (no media type yet) is accepted: there is nothing
+    to do. A view of a grouped dataset is refused even when it shows image
+    slices: a run reads and writes through the dataset, which shows one
+    slice at a time, so the other slices' samples would be lost.
+
     Args:
         sample_collection: a FiftyOne collection
 
@@ -147,11 +152,16 @@ def check_image_collection(sample_collection: Any) -> None:
         ParameterError: for video, 3D, point-cloud or grouped collections
     """
     media = sample_collection.media_type
+    if media is None and not len(sample_collection):
+        return
+    hint = ("select an image slice and clone it into an image dataset: "
+            "dataset.select_group_slices('<slice>').clone()")
     if media != "image":
-        raise ParameterError(
-            f"xpatch works on image datasets; this collection's media type is {media!r} "
-            "(select an image slice or an image dataset)"
-        )
+        raise ParameterError(f"xpatch works on image datasets; this collection's media type is {media!r} "
+                             f"({hint if media == 'group' else 'select an image slice or an image dataset'})")
+    if sample_collection._dataset.media_type == "group":
+        raise ParameterError(f"xpatch works on image datasets; this collection is a view of the grouped dataset "
+                             f"{sample_collection._dataset.name!r}, whose slices a run cannot write ({hint})")
 
 
 def image_view(sample_collection: Any) -> Any:

@@ -235,7 +235,10 @@ def select_patches(sample_collection: Any, field_name: str | None, *, runs_of_fi
             raise ParameterError("give the patches field" + (f" (one of {', '.join(fields)})" if fields else ""))
         field_name = fields[0]
     require_field(sample_collection._dataset, field_name, fo.Detections, "patches_field")
-    return PatchSelection(sample_collection, field_name, None)
+    images = sample_collection
+    if field_name not in sample_collection.get_field_schema(flat=True):  # the view hides the field
+        images = sample_collection._dataset.select(sample_collection.values("id"), ordered=True)
+    return PatchSelection(images, field_name, None)
 
 
 def require_field(dataset: Any, name: Any, doc_type: Any, what: str) -> str:

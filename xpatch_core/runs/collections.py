@@ -351,7 +351,8 @@ def filepaths(dataset: Any, ids: Sequence[str]) -> dict[str, str]:
 
 
 def ensure_metadata(dataset: Any, ids: Sequence[str]) -> int:
-    """Computes the metadata (image size) of the samples that lack it.
+    """Computes the metadata (image size) of the samples that lack it (or
+    whose stored size is not a positive number).
 
     Args:
         dataset: the dataset
@@ -362,10 +363,13 @@ def ensure_metadata(dataset: Any, ids: Sequence[str]) -> int:
     """
     if not ids:
         return 0
-    missing = dataset.select(list(ids)).exists("metadata.width", False)
+    from fiftyone import ViewField as F
+
+    # missing, or written by something else with a size that is not positive
+    missing = dataset.select(list(ids)).match(~((F("metadata.width") > 0) & (F("metadata.height") > 0)))
     n = len(missing)
     if n:
-        missing.compute_metadata(overwrite=False, skip_failures=True, warn_failures=False, progress=False)
+        missing.compute_metadata(overwrite=True, skip_failures=True, warn_failures=False, progress=False)
     return n
 
 

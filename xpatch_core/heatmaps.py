@@ -26,8 +26,8 @@ def read_heatmap(heatmap: Any) -> np.ndarray | None:
         try:
             with Image.open(heatmap.map_path) as img:
                 m = np.asarray(img.convert("L"), dtype=np.float32)
-        except (OSError, ValueError):
-            return None
+        except Exception:  # noqa: BLE001 - a file replaced behind our back (a decompression bomb, a
+            return None  # truncated or foreign file) is unreadable, whatever Pillow raises
     if m is None:
         return None
     m = np.asarray(m, dtype=np.float32)

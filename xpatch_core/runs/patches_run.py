@@ -12,7 +12,9 @@ Rules (besides the lifecycle's, :mod:`xpatch_core.runs.lifecycle`):
     shapes that do not fit are left out for that image, and an image that
     fits none fails with the reason.
 -   Image sizes come from the heatmap's ``width``/``height``, else from the
-    sample's metadata, computed where missing.
+    sample's metadata, computed where missing; a stored size that is not two
+    whole positive numbers within ``XPATCH_MAX_PIXELS`` (attributes written
+    by another tool may hold anything) is not a size.
 -   Detections are written in their stored form (:func:`detection_son`);
     the first write declares the field and its attributes so the App can
     filter on them.
@@ -27,6 +29,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from xpatch_core import settings
 from xpatch_core.defaults import PATCHES
 from xpatch_core.errors import ParameterError, XpatchError
 from xpatch_core.heatmaps import read_heatmap
@@ -38,6 +41,17 @@ from xpatch_core.runs.records import RunConfig
 _SAMPLER_KEYS = ("scales", "aspect_ratios", "temperature", "epsilon", "replace", "max_iou", "min_distance",
                  "score", "mode", "border")
 _READ_CHUNK = 256
+
+
+def _size_of(w: Any, h: Any) -> tuple[int, int] | None:
+    """A stored image size, or None when ``(w, h)`` is not one."""
+    for v in (w, h):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+            return None
+        if not (math.isfinite(v) and v >= 1):
+            return None
+    w, h = int(w), int(h)
+    return (w, h) if w * h <= settings.max_pixels() else None
 
 
 @dataclass(kw_only=True)
@@ -167,7 +181,7 @@ class PatchesRun(RunKind):
         # read from the dataset: the view may hide the heatmap field
         ws, hs, mws, mhs = view._dataset.select(view.values("id")).values(
             [f"{self.heatmap_field}.width", f"{self.heatmap_field}.height", "metadata.width", "metadata.height"])
-        sizes = {(int(w or mw), int(h or mh)) for w, h, mw, mh in zip(ws, hs, mws, mhs) if (w or mw) and (h or mh)}
+        sizes = {s for s in (_size_of(w, h) or _size_of(mw, mh) for w, h, mw, mh in zip(ws, hs, mws, mhs)) if s}
         try:
             fits = any(((shapes[:, 0] <= w) & (shapes[:, 1] <= h)).any() for w, h in sizes
                        for shapes in [box_shapes((w, h), self.size, self.sampling["scales"],
@@ -216,11 +230,12 @@ class PatchesRun(RunKind):
                  "metadata.width", "metadata.height"]
         cols = dataset.select(ids).values(["id", *paths])
         rows = {c[0]: list(c[1:]) for c in zip(*cols)}
-        unsized = [i for i, r in rows.items() if not ((r[3] or r[6]) and (r[4] or r[7]))]
+        sized = {sid: _size_of(r[3], r[4]) or _size_of(r[6], r[7]) for sid, r in rows.items()}
+        unsized = [i for i, s in sized.items() if s is None]
         if colls.ensure_metadata(dataset, unsized):
             for sid, mw, mh in zip(*dataset.select(unsized).values(["id", "metadata.width", "metadata.height"])):
-                rows[sid][6:8] = [mw, mh]
-        return {sid: (r[0], r[1], r[2], r[3] or r[6], r[4] or r[7], r[5]) for sid, r in rows.items()}
+                sized[sid] = _size_of(mw, mh)
+        return {sid: (r[0], r[1], r[2], *(sized[sid] or (None, None)), r[5]) for sid, r in rows.items()}
 
     def _sample(self, sid: str, m: Any, map_path: Any, rng: Any, w: Any, h: Any, predicted: Any) -> Outcome:
         import fiftyone as fo

@@ -49,6 +49,8 @@ PATCHES: dict[str, Any] = {
     "seed": 0,
     "label": "predicted",
     "border": "error",
+    # the most patches per image (a bound, not a default: larger n took minutes per image, or memory)
+    "max_n": 100_000,
 }
 
 #: Choices offered for the enumerated parameters.

@@ -142,6 +142,9 @@ class PatchesRun(RunKind):
         self._probe()
 
     def _check_scalars(self) -> None:
+        n = self.n
+        if isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n > PATCHES["max_n"]:
+            raise ParameterError(f"n must be at most {PATCHES['max_n']:,} patches per image, got {n:,}")
         if not isinstance(self.label, str) or not self.label.strip():
             raise ParameterError("label must be 'predicted' or a non-empty text")
         for name in ("temperature", "epsilon"):

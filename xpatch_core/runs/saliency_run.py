@@ -97,6 +97,8 @@ class SaliencyRun(RunKind):
         self.allow_unsafe, self.precision = allow_unsafe, precision
         self.map_root: str | None = None
         self.sm: Any = None
+        #: samples whose ``target_field`` label the model does not know, with the reason
+        self.target_errors: dict[str, str] = {}
 
     def validate(self, view: Any) -> None:
         """Checks the field, method, batch size, targets and heatmap folder."""
@@ -149,12 +151,24 @@ class SaliencyRun(RunKind):
         )
 
     def _field_targets(self, view: Any, todo: list[str]) -> list[int]:
-        """Each sample's class index from the target field (-1: predicted)."""
+        """Each sample's class index from the target field (-1: predicted);
+        a label the model does not know fails that sample (a label is one
+        sample's matter), noted in :attr:`target_errors`."""
         if not todo:
             return []
         ids, labels = view._dataset.select(todo).values(["id", f"{self.target_field}.label"])
-        resolved = {lab: self.sm.class_index(lab) for lab in sorted({lab for lab in labels if lab is not None})}
-        by_id = {i: (resolved[lab] if lab is not None else -1) for i, lab in zip(ids, labels)}
+        resolved: dict[Any, int | str] = {}
+        for lab in {lab for lab in labels if lab is not None}:
+            try:
+                resolved[lab] = self.sm.class_index(lab)
+            except ParameterError as e:
+                resolved[lab] = f"target field {self.target_field!r}: {e}"
+        by_id = {}
+        for i, lab in zip(ids, labels):
+            t = resolved[lab] if lab is not None else -1
+            if isinstance(t, str):
+                self.target_errors[i], t = t, -1
+            by_id[i] = t
         return [by_id.get(i, -1) for i in todo]
 
     def outcomes(self, dataset: Any, ids: list[str], summary: RunSummary) -> Iterator[Outcome]:
@@ -163,8 +177,13 @@ class SaliencyRun(RunKind):
 
         if self.map_root:
             heatmap_files.remove_temporary(self.map_root, ids)
+        targets = self.targets
+        if self.target_errors:
+            yield from (Outcome(sid, reason=self.target_errors[sid]) for sid in ids if sid in self.target_errors)
+            keep = [k for k, sid in enumerate(ids) if sid not in self.target_errors]
+            ids, targets = [ids[k] for k in keep], [targets[k] for k in keep]
         paths: dict[int, str | None] = {}
-        items = iter_saliency(self._paths(dataset, ids, paths), self.sm, self.method_cls.name, self.targets,
+        items = iter_saliency(self._paths(dataset, ids, paths), self.sm, self.method_cls.name, targets,
                               self.batch_size)
         names = self.sm.class_names if self.sm.has_head else None
         while True:

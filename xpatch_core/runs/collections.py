@@ -274,7 +274,10 @@ def validate_field_name(sample_collection: Any, name: str, kind: str, *, run_key
 
     A name is accepted if it is a new identifier, or the field of an earlier
     xpatch run of the same kind (which is then resumed or overwritten). A
-    field of another type, or one not written by xpatch, is never clobbered.
+    field of another type, or one not written by xpatch, is never clobbered;
+    nor is the record of a run key held by another run (another tool's run,
+    an xpatch run of another kind, or of another field), ``overwrite`` or
+    not.
 
     Args:
         sample_collection: a FiftyOne collection
@@ -291,7 +294,7 @@ def validate_field_name(sample_collection: Any, name: str, kind: str, *, run_key
     """
     import fiftyone as fo
 
-    from xpatch_core.runs.records import run_type
+    from xpatch_core.runs.records import run_config, run_type
 
     if not is_identifier(name):
         raise ParameterError(
@@ -299,16 +302,22 @@ def validate_field_name(sample_collection: Any, name: str, kind: str, *, run_key
         )
     if name in _RESERVED:
         raise ParameterError(f"{name!r} is a built-in field name")
+    if run_key is not None and not is_identifier(run_key):
+        raise ParameterError(f"invalid run key {run_key!r}")
     dataset = sample_collection._dataset
+    key = run_key or name
+    if key in dataset.list_runs():  # a run key belongs to one run: of this kind, for this field
+        owner = run_config(dataset, key).get("field") if run_type(dataset, key) == kind else None
+        if owner != name:
+            whose = f"the xpatch run of field {owner!r}" if owner else "another kind of run or another tool"
+            raise ParameterError(f"run key {key!r} belongs to {whose}; xpatch will not overwrite it: "
+                                 "choose another run key")
     schema = dataset.get_field_schema(flat=True)
     if name not in schema:
-        if run_key is not None and not is_identifier(run_key):
-            raise ParameterError(f"invalid run key {run_key!r}")
         return False
     expected = fo.Heatmap if kind == "saliency" else fo.Detections
     fld = schema[name]
     doc_type = getattr(fld, "document_type", None)
-    key = run_key or name
     if doc_type is not expected:
         raise ParameterError(
             f"field {name!r} already exists with type {type(fld).__name__}"

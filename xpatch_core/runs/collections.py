@@ -413,6 +413,36 @@ def stored_folders(sample_collection: Any) -> list[str]:
     return sorted({real(f) for f in folders})
 
 
+def datasets_pointing_into(folder: str, exclude: Any = None) -> list[str]:
+    """The datasets whose heatmaps are files in ``folder``: any dataset with a
+    top-level ``fo.Heatmap`` field whose ``map_path`` lies in it (a clone, a
+    clone of a view, or a dataset sharing a heatmap folder), whether or not
+    it holds an xpatch run record. Generated views (patches) are left out.
+
+    Args:
+        folder: a real folder path
+        exclude: a dataset to leave out (the caller's)
+
+    Returns:
+        a sorted list of dataset names
+    """
+    import fiftyone.core.odm as foo
+
+    heat = "fiftyone.core.labels.Heatmap"
+    db = foo.get_db_conn()
+    prefix = {"$regex": "^" + re.escape(folder.rstrip(os.sep) + os.sep)}
+    query: dict[str, Any] = {"sample_fields.embedded_doc_type": heat, "sample_collection_name": {"$regex": "^samples[.]"}}
+    if exclude is not None:
+        query["_id"] = {"$ne": exclude._doc.id}
+    names = []
+    for doc in db.datasets.find(query, {"name": 1, "sample_collection_name": 1, "sample_fields": 1}):
+        fields = [f["name"] for f in doc.get("sample_fields") or [] if f.get("embedded_doc_type") == heat]
+        samples = db[doc["sample_collection_name"]]
+        if any(samples.find_one({f"{f}.map_path": prefix}, {"_id": 1}) for f in fields):
+            names.append(doc["name"])
+    return sorted(names)
+
+
 def tag_failed(dataset: Any, field_name: str, ok_ids: Sequence[str], failed_ids: Sequence[str]) -> None:
     """Tags the samples that failed in a run and untags those that now succeeded.
 
@@ -437,6 +467,7 @@ __all__ = [
     "check_image_collection",
     "check_range",
     "chunks",
+    "datasets_pointing_into",
     "done_ids",
     "ensure_metadata",
     "field_exists",

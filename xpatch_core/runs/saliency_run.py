@@ -10,7 +10,9 @@ Rules (besides the lifecycle's, :mod:`xpatch_core.runs.lifecycle`):
 -   A map is stored in the database as a ``fo.Heatmap`` with ``range`` set,
     or with ``map_dir`` as an 8-bit PNG written before the database update
     (see :mod:`xpatch_core.runs.heatmap_files`); a file that cannot be
-    written fails its sample.
+    written fails its sample. A run with work to do never writes into a
+    heatmap folder that another dataset's heatmaps point into (a clone has
+    the same sample ids, so the same file names).
 -   The requested precision is compared between runs of a field (``auto``
     resumes on any hardware); the precision actually used is recorded.
 """
@@ -132,6 +134,10 @@ class SaliencyRun(RunKind):
         from xpatch_core.models import load_model
         from xpatch_core.saliency import resolve_targets
 
+        others = colls.datasets_pointing_into(self.map_root, exclude=view._dataset) if self.map_root else []
+        if others:  # a clone shares sample ids: writing <id>.png would change the other dataset's maps
+            raise ParameterError(f"heatmap folder {self.map_root} holds heatmaps of other datasets "
+                                 f"({', '.join(others)}); give this run a map_dir of its own")
         self.sm = sm = load_model(self.model, weights=self.weights, layer=self.layer, fuse_layer=self.fuse_layer,
                                   class_names=self.class_names, allow_unsafe=self.allow_unsafe,
                                   precision=self.precision)

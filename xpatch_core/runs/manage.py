@@ -84,8 +84,11 @@ def load_run_view(sample_collection: Any, run_key: str) -> Any:
         a view
     """
     info = get_run_info(sample_collection, run_key)
-    view = sample_collection._dataset.load_run_view(run_key)
     fld = info["config"]["field"]
+    if not colls.field_exists(sample_collection._dataset, fld):
+        raise ParameterError(f"the field {fld!r} of run {run_key!r} no longer exists (renamed or deleted); "
+                             "delete the run, or run it again")
+    view = sample_collection._dataset.load_run_view(run_key)
     if info["type"] == "patches":
         return view.exists(fld).to_patches(fld).sort_by(f"{fld}.confidence", reverse=True)
     return view.exists(fld)

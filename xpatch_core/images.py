@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import itertools
 import os
-import stat
 import re
+import stat
 import warnings
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor

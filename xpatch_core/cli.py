@@ -202,8 +202,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _list_images(folder: str, recursive: bool) -> tuple[list[str], int]:
-    paths, other = [], 0
+def _utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:  # a name that is not UTF-8 (surrogate-escaped): the database stores text
+        return False
+    return True
+
+
+def _list_images(folder: str, recursive: bool) -> tuple[list[str], int, list[str]]:
+    """Returns ``(image paths, other files, image paths that are not valid UTF-8)``."""
+    paths, other, unnamed = [], 0, []
     walker = os.walk(folder) if recursive else [(folder, [], os.listdir(folder))]
     for root, _dirs, files in walker:
         for f in sorted(files):
@@ -211,10 +220,10 @@ def _list_images(folder: str, recursive: bool) -> tuple[list[str], int]:
                 continue
             full = os.path.join(root, f)
             if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS:
-                paths.append(os.path.abspath(full))
+                (paths if _utf8(full) else unnamed).append(os.path.abspath(full))
             elif os.path.isfile(full):
                 other += 1
-    return sorted(paths), other
+    return sorted(paths), other, unnamed
 
 
 def _ingest(name: str, paths: list[str]) -> tuple[Any, int]:
@@ -364,7 +373,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"folder not found: {folder}")
     if not os.path.isdir(folder):
         raise UsageError(f"not a folder: {folder}")
-    images, other = _list_images(folder, args.recursive)
+    images, other, unnamed = _list_images(folder, args.recursive)
+    if unnamed:
+        shown = ", ".join(repr(p.encode("utf-8", "surrogateescape"))[1:] for p in unnamed[:3])
+        print(f"skipped {len(unnamed)} images whose file names are not valid UTF-8 (rename them): {shown}"
+              f"{' ...' if len(unnamed) > 3 else ''}")
     if not images:
         raise UsageError(f"no images in {folder} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}"
                          f"{'; ' + str(other) + ' other files ignored' if other else ''}"

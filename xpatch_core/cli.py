@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -257,7 +258,9 @@ def _print_failures(failures: list[dict[str, str]], limit: int = 20) -> None:
 
 
 def _sheet_path(args: argparse.Namespace) -> str:
-    return args.contact_sheet or f"xpatch-{args.dataset}.png"
+    # the default is a plain file name in the current folder, whatever the dataset's name holds
+    safe = re.sub(r"[^\w.-]+", "_", args.dataset).strip("._")[:100] or "dataset"
+    return args.contact_sheet or f"xpatch-{safe}.png"
 
 
 def _check_before_work(args: argparse.Namespace) -> None:

@@ -269,24 +269,31 @@ def _check_before_work(args: argparse.Namespace) -> None:
     points to."""
     import fiftyone as fo
 
-    from xpatch_core.paths import check_disjoint, check_not_holding
-    from xpatch_core.runs import validate_field_name
+    from xpatch_core.paths import check_apart, check_disjoint, check_not_holding, real
+    from xpatch_core.runs import check_patch_parameters, validate_field_name
     from xpatch_core.runs.collections import stored_folders
 
     if args.heatmap_field == args.patches_field:
         raise UsageError("--heatmap-field and --patches-field must differ")
+    check_patch_parameters(args.num_patches, args.size, **_patch_kwargs(args))
     outputs = {
         "--map-dir": os.path.join(args.map_dir, args.heatmap_field) if args.map_dir else None,
         "--export": args.export[1] if args.export else None,
         "--contact-sheet": _sheet_path(args),
     }
+    if os.path.isdir(outputs["--contact-sheet"]):
+        raise UsageError(f"--contact-sheet {real(outputs['--contact-sheet'])} is a folder: give a .png file path")
     check_disjoint(outputs, {"IMAGES_DIR": getattr(args, "images_dir", None)})
     if fo.dataset_exists(args.dataset):
         existing = fo.load_dataset(args.dataset)
         validate_field_name(existing, args.heatmap_field, "saliency")
         validate_field_name(existing, args.patches_field, "patches")
+        stored = stored_folders(existing)
         if args.export:
-            check_not_holding(args.export[1], "--export", stored_folders(existing))
+            check_not_holding(args.export[1], "--export", stored)
+        check_apart(outputs["--contact-sheet"], "--contact-sheet", stored)
+        if outputs["--map-dir"]:  # the field's own folder is where its earlier maps are
+            check_apart(outputs["--map-dir"], "--map-dir", [p for p in stored if p != real(outputs["--map-dir"])])
 
 
 def _saliency_step(ds: Any, args: argparse.Namespace, class_names: list[str] | None) -> Any:
@@ -303,20 +310,22 @@ def _saliency_step(ds: Any, args: argparse.Namespace, class_names: list[str] | N
     return sal
 
 
-def _patch_step(ds: Any, args: argparse.Namespace) -> Any:
-    from xpatch_core.errors import XpatchError
-    from xpatch_core.runs import run_patches
-
-    patch_kwargs = dict(
+def _patch_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(
         scales=args.scales, aspect_ratios=args.aspect_ratios,
         max_iou=None if args.no_nms or args.min_distance is not None else args.max_iou,
         min_distance=args.min_distance, temperature=args.temperature, epsilon=args.epsilon,
         score=args.score, mode=args.mode, border=args.border, seed=args.seed, label=args.label,
-        overwrite=args.overwrite,
     )
+
+
+def _patch_step(ds: Any, args: argparse.Namespace) -> Any:
+    from xpatch_core.errors import XpatchError
+    from xpatch_core.runs import run_patches
+
     try:
         pat = run_patches(ds, args.heatmap_field, args.patches_field, args.num_patches, args.size,
-                          progress=True, **patch_kwargs)
+                          progress=True, overwrite=args.overwrite, **_patch_kwargs(args))
     except XpatchError as e:
         raise UsageError(str(e)) from e
     _print_summary("patches", pat)

@@ -309,6 +309,27 @@ class PatchesRun(RunKind):
 _COMMON = ("overwrite", "run_key", "sample_ids", "id_range")
 
 
+def check_patch_parameters(n: int = PATCHES["n"], size: int | float = PATCHES["size"], *,
+                           seed: int = PATCHES["seed"], label: str = PATCHES["label"], **sampling: Any) -> None:
+    """Checks the sampling parameters that do not depend on the images, with
+    no dataset: a command that computes heatmaps first calls it before any
+    work. (Sizes against the images are checked by the run itself.)
+
+    Args:
+        n: patches per image
+        size: pixels (int) or a fraction of the short side (float)
+        seed: the seed
+        label: ``"predicted"`` or a fixed text
+        **sampling: the sampling parameters of :func:`run_patches`
+
+    Raises:
+        ParameterError: for a parameter wrong for every image
+    """
+    run = PatchesRun(PATCHES["heatmap_field"], PATCHES["field"], n, size, seed=seed, label=label, **sampling)
+    run._check_scalars()
+    run._probe()
+
+
 def iter_run_patches(sample_collection: Any, heatmap_field: str = PATCHES["heatmap_field"],
                      field: str = PATCHES["field"], n: int = PATCHES["n"], size: int | float = PATCHES["size"], *,
                      shard: Any = None, **kwargs: Any) -> Generator[Progress, None, RunSummary]:
@@ -359,5 +380,5 @@ def run_patches(sample_collection: Any, heatmap_field: str = PATCHES["heatmap_fi
     return drive(iter_run_patches(sample_collection, heatmap_field, field, n, size, **kwargs), progress)
 
 
-__all__ = ["PatchesConfig", "PatchesRun", "detection_son", "iter_run_patches", "run_patches"]
+__all__ = ["PatchesConfig", "PatchesRun", "check_patch_parameters", "detection_son", "iter_run_patches", "run_patches"]
 

@@ -367,6 +367,10 @@ def _run_job(args: argparse.Namespace, images: list[str] | None = None, class_na
         print("error: no image could be processed", file=sys.stderr)
         return 1
     pat = _patch_step(ds, args)
+    if pat.processed == 0 and pat.skipped == 0 and pat.failed:
+        _print_failures(sal.failures + pat.failures)
+        print("error: no image could be given patches", file=sys.stderr)
+        return 1
     elapsed = time.perf_counter() - t0
     failures = sal.failures + pat.failures
     n_patches = ds.count(f"{args.patches_field}.detections")

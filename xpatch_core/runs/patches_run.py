@@ -149,7 +149,7 @@ class PatchesRun(RunKind):
             raise ParameterError("label must be 'predicted' or a non-empty text")
         for name in ("temperature", "epsilon"):
             v = self.sampling[name]
-            if not isinstance(v, (int, float)) or not math.isfinite(v):
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v):
                 raise ParameterError(f"{name} must be a finite number, got {v!r}")
         seed = self.seed
         if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:

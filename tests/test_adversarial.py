@@ -553,13 +553,15 @@ class _Interrupt:
 
 @pytest.mark.parametrize("step", ["setup", "lock", "start", "middle", "callback", "last"])
 def test_an_interrupt_at_each_step_then_the_same_run_again(tmp_path, tiny, make_ds, monkeypatch, step):
-    """After 'lock' the field stayed locked by this process for good; after 'last' the
-    record said 'interrupted' forever (the rerun had nothing to do and left it)."""
+    """After 'lock' the field stayed locked by this process for good; after 'middle' and
+    'callback' (raised outside the run's generator) the lock lived as long as the
+    traceback (a notebook keeps the last one: the rerun was refused by its own
+    process); after 'last' the record said 'interrupted' forever."""
     monkeypatch.setenv("XPATCH_WRITE_CHUNK", "2")
     ds = make_ds(_photos(tmp_path, [(64, 48)] * 6))
     with monkeypatch.context() as m:
         stop = _Interrupt(m, step)
-        with pytest.raises((KeyboardInterrupt, RuntimeError)):
+        with pytest.raises((KeyboardInterrupt, RuntimeError)) as raised:  # kept alive, as a notebook does
             runs.run_saliency(ds, "sal", tiny, "activation", batch_size=2, progress=stop.progress)
     assert _no_locks(ds)
     done = ds.count("sal") if "sal" in ds.get_field_schema() else 0
@@ -571,6 +573,7 @@ def test_an_interrupt_at_each_step_then_the_same_run_again(tmp_path, tiny, make_
     assert info["results"]["status"] == "completed" and ds.count("sal") == 6 and _no_locks(ds)
     if step == "last":
         assert done == 6 and again.status == "nothing to do"
+    assert raised.traceback  # the interrupted call's frames were alive throughout
 
 
 def test_delete_run_while_a_run_holds_the_lock(tmp_path, tiny, make_ds, monkeypatch):

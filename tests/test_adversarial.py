@@ -287,6 +287,10 @@ def test_an_unknown_class_in_the_target_field_fails_only_its_sample(tmp_path, ti
     assert s.failures[0]["filepath"] == ds[ids[1]].filepath
     assert ds.values("sal.target") == ["a", None, "c", ds[ids[3]].sal.predicted]
     assert ds.match_tags("xpatch:sal:failed").values("id") == [ids[1]]
+    # a target field wrong for every image of the run is a wrong parameter: refused before any work
+    with pytest.raises(ParameterError, match="unknown class name 'zebra'"):
+        runs.run_saliency(ds.select(ids[1]), "sal2", model, "gradcam", target_field="gt")
+    assert "sal2" not in ds.get_field_schema() and "sal2" not in ds.list_runs()
 
 
 # -- run keys and fields -------------------------------------------------------------------------

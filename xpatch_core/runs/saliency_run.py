@@ -159,7 +159,8 @@ class SaliencyRun(RunKind):
     def _field_targets(self, view: Any, todo: list[str]) -> list[int]:
         """Each sample's class index from the target field (-1: predicted);
         a label the model does not know fails that sample (a label is one
-        sample's matter), noted in :attr:`target_errors`."""
+        sample's matter), noted in :attr:`target_errors`, unless no sample's
+        label is known: then the target field is wrong for the run."""
         if not todo:
             return []
         ids, labels = view._dataset.select(todo).values(["id", f"{self.target_field}.label"])
@@ -175,6 +176,8 @@ class SaliencyRun(RunKind):
             if isinstance(t, str):
                 self.target_errors[i], t = t, -1
             by_id[i] = t
+        if len(self.target_errors) == len(ids):  # wrong for every image: the parameter is wrong
+            raise ParameterError(next(iter(self.target_errors.values())))
         return [by_id.get(i, -1) for i in todo]
 
     def outcomes(self, dataset: Any, ids: list[str], summary: RunSummary) -> Iterator[Outcome]:

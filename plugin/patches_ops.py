@@ -65,7 +65,7 @@ def patch_params(params: dict) -> dict[str, Any]:
     return {
         "heatmap_field": text(params, "heatmap_field", PATCHES["heatmap_field"]),
         "field": text(params, "field", PATCHES["field"]),
-        "n": number(params, "n", PATCHES["n"], kind=int, lo=1, hi=100_000),
+        "n": number(params, "n", PATCHES["n"], kind=int, lo=1, hi=PATCHES["max_n"]),
         "size": size,
         "scales": number_list(params, "scales", PATCHES["scales"]),
         "aspect_ratios": number_list(params, "aspect_ratios", PATCHES["aspect_ratios"]),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -230,8 +231,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _list_images(folder: str, recursive: bool) -> tuple[list[str], int]:
-    paths, other = [], 0
+def _utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:  # a name that is not UTF-8 (surrogate-escaped): the database stores text
+        return False
+    return True
+
+
+def _list_images(folder: str, recursive: bool) -> tuple[list[str], int, list[str]]:
+    """Returns ``(image paths, other files, image paths that are not valid UTF-8)``."""
+    paths, other, unnamed = [], 0, []
     walker = os.walk(folder) if recursive else [(folder, [], os.listdir(folder))]
     for root, _dirs, files in walker:
         for f in sorted(files):
@@ -239,10 +249,10 @@ def _list_images(folder: str, recursive: bool) -> tuple[list[str], int]:
                 continue
             full = os.path.join(root, f)
             if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS:
-                paths.append(os.path.abspath(full))
+                (paths if _utf8(full) else unnamed).append(os.path.abspath(full))
             elif os.path.isfile(full):
                 other += 1
-    return sorted(paths), other
+    return sorted(paths), other, unnamed
 
 
 def _ingest(name: str, paths: list[str]) -> tuple[Any, int]:
@@ -276,7 +286,9 @@ def _print_failures(failures: list[dict[str, str]], limit: int = 20) -> None:
 
 
 def _sheet_path(args: argparse.Namespace) -> str:
-    return args.contact_sheet or f"xpatch-{args.dataset}.png"
+    # the default is a plain file name in the current folder, whatever the dataset's name holds
+    safe = re.sub(r"[^\w.-]+", "_", args.dataset).strip("._")[:100] or "dataset"
+    return args.contact_sheet or f"xpatch-{safe}.png"
 
 
 def _check_before_work(args: argparse.Namespace) -> None:
@@ -285,24 +297,31 @@ def _check_before_work(args: argparse.Namespace) -> None:
     points to."""
     import fiftyone as fo
 
-    from xpatch_core.paths import check_disjoint, check_not_holding
-    from xpatch_core.runs import validate_field_name
+    from xpatch_core.paths import check_apart, check_disjoint, check_not_holding, real
+    from xpatch_core.runs import check_patch_parameters, validate_field_name
     from xpatch_core.runs.collections import stored_folders
 
     if args.heatmap_field == args.patches_field:
         raise UsageError("--heatmap-field and --patches-field must differ")
+    check_patch_parameters(args.num_patches, args.size, **_patch_kwargs(args))
     outputs = {
         "--map-dir": os.path.join(args.map_dir, args.heatmap_field) if args.map_dir else None,
         "--export": args.export[1] if args.export else None,
         "--contact-sheet": _sheet_path(args),
     }
+    if os.path.isdir(outputs["--contact-sheet"]):
+        raise UsageError(f"--contact-sheet {real(outputs['--contact-sheet'])} is a folder: give a .png file path")
     check_disjoint(outputs, {"IMAGES_DIR": getattr(args, "images_dir", None)})
     if fo.dataset_exists(args.dataset):
         existing = fo.load_dataset(args.dataset)
         validate_field_name(existing, args.heatmap_field, "saliency")
         validate_field_name(existing, args.patches_field, "patches")
+        stored = stored_folders(existing)
         if args.export:
-            check_not_holding(args.export[1], "--export", stored_folders(existing))
+            check_not_holding(args.export[1], "--export", stored)
+        check_apart(outputs["--contact-sheet"], "--contact-sheet", stored)
+        if outputs["--map-dir"]:  # the field's own folder is where its earlier maps are
+            check_apart(outputs["--map-dir"], "--map-dir", [p for p in stored if p != real(outputs["--map-dir"])])
 
 
 def _saliency_step(ds: Any, args: argparse.Namespace, class_names: list[str] | None) -> Any:
@@ -320,20 +339,22 @@ def _saliency_step(ds: Any, args: argparse.Namespace, class_names: list[str] | N
     return sal
 
 
-def _patch_step(ds: Any, args: argparse.Namespace) -> Any:
-    from xpatch_core.errors import XpatchError
-    from xpatch_core.runs import run_patches
-
-    patch_kwargs = dict(
+def _patch_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(
         scales=args.scales, aspect_ratios=args.aspect_ratios,
         max_iou=None if args.no_nms or args.min_distance is not None else args.max_iou,
         min_distance=args.min_distance, temperature=args.temperature, epsilon=args.epsilon,
         score=args.score, mode=args.mode, border=args.border, seed=args.seed, label=args.label,
-        overwrite=args.overwrite,
     )
+
+
+def _patch_step(ds: Any, args: argparse.Namespace) -> Any:
+    from xpatch_core.errors import XpatchError
+    from xpatch_core.runs import run_patches
+
     try:
         pat = run_patches(ds, args.heatmap_field, args.patches_field, args.num_patches, args.size,
-                          progress=True, **patch_kwargs)
+                          progress=True, overwrite=args.overwrite, **_patch_kwargs(args))
     except XpatchError as e:
         raise UsageError(str(e)) from e
     _print_summary("patches", pat)
@@ -375,6 +396,10 @@ def _run_job(args: argparse.Namespace, images: list[str] | None = None, class_na
         print("error: no image could be processed", file=sys.stderr)
         return 1
     pat = _patch_step(ds, args)
+    if pat.processed == 0 and pat.skipped == 0 and pat.failed:
+        _print_failures(sal.failures + pat.failures)
+        print("error: no image could be given patches", file=sys.stderr)
+        return 1
     elapsed = time.perf_counter() - t0
     failures = sal.failures + pat.failures
     n_patches = ds.count(f"{args.patches_field}.detections")
@@ -393,7 +418,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"folder not found: {folder}")
     if not os.path.isdir(folder):
         raise UsageError(f"not a folder: {folder}")
-    images, other = _list_images(folder, args.recursive)
+    images, other, unnamed = _list_images(folder, args.recursive)
+    if unnamed:
+        shown = ", ".join(repr(p.encode("utf-8", "surrogateescape"))[1:] for p in unnamed[:3])
+        print(f"skipped {len(unnamed)} images whose file names are not valid UTF-8 (rename them): {shown}"
+              f"{' ...' if len(unnamed) > 3 else ''}")
     if not images:
         raise UsageError(f"no images in {folder} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}"
                          f"{'; ' + str(other) + ' other files ignored' if other else ''}"

@@ -61,6 +61,8 @@ PATCHES: dict[str, Any] = {
     "seed": 0,
     "label": "predicted",
     "border": "drop",
+    # the most patches per image (a bound, not a default: larger n took minutes per image, or memory)
+    "max_n": 100_000,
 }
 
 #: Patch datasets (:func:`xpatch_core.patch_dataset.make_patch_dataset`,

@@ -251,7 +251,8 @@ def _read_map_file(path: str) -> np.ndarray:
             return np.asarray(img)
     except HeatmapError:
         raise
-    except (OSError, ValueError, SyntaxError) as e:
+    except Exception as e:  # noqa: BLE001 - a file replaced behind our back (a decompression bomb,
+        # a truncated or foreign file) is unreadable, whatever Pillow raises
         raise HeatmapError(f"cannot read heatmap file {os.path.basename(path)}: {e}") from e
 
 

@@ -9,6 +9,7 @@ import collections
 import itertools
 import os
 import re
+import stat
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -66,9 +67,12 @@ def _open(src: Any, max_pixels: int) -> Image.Image:
     else:
         path = os.fspath(src)
         if not os.path.exists(path):
-            raise ImageDecodeError(name, "file not found")
+            raise ImageDecodeError(name, "broken symbolic link (its target is missing, or it loops)"
+                                   if os.path.islink(path) else "file not found")
         if os.path.isdir(path):
             raise ImageDecodeError(name, "is a directory, not an image file")
+        if not stat.S_ISREG(os.stat(path).st_mode):  # opening a named pipe would wait for a writer
+            raise ImageDecodeError(name, "not a regular file (a named pipe, socket or device)")
         if os.path.getsize(path) == 0:
             raise ImageDecodeError(name, "empty file (0 bytes)")
         try:

@@ -38,7 +38,7 @@ from xpatch_core.runs.collections import (
 from xpatch_core.runs.lifecycle import LocalRecorder, Outcome, RunKind, execute
 from xpatch_core.runs.locks import acquire_lock, release_lock
 from xpatch_core.runs.manage import delete_run, failures_of, get_run_info, load_run_view, patches_view
-from xpatch_core.runs.patches_run import detection_son, iter_run_patches, run_patches
+from xpatch_core.runs.patches_run import check_patch_parameters, detection_son, iter_run_patches, run_patches
 from xpatch_core.runs.progress import Progress, RunSummary, drive
 from xpatch_core.runs.records import list_runs, update_run_results
 from xpatch_core.runs.saliency_run import iter_run_saliency, run_saliency
@@ -53,6 +53,7 @@ __all__ = [
     "RunSummary",
     "acquire_lock",
     "check_image_collection",
+    "check_patch_parameters",
     "delete_run",
     "detection_son",
     "drive",

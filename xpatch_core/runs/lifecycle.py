@@ -8,8 +8,10 @@ in order, the same for every kind:
     parameter that is wrong for every image fails here, before any work;
 2.  **todo**: the samples without a result, decided from the dataset (a
     view that hides the output field does not lose resume); with nothing to
-    do and the same request as the stored run, return at once (no model is
-    loaded, TensorFlow is not imported, the record is untouched);
+    do (an empty collection, or the same request as the stored run), return
+    at once: no model is loaded, TensorFlow is not imported, and the record
+    is untouched unless it was left ``interrupted`` or ``running`` by a
+    process stopped after its last write (it is then marked ``completed``);
 3.  **setup**: heavy preparation (loading a model) and the typed
     :class:`~xpatch_core.runs.records.RunConfig`;
 4.  **check** that an existing run of the field has the same parameters
@@ -39,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from xpatch_core import settings
+from xpatch_core.errors import XpatchError
 from xpatch_core.runs import collections as colls
 from xpatch_core.runs import records
 from xpatch_core.runs.locks import acquire_lock, heartbeat, release_lock
@@ -228,8 +231,11 @@ def execute(run: RunKind, sample_collection: Any, recorder: Any = None) -> Gener
     todo, skipped = run.todo(view)
     summary = RunSummary(run_key=run.run_key, field=run.field, type=run.kind, total=len(todo) + skipped,
                          skipped=skipped)
-    if not todo and recorder.may_skip and records.same_request(dataset, run.run_key, run.kind, run.request()):
+    if not todo and recorder.may_skip and (
+            not summary.total or records.same_request(dataset, run.run_key, run.kind, run.request())):
         summary.status = "nothing to do"
+        if summary.total:
+            _settle(run, view, summary, recorder)
         return summary
     t = time.perf_counter()
     config = run.setup(view, todo)
@@ -250,6 +256,23 @@ def execute(run: RunKind, sample_collection: Any, recorder: Any = None) -> Gener
         except Exception:  # noqa: BLE001 - the original error matters more
             pass
         raise
+    finally:
+        release_lock(lock)
+
+
+def _settle(run: RunKind, view: Any, summary: RunSummary, recorder: Any) -> None:
+    """Records as completed a run with nothing left to do whose record still
+    says ``interrupted`` or ``running`` (its process stopped after its last
+    write), unless another run of the field holds the lock."""
+    dataset = view._dataset
+    if records.load_results(dataset, run.run_key).get("status") in ("completed", "failed"):
+        return
+    try:
+        lock = acquire_lock(dataset, run.field, id_range=recorder.id_range)
+    except XpatchError:
+        return
+    try:
+        recorder.save(view, run.run_key, summary, "completed", {})
     finally:
         release_lock(lock)
 

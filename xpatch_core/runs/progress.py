@@ -144,6 +144,10 @@ def drive(gen: Generator[Progress, Any, Any], progress: Any) -> Any:
                 bar.set_postfix_str(f"{p.failed} failed, {p.message}" if p.failed else p.message)
                 bar.refresh()
     finally:
+        # an exception here (a callback's, or Ctrl-C in a bar update) stops the run now: closing
+        # the generator runs its cleanup (record 'interrupted', release the lock) at once, not
+        # whenever the traceback that holds it is dropped (a notebook keeps the last one)
+        gen.close()
         if bar is not None:
             bar.close()
 

@@ -10,7 +10,9 @@ Rules (besides the lifecycle's, :mod:`xpatch_core.runs.lifecycle`):
 -   A map is stored in the database as a ``fo.Heatmap`` with ``range`` set,
     or with ``map_dir`` as an 8-bit PNG written before the database update
     (see :mod:`xpatch_core.runs.heatmap_files`); a file that cannot be
-    written fails its sample.
+    written fails its sample. A run with work to do never writes into a
+    heatmap folder that another dataset's heatmaps point into (a clone has
+    the same sample ids, so the same file names).
 -   The requested precision is compared between runs of a field (``auto``
     resumes on any hardware); the precision actually used is recorded.
 """
@@ -100,6 +102,8 @@ class SaliencyRun(RunKind):
         self.allow_unsafe, self.precision, self.map_resolution = allow_unsafe, precision, map_resolution
         self.map_root: str | None = None
         self.sm: Any = None
+        #: samples whose ``target_field`` label the model does not know, with the reason
+        self.target_errors: dict[str, str] = {}
 
     def validate(self, view: Any) -> None:
         """Checks the field, method, batch size, targets and heatmap folder."""
@@ -137,6 +141,10 @@ class SaliencyRun(RunKind):
         from xpatch_core.models import load_model
         from xpatch_core.saliency import resolve_targets
 
+        others = colls.datasets_pointing_into(self.map_root, exclude=view._dataset) if self.map_root else []
+        if others:  # a clone shares sample ids: writing <id>.png would change the other dataset's maps
+            raise ParameterError(f"heatmap folder {self.map_root} holds heatmaps of other datasets "
+                                 f"({', '.join(others)}); give this run a map_dir of its own")
         self.sm = sm = load_model(self.model, weights=self.weights, layer=self.layer, fuse_layer=self.fuse_layer,
                                   class_names=self.class_names, allow_unsafe=self.allow_unsafe,
                                   precision=self.precision)
@@ -157,12 +165,27 @@ class SaliencyRun(RunKind):
         )
 
     def _field_targets(self, view: Any, todo: list[str]) -> list[int]:
-        """Each sample's class index from the target field (-1: predicted)."""
+        """Each sample's class index from the target field (-1: predicted);
+        a label the model does not know fails that sample (a label is one
+        sample's matter), noted in :attr:`target_errors`, unless no sample's
+        label is known: then the target field is wrong for the run."""
         if not todo:
             return []
         ids, labels = view._dataset.select(todo).values(["id", f"{self.target_field}.label"])
-        resolved = {lab: self.sm.class_index(lab) for lab in sorted({lab for lab in labels if lab is not None})}
-        by_id = {i: (resolved[lab] if lab is not None else -1) for i, lab in zip(ids, labels)}
+        resolved: dict[Any, int | str] = {}
+        for lab in {lab for lab in labels if lab is not None}:
+            try:
+                resolved[lab] = self.sm.class_index(lab)
+            except ParameterError as e:
+                resolved[lab] = f"target field {self.target_field!r}: {e}"
+        by_id = {}
+        for i, lab in zip(ids, labels):
+            t = resolved[lab] if lab is not None else -1
+            if isinstance(t, str):
+                self.target_errors[i], t = t, -1
+            by_id[i] = t
+        if len(self.target_errors) == len(ids):  # wrong for every image: the parameter is wrong
+            raise ParameterError(next(iter(self.target_errors.values())))
         return [by_id.get(i, -1) for i in todo]
 
     def outcomes(self, dataset: Any, ids: list[str], summary: RunSummary) -> Iterator[Outcome]:
@@ -171,8 +194,13 @@ class SaliencyRun(RunKind):
 
         if self.map_root:
             heatmap_files.remove_temporary(self.map_root, ids)
+        targets = self.targets
+        if self.target_errors:
+            yield from (Outcome(sid, reason=self.target_errors[sid]) for sid in ids if sid in self.target_errors)
+            keep = [k for k, sid in enumerate(ids) if sid not in self.target_errors]
+            ids, targets = [ids[k] for k in keep], [targets[k] for k in keep]
         paths: dict[int, str | None] = {}
-        items = iter_saliency(self._paths(dataset, ids, paths), self.sm, self.method_cls.name, self.targets,
+        items = iter_saliency(self._paths(dataset, ids, paths), self.sm, self.method_cls.name, targets,
                               self.batch_size, map_resolution=self.map_resolution)
         names = self.sm.class_names if self.sm.has_head else None
         while True:

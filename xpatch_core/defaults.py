@@ -25,7 +25,7 @@ SALIENCY: dict[str, Any] = {
     "method": "eigencam",
     "batch_size": 16,
     "fuse_layer": "auto",
-    "precision": "float32",
+    "precision": "auto",
 }
 
 #: Patch runs (:func:`xpatch_core.runs.run_patches`, ``xpatch run``, the
@@ -57,7 +57,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "score": ("center", "mean"),
     "border": ("error", "pad", "clip"),
     "on_degenerate": ("uniform", "error"),
-    "precision": ("float32", "bfloat16", "mixed_bfloat16"),
+    "precision": ("auto", "float32", "mixed_bfloat16"),
     "storage": ("database", "png"),
 }
 
@@ -69,6 +69,26 @@ MODEL_MENU: tuple[tuple[str, str], ...] = (
     ("efficientnetb0", "EfficientNetB0 (ImageNet)"),
     ("mobilenetv2", "MobileNetV2 (ImageNet)"),
 )
+
+#: Models kept loaded per process (least recently used evicted first):
+#: at most ``count`` models and about ``megabytes`` of parameters.
+#: Overridden by ``XPATCH_MODEL_CACHE`` and ``XPATCH_MODEL_CACHE_MB``.
+MODEL_CACHE: dict[str, int] = {
+    "count": 3,
+    "megabytes": 2048,
+}
+
+#: Bounds a model file must respect before it is deserialised
+#: (:mod:`xpatch_core.model_files`): archive members, their uncompressed
+#: size and compression ratio (checked above ``ratio_floor_bytes``), and the
+#: size of the model's JSON configuration.
+MODEL_FILE_LIMITS: dict[str, int] = {
+    "max_members": 10_000,
+    "max_member_bytes": 16 << 30,
+    "max_ratio": 100,
+    "ratio_floor_bytes": 1 << 20,
+    "max_config_bytes": 64 << 20,
+}
 
 #: Rows written to the database per bulk write.
 WRITE_CHUNK = 64
@@ -100,4 +120,14 @@ def gradient_methods() -> tuple[str, ...]:
     return tuple(name for name, _, grad in method_choices() if grad)
 
 
-__all__ = ["CHOICES", "MODEL_MENU", "PATCHES", "SALIENCY", "WRITE_CHUNK", "gradient_methods", "method_choices"]
+__all__ = [
+    "CHOICES",
+    "MODEL_CACHE",
+    "MODEL_FILE_LIMITS",
+    "MODEL_MENU",
+    "PATCHES",
+    "SALIENCY",
+    "WRITE_CHUNK",
+    "gradient_methods",
+    "method_choices",
+]

@@ -190,7 +190,7 @@ def _check_member(path: str, name: str, size: int, stored: int) -> None:
 
 
 def _mib(n: int) -> str:
-    return f"{n / (1 << 20):,.1f} MiB"
+    return f"{n / 1024:,.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):,.1f} MiB"
 
 
 def check_keras_archive(path: str) -> dict[str, Any]:

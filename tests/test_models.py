@@ -532,3 +532,28 @@ def test_in_memory_model_is_not_modified_by_bf16():
     assert policies == {"conv_a": "mixed_bfloat16", "conv_b": "float32"}, "the target layer stays float32"
     np.testing.assert_allclose(sm.keras_model.get_layer("conv_a").kernel.numpy(),
                                model.get_layer("conv_a").kernel.numpy())
+
+
+def test_joint_model_head_runs_in_float32():
+    """A head that also reads a tensor from before the target layer cannot be
+    split off: the joint model computes it, still in float32."""
+    import keras
+
+    keras.utils.set_random_seed(7)
+    inp = keras.Input((32, 32, 3))
+    a = keras.layers.Conv2D(8, 3, activation="relu", name="conv_a")(inp)
+    b = keras.layers.Conv2D(8, 3, activation="relu", name="conv_b")(a)
+    skip = keras.layers.GlobalAveragePooling2D(name="pool_a")(a)
+    x = keras.layers.Concatenate(name="cat")([keras.layers.GlobalAveragePooling2D(name="pool_b")(b), skip])
+    model = keras.Model(inp, keras.layers.Dense(3, name="pred")(x))
+    f32 = xp.load_model(model, precision="float32", cache=False)
+    bf16 = xp.load_model(model, precision="mixed_bfloat16", cache=False)
+    assert bf16.head is None and bf16.joint is not None and bf16.target_layer == "conv_b"
+    policies = {op.name: op.dtype_policy.name for op in bf16.joint.operations if op.weights}
+    assert policies == {"conv_a": "mixed_bfloat16", "conv_b": "float32", "pred": "float32"}
+    images = [np.random.default_rng(i).uniform(0, 255, (32, 32, 3)).astype(np.float32) for i in range(3)]
+    a_items = xp.compute_saliency(images, model=f32, method="gradcam", return_items=True)
+    b_items = xp.compute_saliency(images, model=bf16, method="gradcam", return_items=True)
+    for x, y in zip(a_items, b_items):
+        assert y.map.dtype == np.float32 and x.predicted == y.predicted
+        assert _pearson(x.map, y.map) >= 0.99

@@ -170,7 +170,6 @@ def _preprocess_fn(mode: str) -> Callable[[np.ndarray], np.ndarray]:
     )
 
 
-
 @dataclass
 class SaliencyModel:
     """A classifier split at its target layer.

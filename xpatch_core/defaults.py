@@ -25,7 +25,7 @@ SALIENCY: dict[str, Any] = {
     "method": "eigencam",
     "batch_size": 16,
     "fuse_layer": "auto",
-    "precision": "float32",
+    "precision": "auto",
     "map_resolution": "standard",
 }
 
@@ -84,7 +84,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "score": ("center", "mean"),
     "border": ("error", "pad", "clip", "drop"),
     "on_degenerate": ("uniform", "error"),
-    "precision": ("float32", "bfloat16", "mixed_bfloat16"),
+    "precision": ("auto", "float32", "mixed_bfloat16"),
     "storage": ("database", "png"),
     "map_resolution": ("standard", "high"),
     "patch_image_format": ("auto", "jpg", "png"),
@@ -100,4 +100,26 @@ MODEL_MENU: tuple[tuple[str, str], ...] = (
     ("mobilenetv2", "MobileNetV2 (ImageNet)"),
 )
 
-__all__ = ["CHOICES", "HEATMAP", "MODEL_MENU", "PATCHES", "PATCH_DATASET", "SALIENCY"]
+#: Models kept loaded per process (least recently used evicted first):
+#: at most ``count`` models and about ``megabytes`` of parameters.
+#: Overridden by ``XPATCH_MODEL_CACHE`` and ``XPATCH_MODEL_CACHE_MB``.
+MODEL_CACHE: dict[str, int] = {
+    "count": 3,
+    "megabytes": 2048,
+}
+
+#: Bounds a model file must respect before it is deserialised
+#: (:mod:`xpatch_core.model_files`): archive members, their uncompressed
+#: size and compression ratio (checked above ``ratio_floor_bytes``), and the
+#: size of the model's JSON configuration.
+MODEL_FILE_LIMITS: dict[str, int] = {
+    "max_members": 10_000,
+    "max_member_bytes": 16 << 30,
+    "max_ratio": 100,
+    "ratio_floor_bytes": 1 << 20,
+    "max_config_bytes": 64 << 20,
+}
+
+
+__all__ = ["CHOICES", "HEATMAP", "MODEL_CACHE", "MODEL_FILE_LIMITS", "MODEL_MENU", "PATCHES", "PATCH_DATASET",
+           "SALIENCY"]

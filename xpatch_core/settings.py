@@ -15,12 +15,20 @@ used (not at import), so a worker can change them between runs:
 | ``XPATCH_TF_INTRA_THREADS`` / ``XPATCH_TF_INTER_THREADS`` | TensorFlow's thread pools | TensorFlow's |
 | ``XPATCH_GPU_MEMORY_GROWTH`` | ``1`` lets GPU memory grow as needed | 1 |
 | ``XPATCH_TF_VERBOSE`` | ``1`` shows TensorFlow's start-up logs | 0 |
+| ``XPATCH_MODEL_CACHE`` | models kept loaded per process (0: none) | 3 |
+| ``XPATCH_MODEL_CACHE_MB`` | parameter memory of the kept models, in MiB | 2048 |
+
+Read here too, because they decide what hardware xpatch uses:
+``CUDA_VISIBLE_DEVICES`` (``""`` or ``-1`` hides the GPUs) and
+``TF_ENABLE_ONEDNN_OPTS`` (``0`` turns TensorFlow's oneDNN CPU kernels, and
+so native bfloat16 on the CPU, off).
 """
 
 from __future__ import annotations
 
 import os
 
+from xpatch_core.defaults import MODEL_CACHE
 from xpatch_core.errors import ParameterError
 
 
@@ -109,13 +117,44 @@ def tf_verbose() -> bool:
     return os.environ.get("XPATCH_TF_VERBOSE") == "1"
 
 
+def model_cache_count() -> int:
+    """``XPATCH_MODEL_CACHE``: models kept loaded per process (default 3)."""
+    return _int("XPATCH_MODEL_CACHE", MODEL_CACHE["count"], lo=0)
+
+
+def model_cache_bytes() -> int:
+    """``XPATCH_MODEL_CACHE_MB``: parameter bytes of the kept models (2 GiB)."""
+    return _int("XPATCH_MODEL_CACHE_MB", MODEL_CACHE["megabytes"], lo=0) << 20
+
+
+def gpus_hidden() -> bool:
+    """Whether ``CUDA_VISIBLE_DEVICES`` hides every GPU (``""`` or ``-1``)."""
+    value = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return value is not None and value.strip() in ("", "-1")
+
+
+def onednn_disabled() -> bool:
+    """Whether ``TF_ENABLE_ONEDNN_OPTS=0`` turns TensorFlow's oneDNN CPU kernels off."""
+    return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "").strip() == "0"
+
+
+def set_tf_log_level() -> None:
+    """Sets ``TF_CPP_MIN_LOG_LEVEL`` to 2 (TensorFlow's info logs off) unless set."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
 __all__ = [
     "batch_size_override",
     "cache_dir",
     "decode_workers",
     "gpu_memory_growth",
+    "gpus_hidden",
     "lock_ttl",
     "max_pixels",
+    "model_cache_bytes",
+    "model_cache_count",
+    "onednn_disabled",
+    "set_tf_log_level",
     "tf_threads",
     "tf_verbose",
     "usable_cores",

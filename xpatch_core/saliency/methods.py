@@ -1,42 +1,27 @@
-"""Saliency methods over a batch API, at the cost of one forward pass.
+"""Saliency methods: one base owns the model call and normalisation; each
+method is a small subclass that turns activations (and gradients) into a map.
 
-One base class, :class:`SaliencyMethod`, owns the batch loop, the model call,
-the target classes and the normalisation; each method is a small subclass
-that only says how it turns activations (and gradients) into a map:
+Rules:
 
-| name | class | needs a classifier head |
-| --- | --- | --- |
-| ``activation`` | :class:`ActivationMap` | no |
-| ``eigencam`` | :class:`EigenCAM` | no |
-| ``gradcam`` | :class:`GradCAM` | yes |
-| ``gradcam++`` | :class:`GradCAMPlusPlus` | yes |
-
-Maps are float32 in ``[0, 1]`` at the target layer's resolution; use
-:func:`upsample` for any other size, and
-:func:`xpatch_core.heatmaps.display_map` for the map a run stores. A
-constant or non-finite map comes back as all ones (uniform) with
-``degenerate=True``.
-
-With a fuse layer (Xception's default), ``activation`` and ``eigencam`` maps
-are the geometric mean of the target layer's and the finer layer's
-normalised maps (:func:`fuse_maps_tf`), computed on the device so that only
-the small maps come back to the host. ``map_resolution="high"`` adds an
-aspect-kept pass at 1.5x the input size (:mod:`xpatch_core.highres`).
+-   Maps are float32 in ``[0, 1]`` at the target layer's resolution; a
+    constant or non-finite map comes back as all ones with
+    ``degenerate=True``.
+-   Gradient methods differentiate logits (never the softmax), with the
+    backbone outside the gradient tape, in float32.
+-   A fused map (Xception's default) is the geometric mean of the target
+    layer's and the finer layer's normalised maps, computed on the device.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-from PIL import Image
 
-from xpatch_core.defaults import CHOICES, SALIENCY
-from xpatch_core.errors import ImageDecodeError, ModelError, ParameterError
-from xpatch_core.images import iter_decoded_batches
+from xpatch_core.defaults import SALIENCY
+from xpatch_core.errors import ModelError, ParameterError
 
 _EPS = 1e-12
 
@@ -428,6 +413,8 @@ def normalize_maps_tf(maps: Any) -> tuple[Any, Any]:
 
 
 _POWER: dict[str, Any] = {}
+
+
 _BLOCK = 6
 
 
@@ -561,238 +548,4 @@ def resolve_targets(model: Any, target: Any, count: int | None) -> Any:
     raise ParameterError(f"invalid target {target!r}")
 
 
-def iter_saliency(
-    images: Iterable[Any],
-    model: Any = SALIENCY["model"],
-    method: str = SALIENCY["method"],
-    target: Any = None,
-    batch_size: int = SALIENCY["batch_size"],
-    *,
-    weights: str | None = None,
-    layer: str | None = None,
-    fuse_layer: str | None = SALIENCY["fuse_layer"],
-    num_workers: int | None = None,
-    max_pixels: int | None = None,
-    precision: str = SALIENCY["precision"],
-    map_resolution: str = SALIENCY["map_resolution"],
-) -> Iterator[SaliencyItem]:
-    """Computes saliency maps, streaming one :class:`SaliencyItem` per image.
-
-    Images are decoded by a thread pool ahead of the batch that runs on the
-    model (:func:`xpatch_core.images.iter_decoded_batches`). A bad image
-    yields an item with ``error`` set and does not stop the others.
-
-    Args:
-        images: an iterable of paths, PIL images or arrays
-        model: a model name, a path, a Keras model or a loaded
-            :class:`SaliencyModel`
-        method: one of :data:`METHODS`
-        target: None/``"predicted"``, a class index or name, or one per image
-        batch_size: images per model call
-        weights: weights for a named model (see :func:`load_model`)
-        layer: target layer override
-        fuse_layer: a finer layer fused with the target layer (see
-            :func:`xpatch_core.load_model`)
-        num_workers: decoding threads (default ``XPATCH_DECODE_WORKERS``)
-        max_pixels: refuse images with more pixels than this
-        precision: ``"float32"``, ``"bfloat16"`` or ``"mixed_bfloat16"``
-        map_resolution: ``"standard"`` (the image squashed to the network's
-            input size) or ``"high"`` (fused with a map of the image at 1.5x
-            that size with its aspect ratio kept, about 4x the compute; see
-            :mod:`xpatch_core.highres`)
-
-    Returns:
-        an iterator of :class:`SaliencyItem`, in input order
-
-    Raises:
-        ParameterError: for a bad parameter, before any image is read
-        ModelError: if the model cannot do what is asked (e.g. a gradient
-            method at high resolution with a head that needs a fixed size)
-    """
-    from xpatch_core.models import load_model
-
-    method_cls = get_method(method)
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ParameterError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if map_resolution not in CHOICES["map_resolution"]:
-        raise ParameterError(f"map_resolution must be one of {', '.join(CHOICES['map_resolution'])}, "
-                             f"got {map_resolution!r}")
-    count = len(images) if hasattr(images, "__len__") else None
-    sm = load_model(model, weights=weights, layer=layer, fuse_layer=fuse_layer, precision=precision)
-    runner = method_cls(sm)
-    targets = resolve_targets(sm, target, count)
-    if map_resolution == "high":
-        from xpatch_core.highres import iter_high_resolution
-
-        yield from iter_high_resolution(images, runner, targets, batch_size, workers=num_workers,
-                                        max_pixels=max_pixels)
-        return
-    h, w = sm.input_size
-    for batch in iter_decoded_batches(images, (w, h), batch_size, workers=num_workers, max_pixels=max_pixels):
-        results: dict[int, SaliencyItem] = {}
-        good = []
-        for i, src, d in batch:
-            if isinstance(d, Exception):
-                results[i] = failed_item(i, src, d)
-            else:
-                good.append((i, src, d))
-        if good:
-            found = run_arrays(runner, [d.array for _, _, d in good], batch_targets(targets, [i for i, _, _ in good]))
-            for (i, src, d), r in zip(good, found):
-                results[i] = SaliencyItem(index=i, image_size=d.size, source=source_name(src), **r)
-        for i, _, _ in batch:
-            yield results[i]
-
-
-def source_name(src: Any) -> str | None:
-    """The path of an input, or None for an in-memory image.
-
-    Args:
-        src: a path, a Pillow image or an array
-
-    Returns:
-        the path as a string, or None
-    """
-    return os.fspath(src) if isinstance(src, (str, os.PathLike)) else None
-
-
-def failed_item(index: int, src: Any, error: Exception) -> SaliencyItem:
-    """The item of an image that could not be decoded.
-
-    Args:
-        index: the image's position in the input
-        src: the input as given
-        error: the decoding error
-
-    Returns:
-        a :class:`SaliencyItem` with ``error`` set
-    """
-    return SaliencyItem(index, None, error=getattr(error, "reason", str(error)), source=source_name(src))
-
-
-def batch_targets(targets: Any, indices: Sequence[int]) -> np.ndarray:
-    """The target class of each image of a batch.
-
-    Args:
-        targets: what :func:`resolve_targets` returned
-        indices: the images' positions in the input
-
-    Returns:
-        an int32 array, -1 for the predicted class
-
-    Raises:
-        ParameterError: if a per-image target list is too short
-    """
-    if isinstance(targets, list):
-        if max(indices) >= len(targets):
-            raise ParameterError(f"{len(targets)} targets given for more images")
-        return np.array([targets[i] for i in indices], np.int32)
-    return np.full(len(indices), targets, np.int32)
-
-
-def run_arrays(runner: SaliencyMethod, arrays: Sequence[np.ndarray], targets: np.ndarray) -> list[dict[str, Any]]:
-    """Runs decoded images of one size through a method, as one batch.
-
-    Args:
-        runner: a :class:`SaliencyMethod`
-        arrays: float32 ``(H, W, 3)`` RGB arrays in ``[0, 255]`` at the
-            model's input size
-        targets: int32 class indices, -1 for the predicted class
-
-    Returns:
-        one dict per image with the :class:`SaliencyItem` fields ``map``,
-        ``degenerate``, ``target``, ``predicted`` and ``confidence``
-    """
-    sm = runner.model
-    x = np.asarray(sm.preprocess(np.stack(arrays)), dtype=np.float32)
-    maps, degenerate, info = runner.run_batch(x, targets)
-    probs = None
-    if info["logits"] is not None:
-        z = info["logits"] - info["logits"].max(axis=1, keepdims=True)
-        e = np.exp(z)
-        probs = e / e.sum(axis=1, keepdims=True)
-    out = []
-    for k in range(len(arrays)):
-        pred = None if info["predicted"] is None else int(info["predicted"][k])
-        out.append({
-            "map": maps[k],
-            "degenerate": bool(degenerate[k]),
-            "target": None if info["targets"] is None else int(info["targets"][k]),
-            "predicted": pred,
-            "confidence": None if probs is None else float(probs[k, pred]),
-        })
-    return out
-
-
-def compute_saliency(
-    images: Iterable[Any],
-    model: Any = SALIENCY["model"],
-    method: str = SALIENCY["method"],
-    target: Any = None,
-    batch_size: int = SALIENCY["batch_size"],
-    *,
-    on_error: str = "raise",
-    return_items: bool = False,
-    **kwargs: Any,
-) -> list[Any]:
-    """Computes one saliency map per image, in order.
-
-    Args:
-        images: paths, PIL images or arrays
-        model: a model name (default ``"xception"``), a saved model path, a
-            Keras model, or what :func:`xpatch_core.load_model` returned
-        method: ``"activation"``, ``"eigencam"``, ``"gradcam"`` or
-            ``"gradcam++"``
-        target: None/``"predicted"`` (top-1), a class index or name, or a
-            sequence with one per image
-        batch_size: images per model call
-        on_error: ``"raise"`` to raise the first decoding error, or
-            ``"none"`` to put None in place of images that failed
-        return_items: return :class:`SaliencyItem` objects (with predicted
-            class, degenerate flag and errors) instead of bare maps
-        **kwargs: passed to :func:`iter_saliency` (``weights``, ``layer``,
-            ``fuse_layer``, ``num_workers``, ``max_pixels``, ``precision``,
-            ``map_resolution``)
-
-    Returns:
-        a list of float32 ``(h, w)`` maps in ``[0, 1]`` (or of items)
-
-    Raises:
-        ImageDecodeError: if an image cannot be read and ``on_error="raise"``
-    """
-    if on_error not in ("raise", "none"):
-        raise ParameterError(f"on_error must be 'raise' or 'none', got {on_error!r}")
-    out = []
-    for item in iter_saliency(images, model, method, target, batch_size, **kwargs):
-        if item.error is not None and on_error == "raise":
-            raise ImageDecodeError(item.source or f"image #{item.index}", item.error)
-        out.append(item if return_items else item.map)
-    return out
-
-
-def upsample(saliency: np.ndarray, size: tuple[int, int], method: str = "bilinear") -> np.ndarray:
-    """Resizes a map to ``(height, width)``.
-
-    Args:
-        saliency: a 2-D map
-        size: ``(height, width)``
-        method: ``"bilinear"``, ``"bicubic"`` or ``"nearest"``
-
-    Returns:
-        a float32 ``(height, width)`` map, clipped to the input's range
-    """
-    m = np.asarray(saliency, dtype=np.float32)
-    if m.ndim != 2:
-        raise ParameterError(f"saliency must be 2-D, got shape {m.shape}")
-    height, width = int(size[0]), int(size[1])
-    if height < 1 or width < 1:
-        raise ParameterError(f"size must be positive, got {size}")
-    resample = {
-        "bilinear": Image.Resampling.BILINEAR,
-        "bicubic": Image.Resampling.BICUBIC,
-        "nearest": Image.Resampling.NEAREST,
-    }.get(method)
-    if resample is None:
-        raise ParameterError(f"unknown upsampling method {method!r}")
-    out = np.asarray(Image.fromarray(m, mode="F").resize((width, height), resample), dtype=np.float32)
-    return np.clip(out, float(np.nanmin(m)), float(np.nanmax(m)))
+__all__ = ["ActivationMap", "EigenCAM", "GradCAM", "GradCAMPlusPlus", "METHODS", "SaliencyItem", "SaliencyMethod", "eigencam_reference", "fuse_maps_tf", "get_method", "gradient_methods", "method_choices", "normalize_maps", "normalize_maps_tf", "resolve_targets"]

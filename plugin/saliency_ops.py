@@ -78,6 +78,9 @@ def saliency_params(params: dict) -> dict[str, Any]:
     map_dir = text(params, "map_dir") if storage == "png" else None
     if storage == "png" and not map_dir:
         raise ParameterError("give a folder for the heatmap PNGs")
+    precision = text(params, "precision", SALIENCY["precision"])
+    if precision not in CHOICES["precision"]:
+        raise ParameterError(f"unknown precision {precision!r}")
     map_resolution = text(params, "map_resolution", SALIENCY["map_resolution"])
     if map_resolution not in CHOICES["map_resolution"]:
         raise ParameterError(f"unknown map resolution {map_resolution!r}")
@@ -97,6 +100,7 @@ def saliency_params(params: dict) -> dict[str, Any]:
         "class_names": [c.strip() for c in class_names.split(",")] if class_names else None,
         "map_dir": map_dir,
         "map_resolution": map_resolution,
+        "precision": precision,
         "overwrite": overwrite,
     }
 
@@ -167,6 +171,11 @@ class ComputeSaliency(DelegableOperator):
                                      "(about 4x the time)")
         inputs.enum("map_resolution", res.values(), default=SALIENCY["map_resolution"], label="Map resolution",
                     view=res)
+        prec = types.Dropdown(label="Precision")
+        for value, label in (("auto", "Auto: bfloat16 where the hardware has it"), ("float32", "float32"),
+                             ("mixed_bfloat16", "bfloat16 (mixed)")):
+            prec.add_choice(value, label=label)
+        inputs.enum("precision", prec.values(), default=SALIENCY["precision"], view=prec)
         inputs.int("batch_size", default=SALIENCY["batch_size"], label="Batch size", min=1, max=1024)
         field_name_input(ctx, inputs, "field", SALIENCY["field"], "saliency", "Heatmap field")
         storage = types.RadioGroup()
@@ -190,7 +199,8 @@ class ComputeSaliency(DelegableOperator):
                  method: str = SALIENCY["method"], *, target: str | None = None, target_field: str | None = None,
                  weights: str | None = None, layer: str | None = None, batch_size: int = SALIENCY["batch_size"],
                  class_names: list[str] | None = None, map_dir: str | None = None,
-                 map_resolution: str = SALIENCY["map_resolution"], overwrite: bool = False,
+                 map_resolution: str = SALIENCY["map_resolution"], precision: str = SALIENCY["precision"],
+                 overwrite: bool = False,
                  delegate: bool = False, num_shards: int = 1) -> Any:
         """Computes saliency heatmaps, as the App does.
 
@@ -209,6 +219,7 @@ class ComputeSaliency(DelegableOperator):
             map_dir: write 8-bit PNG heatmaps under this folder
             map_resolution: ``"standard"`` or ``"high"`` (sharper maps, about
                 4x the time)
+            precision: ``"auto"``, ``"float32"`` or ``"mixed_bfloat16"``
             overwrite: recompute samples that have a heatmap
             delegate: schedule as a delegated (background) operation
             num_shards: split the run into this many delegated operations
@@ -224,7 +235,8 @@ class ComputeSaliency(DelegableOperator):
         params: dict[str, Any] = {"field": field, "method": method, "batch_size": batch_size,
                                   "layer": layer, "weights": weights, "overwrite": overwrite,
                                   "delegate": delegate, "view_target": "CURRENT_VIEW",
-                                  "num_shards": num_shards, "map_resolution": map_resolution}
+                                  "num_shards": num_shards, "map_resolution": map_resolution,
+                                  "precision": precision}
         if is_application(model):
             params["model"] = model if model in dict(_MODEL_CHOICES) else "other"
             params["model_name"] = model

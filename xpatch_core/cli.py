@@ -120,6 +120,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--class-names", default=None, help="comma-separated class names of a saved classifier")
     g.add_argument("--batch-size", type=_positive_int, default=SALIENCY["batch_size"],
                    help=f"images per model call (default {SALIENCY['batch_size']})")
+    g.add_argument("--precision", choices=CHOICES["precision"], default=SALIENCY["precision"],
+                   help="'auto' (default): bfloat16 where the hardware has it (CPUs with AMX or AVX-512 BF16, "
+                        "NVIDIA GPUs of compute capability 8.0+), float32 elsewhere")
+    g.add_argument("--custom-objects", default=None, metavar="MODULE",
+                   help="a Python module defining the custom layers of a saved model (imported; its Keras "
+                        "classes are passed to Keras)")
     g.add_argument("--allow-unsafe-model", action="store_true",
                    help="load a saved model with Keras' safe mode OFF (only for files you trust)")
 
@@ -333,6 +339,8 @@ def _saliency_step(ds: Any, args: argparse.Namespace, class_names: list[str] | N
         fuse_layer=None if str(args.fuse_layer).lower() == "none" else args.fuse_layer, batch_size=args.batch_size,
         class_names=class_names, map_dir=args.map_dir, overwrite=args.overwrite,
         map_resolution=getattr(args, "map_resolution", SALIENCY["map_resolution"]),
+        precision=getattr(args, "precision", SALIENCY["precision"]),
+        custom_objects=getattr(args, "custom_objects", None),
         allow_unsafe=getattr(args, "allow_unsafe_model", False), progress=True,
     )
     _print_summary("saliency", sal)

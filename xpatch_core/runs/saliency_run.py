@@ -76,6 +76,11 @@ class SaliencyConfig(RunConfig):
     display_long_side: int = HEATMAP["long_side"]
 
 
+#: Model-source entries that describe this machine, not the model: a run resumed on
+#: other hardware (``precision="auto"``) keeps its parameters.
+_MACHINE_KEYS = ("wnids", "precision", "precision_requested", "precision_reason")
+
+
 def _describe_model(model: Any) -> Any:
     if isinstance(model, (str, os.PathLike)):
         return os.fspath(model)
@@ -93,6 +98,7 @@ class SaliencyRun(RunKind):
                  weights: str | None = None, layer: str | None = None, fuse_layer: str | None = SALIENCY["fuse_layer"],
                  batch_size: int = SALIENCY["batch_size"], map_dir: str | None = None,
                  class_names: Sequence[str] | None = None, allow_unsafe: bool = False,
+                 custom_objects: Any = None,
                  precision: str = SALIENCY["precision"], map_resolution: str = SALIENCY["map_resolution"],
                  **common: Any) -> None:
         super().__init__(field, **common)
@@ -100,6 +106,7 @@ class SaliencyRun(RunKind):
         self.weights, self.layer, self.fuse_layer = weights, layer, fuse_layer
         self.batch_size, self.map_dir, self.class_names = batch_size, map_dir, class_names
         self.allow_unsafe, self.precision, self.map_resolution = allow_unsafe, precision, map_resolution
+        self.custom_objects = custom_objects
         self.map_root: str | None = None
         self.sm: Any = None
         #: samples whose ``target_field`` label the model does not know, with the reason
@@ -147,7 +154,7 @@ class SaliencyRun(RunKind):
                                  f"({', '.join(others)}); give this run a map_dir of its own")
         self.sm = sm = load_model(self.model, weights=self.weights, layer=self.layer, fuse_layer=self.fuse_layer,
                                   class_names=self.class_names, allow_unsafe=self.allow_unsafe,
-                                  precision=self.precision)
+                                  precision=self.precision, custom_objects=self.custom_objects)
         self.runner = self.method_cls(sm)  # raises for gradient methods on a model without a head
         if self.target_field is None:
             self.targets: Any = resolve_targets(sm, self.target, None)
@@ -156,7 +163,7 @@ class SaliencyRun(RunKind):
         target = self.target.tolist() if isinstance(self.target, np.ndarray) else self.target
         return SaliencyConfig(
             field=self.field, request=self.request(),
-            model_source={k: v for k, v in sm.source.items() if k != "wnids"},
+            model_source={k: v for k, v in sm.source.items() if k not in _MACHINE_KEYS},
             method=self.method_cls.name, layer=self.runner.layer_description, target=target,
             target_field=self.target_field, batch_size=int(self.batch_size), input_size=list(sm.input_size),
             precision=self.precision, precision_used=str(sm.source.get("precision", self.precision)),
@@ -308,7 +315,9 @@ def run_saliency(sample_collection: Any, field: str = SALIENCY["field"], model: 
             :func:`xpatch_core.load_model`), ``batch_size``,
             ``map_dir`` (write 8-bit PNGs under ``map_dir/field/`` instead
             of storing maps in the database), ``overwrite``, ``run_key``,
-            ``class_names``, ``allow_unsafe``, ``precision``,
+            ``class_names``, ``allow_unsafe``, ``custom_objects`` (a dict
+            or a module path, for models with custom layers), ``precision``
+            (``"auto"``: bfloat16 where the hardware has it),
             ``map_resolution`` (``"standard"``, or ``"high"`` for sharper
             maps from a second, aspect-kept pass at a higher resolution),
             ``sample_ids``, ``id_range``

@@ -220,8 +220,11 @@ def test_odd_heatmap_values_from_another_tool_are_per_sample_outcomes(tmp_path, 
     s = runs.run_patches(ds, "theirs", "pp", n=3, size=16)
     by_id = dict(zip(ds.values("id"), maps))
     failed = {by_id[f["id"]]: f["reason"] for f in s.failures}
-    assert set(failed) == {"one_d", "empty"} and s.processed == len(maps) - 2
+    # maps that cannot be read the way the user meant fail with the reason (issue 14: FiftyOne's semantics)
+    assert set(failed) == {"one_d", "empty", "nan", "inf", "huge"} and s.processed == len(maps) - 5
     assert "2-D" in failed["one_d"] and "empty" in failed["empty"]
+    assert "no finite value" in failed["nan"] and "no finite value" in failed["inf"]
+    assert "set the heatmap's range" in failed["huge"]
     for dets in ds.exists("pp").values("pp.detections"):
         boxes = np.array([d.bounding_box for d in dets])
         assert len(boxes) == 3 and np.isfinite(boxes).all() and (boxes >= 0).all()

@@ -38,6 +38,10 @@ SALIENCY: dict[str, Any] = {
 HEATMAP: dict[str, Any] = {
     "long_side": 512,
     "upsample": "bicubic",
+    # the App's colour scheme for a new heatmap field (a plotly colorscale) and
+    # the opacity set with it when the dataset has no colour scheme yet
+    "colorscale": "viridis",
+    "opacity": 0.6,
 }
 
 #: Patch runs (:func:`xpatch_core.runs.run_patches`, ``xpatch run``, the

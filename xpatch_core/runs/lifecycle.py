@@ -162,6 +162,9 @@ class RunKind:
         todo = [i for i in ids if i not in done]
         return todo, len(ids) - len(todo)
 
+    def finish(self, dataset: Any, summary: RunSummary) -> None:
+        """After a run that wrote something (App settings, say); nothing by default."""
+
     def tally(self, values: list[Any]) -> dict[str, int]:
         """Counts of values already in the database (for a shard's recovery).
 
@@ -295,6 +298,8 @@ def _loop(run: RunKind, view: Any, todo: list[str], summary: RunSummary, recorde
     summary.images_per_s = summary.processed / summary.elapsed if summary.elapsed > 0 else 0.0
     summary.status = "completed" if (summary.processed or not todo or summary.failed == 0) else "failed"
     recorder.save(view, run.run_key, summary, summary.status, {})
+    if summary.processed:
+        run.finish(view._dataset, summary)
 
 
 def _flush(run: RunKind, view: Any, batch: list[Outcome], summary: RunSummary, recorder: Any, lock: str,

@@ -262,6 +262,11 @@ class SaliencyRun(RunKind):
         return Outcome(sid, fo.Heatmap(map_path=png, range=[0, 255], **attrs), filepath=path,
                        degenerate=bool(item.degenerate))
 
+    def finish(self, dataset: Any, summary: RunSummary) -> None:
+        """Shows the field with a value colormap in the App, unless the user
+        chose colours for it already (:func:`default_colorscale`)."""
+        default_colorscale(dataset, self.field)
+
     def write(self, dataset: Any, values: dict[str, Any]) -> None:
         """Writes heatmaps in bulk."""
         dataset.set_values(self.field, values, key_field="id")
@@ -269,6 +274,36 @@ class SaliencyRun(RunKind):
     def start_message(self, count: int) -> str:
         """The first progress line."""
         return f"computing {self.method_cls.name} saliency on {count} samples"
+
+
+def default_colorscale(dataset: Any, field: str) -> bool:
+    """Gives a heatmap field a value colormap in the App's saved colour scheme.
+
+    Without a saved colour scheme, one is created that colours by value with
+    the :data:`~xpatch_core.defaults.HEATMAP` ``colorscale`` for this field.
+    With one, a colorscale for this field is added only if the user has none
+    for it; nothing else of theirs changes.
+
+    Args:
+        dataset: the dataset
+        field: the heatmap field
+
+    Returns:
+        True if the colour scheme was changed
+    """
+    import fiftyone as fo
+
+    scheme = dataset.app_config.color_scheme
+    entry = {"path": field, "name": HEATMAP["colorscale"]}
+    if scheme is None:
+        dataset.app_config.color_scheme = fo.ColorScheme(color_by="value", colorscales=[entry],
+                                                         opacity=HEATMAP["opacity"])
+    elif any(c.get("path") == field for c in (scheme.colorscales or [])):
+        return False
+    else:
+        scheme.colorscales = [*(scheme.colorscales or []), entry]
+    dataset.save()
+    return True
 
 
 def iter_run_saliency(sample_collection: Any, field: str = SALIENCY["field"], model: Any = SALIENCY["model"],
@@ -328,4 +363,4 @@ def run_saliency(sample_collection: Any, field: str = SALIENCY["field"], model: 
     return drive(iter_run_saliency(sample_collection, field, model, method, **kwargs), progress)
 
 
-__all__ = ["SaliencyConfig", "SaliencyRun", "iter_run_saliency", "run_saliency"]
+__all__ = ["SaliencyConfig", "SaliencyRun", "default_colorscale", "iter_run_saliency", "run_saliency"]

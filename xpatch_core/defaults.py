@@ -51,6 +51,21 @@ PATCHES: dict[str, Any] = {
     "border": "error",
 }
 
+#: Big runs (:mod:`xpatch_core.runs.estimate`, the App's forms): when to
+#: recommend running in the background, and how to split a run over tasks.
+SCALE: dict[str, Any] = {
+    # recommend (pre-select) background execution above this estimate ...
+    "background_above_s": 60.0,
+    # ... or, when no speed is known yet, above this many samples to process
+    "background_above_samples": 1000,
+    # samples timed before a patch run to estimate its speed
+    "probe_samples": 16,
+    # recommended distributed tasks: one per this many samples, within the bounds
+    "samples_per_task": 2000,
+    "min_tasks": 2,
+    "max_tasks": 32,
+}
+
 #: Choices offered for the enumerated parameters.
 CHOICES: dict[str, tuple[str, ...]] = {
     "mode": ("random", "topk", "grid"),
@@ -96,4 +111,4 @@ def gradient_methods() -> tuple[str, ...]:
     return tuple(name for name, _, grad in method_choices() if grad)
 
 
-__all__ = ["CHOICES", "MODEL_MENU", "PATCHES", "SALIENCY", "gradient_methods", "method_choices"]
+__all__ = ["CHOICES", "MODEL_MENU", "PATCHES", "SALIENCY", "SCALE", "gradient_methods", "method_choices"]

@@ -15,6 +15,8 @@ from .common import (
     long_running_config,
     number,
     number_list,
+    offer_view_target,
+    plan_notice,
     shards_input,
     text,
     types,
@@ -87,6 +89,8 @@ class SamplePatches(DelegableOperator):
     """Draws saliency-weighted patch boxes from a heatmap field into a
     ``fo.Detections`` field, then opens the patches view sorted by score."""
 
+    run_kind = "patches"
+
     @property
     def config(self) -> foo.OperatorConfig:
         return long_running_config(
@@ -94,16 +98,29 @@ class SamplePatches(DelegableOperator):
             "Saliency-weighted patch boxes as fo.Detections, opened as a patches view",
         )
 
+    def run_kwargs(self, ctx: Any) -> dict[str, Any]:
+        """The run's keyword arguments (:func:`patch_params`), with the form's
+        default heatmap field (the dataset's first) when none is chosen yet."""
+        import fiftyone as fo
+
+        params = dict(ctx.params)
+        if not params.get("heatmap_field"):
+            heatmaps = fields_of(ctx, fo.Heatmap)
+            if heatmaps:
+                params["heatmap_field"] = heatmaps[0]
+        return patch_params(params)
+
     def resolve_input(self, ctx: Any) -> types.Property:
         import fiftyone as fo
 
         inputs = types.Object()
-        ctx.target_view()
+        offer_view_target(ctx, inputs)
         heatmaps = fields_of(ctx, fo.Heatmap)
         if not heatmaps:
             inputs.view("noheat", types.Error(label="No heatmap field",
                                               description="Run 'Compute saliency' first"))
             return types.Property(inputs, invalid=True)
+        plan_notice(self, ctx, inputs)
         inputs.enum("heatmap_field", heatmaps, default=heatmaps[0], required=True, label="Heatmap field")
         field_name_input(ctx, inputs, "field", PATCHES["field"], "patches", "Patches field")
         inputs.int("n", default=PATCHES["n"], min=1, label="Patches per image")

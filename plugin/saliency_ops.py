@@ -14,6 +14,8 @@ from .common import (
     foo,
     long_running_config,
     number,
+    offer_view_target,
+    plan_notice,
     shards_input,
     text,
     types,
@@ -101,6 +103,8 @@ class ComputeSaliency(DelegableOperator):
     stores them as ``fo.Heatmap`` fields (a FiftyOne run keyed by the field).
     """
 
+    run_kind = "saliency"
+
     @property
     def config(self) -> foo.OperatorConfig:
         return long_running_config(
@@ -108,9 +112,14 @@ class ComputeSaliency(DelegableOperator):
             "Saliency heatmaps from a Keras CNN (Xception by default)",
         )
 
+    def run_kwargs(self, ctx: Any) -> dict[str, Any]:
+        """The run's keyword arguments (:func:`saliency_params`)."""
+        return saliency_params(ctx.params)
+
     def resolve_input(self, ctx: Any) -> types.Property:
         inputs = types.Object()
-        ctx.target_view()  # offers dataset / current view / selected samples
+        offer_view_target(ctx, inputs)  # dataset / current view / selected samples
+        plan_notice(self, ctx, inputs)
         model_choices = types.Dropdown(label="Model")
         for value, label in _MODEL_CHOICES:
             model_choices.add_choice(value, label=label)

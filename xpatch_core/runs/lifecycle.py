@@ -223,7 +223,8 @@ class RunKind:
 
     def progress_message(self, summary: RunSummary) -> str:
         """The progress line after each chunk."""
-        return f"{summary.processed} done, {summary.failed} failed"
+        done = summary.processed + summary.failed + summary.vanished
+        return f"{done:,} of {summary.total - summary.skipped:,} samples done, {summary.failed:,} failed"
 
 
 class LocalRecorder:

@@ -304,7 +304,7 @@ class PatchesRun(RunKind):
 
     def progress_message(self, summary: RunSummary) -> str:
         """The progress line after each chunk."""
-        return f"{summary.patches} patches on {summary.processed} samples"
+        return f"{super().progress_message(summary)}, {summary.patches:,} patches"
 
 
 _COMMON = ("overwrite", "run_key", "sample_ids", "id_range")

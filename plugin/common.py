@@ -38,27 +38,25 @@ def uri(name: str) -> str:
     return f"{PLUGIN}/{name}"
 
 
-def target_view(ctx: Any) -> Any:
-    """The view target the user chose (dataset, current view or selection).
+def api_view_target(sample_collection: Any) -> str:
+    """The view target of a Python API call on a collection: the current
+    view when it has stages, else the dataset (the only target FiftyOne
+    offers then, on every version).
 
-    FiftyOne >= 1.8 resolves it with ``ctx.target_view()``; older versions
-    get the same choice from the ``view_target`` parameter here.
+    Args:
+        sample_collection: the collection the call was given
+
+    Returns:
+        ``"CURRENT_VIEW"`` or ``"DATASET"``
     """
-    if hasattr(ctx, "target_view"):
-        return ctx.target_view()
-    target = ctx.params.get("view_target") or ctx.request_params.get("view_target")
-    if target == "DATASET":
-        return ctx.dataset
-    if target == "SELECTED_SAMPLES" and ctx.selected:
-        return ctx.view.select(ctx.selected)
-    return ctx.view
+    return "CURRENT_VIEW" if sample_collection.view()._stages else "DATASET"
 
 
 def offer_view_target(ctx: Any, inputs: Any) -> None:
     """Offers the view-target choice (dataset / current view / selection) in
     a form: resolving the target adds FiftyOne's own input on versions that
     add it automatically; older ones get ``inputs.view_target``."""
-    target_view(ctx)
+    ctx.target_view()
     if not hasattr(foo.Operator, "_ensure_view_target") and hasattr(inputs, "view_target"):
         inputs.view_target(ctx)
 
@@ -68,7 +66,7 @@ def target_images(ctx: Any) -> Any:
     (dataset, current view or selection), with patches mapped to images."""
     from xpatch_core.runs import images_of
 
-    return images_of(target_view(ctx))
+    return images_of(ctx.target_view())
 
 
 def progress_event(ctx: Any, p: Any) -> Any:

@@ -6,7 +6,17 @@ import json
 import os
 from typing import Any
 
-from .common import DelegableOperator, fields_of, foo, long_running_config, number, relay, text, types
+from .common import (
+    DelegableOperator,
+    api_view_target,
+    fields_of,
+    foo,
+    long_running_config,
+    number,
+    relay,
+    text,
+    types,
+)
 
 #: Detection attributes written by patch runs, offered as class sources.
 PATCH_ATTRS = ["rank", "scale", "aspect_ratio", "flagged", "degenerate", "width_px", "height_px", "seed"]
@@ -221,7 +231,7 @@ class ExportPatches(DelegableOperator):
         params: dict[str, Any] = {
             "export_dir": export_dir, "format": format, "pad": pad, "square": square, "overwrite": overwrite,
             "class_source": "attribute" if label_attr else "label", "delegate": delegate,
-            "view_target": "CURRENT_VIEW", "return_report": not delegate,
+            "view_target": api_view_target(sample_collection), "return_report": not delegate,
         }
         if field is not None:
             params["field"] = field
@@ -350,7 +360,7 @@ class EvaluatePatches(foo.Operator):
             ``result["evaluation"]`` holds every figure
         """
         params: dict[str, Any] = {"patches_field": patches_field, "gt_field": gt_field, "radius": radius,
-                                  "store": store, "view_target": "CURRENT_VIEW"}
+                                  "store": store, "view_target": api_view_target(sample_collection)}
         if heatmap_field is not None:
             params["heatmap_field"] = heatmap_field
         ctx = {"view": sample_collection.view(), "params": params}

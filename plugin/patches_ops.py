@@ -8,6 +8,7 @@ from xpatch_core.defaults import CHOICES, PATCHES
 
 from .common import (
     DelegableOperator,
+    api_view_target,
     execute_run,
     field_name_input,
     fields_of,
@@ -223,7 +224,7 @@ class SamplePatches(DelegableOperator):
             "heatmap_field": heatmap_field, "field": field, "n": n, "scales": ",".join(map(str, scales)),
             "aspect_ratios": ",".join(map(str, aspect_ratios)), "temperature": temperature, "epsilon": epsilon,
             "mode": mode, "score": score, "border": border, "seed": seed, "overwrite": overwrite, "open_view": False,
-            "delegate": delegate, "view_target": "CURRENT_VIEW", "num_shards": num_shards,
+            "delegate": delegate, "view_target": api_view_target(sample_collection), "num_shards": num_shards,
         }
         if isinstance(size, float):
             params.update(size_mode="fraction", size_fraction=size)

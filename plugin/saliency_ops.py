@@ -8,6 +8,7 @@ from xpatch_core.defaults import MODEL_MENU, SALIENCY, gradient_methods, method_
 
 from .common import (
     DelegableOperator,
+    api_view_target,
     execute_run,
     field_name_input,
     fields_of,
@@ -218,7 +219,7 @@ class ComputeSaliency(DelegableOperator):
 
         params: dict[str, Any] = {"field": field, "method": method, "batch_size": batch_size,
                                   "layer": layer, "weights": weights, "overwrite": overwrite,
-                                  "delegate": delegate, "view_target": "CURRENT_VIEW",
+                                  "delegate": delegate, "view_target": api_view_target(sample_collection),
                                   "num_shards": num_shards}
         if is_application(model):
             params["model"] = model if model in dict(_MODEL_CHOICES) else "other"

@@ -228,6 +228,59 @@ class DelegableOperator(foo.Operator):
         return execution_options(**options)
 
 
+def result_output(ctx: Any, title: str, lines: list[str], steps: list[tuple[str, str, dict[str, Any]]]) -> Any:
+    """Shows an operator's result in the App: a short text (counts,
+    failures, where things were written) and one button per next step.
+
+    Args:
+        ctx: the execution context
+        title: the first line (bold)
+        lines: more lines
+        steps: ``(label, operator name, params)`` of each next step; the
+            button opens that operator's form, filled with ``params``
+
+    Returns:
+        the ``show_output`` trigger to yield
+    """
+    outputs = types.Object()
+    outputs.str("result", label="Result", view=types.MarkdownView())
+    for k, (label, name, params) in enumerate(steps):
+        outputs.btn(f"next_{k}", label=label, on_click=uri(name), prompt=True, params=params)
+    text = "\n\n".join([f"**{title}**", *lines])
+    return ctx.ops.show_output(types.Property(outputs).to_json(), {"result": text})
+
+
+def run_result_lines(summary: Any, what: str) -> tuple[str, list[str]]:
+    """The result of a library run for people: a title and the details.
+
+    Args:
+        summary: the run's :class:`xpatch_core.runs.RunSummary`
+        what: what a processed sample gets (``"heatmaps"``, ``"patches"``)
+
+    Returns:
+        ``(title, lines)``
+    """
+    from xpatch_core.runs.estimate import duration
+
+    if summary.status == "nothing to do":
+        return (f"Nothing to do: all {summary.total:,} samples already have {what} in '{summary.field}'", [])
+    if summary.status == "queued":
+        return (f"Run '{summary.run_key}' is queued as shards", [
+            "Start workers with `fiftyone delegated launch`; see its progress with *xpatch: get run info*."])
+    title = f"{what.capitalize()} for {summary.processed:,} samples in '{summary.field}'"
+    lines = [f"{summary.skipped:,} already done, {summary.failed:,} failed"
+             + (f", {summary.vanished:,} deleted during the run" if summary.vanished else "")
+             + (f"; {summary.patches:,} patches" if summary.patches else "")
+             + (f"; {duration(summary.elapsed)} at {summary.images_per_s:.1f} samples/s" if summary.processed else "")
+             + "."]
+    if summary.failed:
+        shown = summary.failures[:5]
+        lines.append("Failed (tagged `xpatch:" + summary.field + ":failed`): " + "; ".join(
+            f"{os.path.basename(f.get('filepath') or f['id'])}: {f['reason']}" for f in shown)
+            + (f"; and {summary.failed - len(shown):,} more" if summary.failed > len(shown) else ""))
+    return title, lines
+
+
 def plan_notice(op: DelegableOperator, ctx: Any, inputs: Any) -> Any:
     """Shows the run's plan at the top of a form: the samples it will
     process and those already done, the estimated time and where it comes

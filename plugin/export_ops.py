@@ -14,6 +14,7 @@ from .common import (
     long_running_config,
     number,
     relay,
+    result_output,
     text,
     types,
 )
@@ -196,14 +197,8 @@ class ExportPatches(DelegableOperator):
     def _stream(self, ctx: Any, gen: Any):
         report = yield from relay(ctx, gen)
         if not ctx.delegated:
-            outputs = types.Object()
-            outputs.str("summary", label="Export", view=types.MarkdownView())
-            outputs.obj("report", label="Report", view=types.JSONView())
-            summary = report.summary().replace("\n", "\n\n")
-            yield ctx.ops.show_output(
-                outputs=types.Property(outputs).to_json(),
-                results={"summary": summary, "report": _report_for_app(report.to_dict())},
-            )
+            first, *rest = report.summary().splitlines()
+            yield result_output(ctx, first[0].upper() + first[1:], rest, [])
 
     def __call__(self, sample_collection: Any, export_dir: str, format: str = "imagefolder",
                  field: str | None = None, label_attr: str | None = None, pad: float = 0.0,

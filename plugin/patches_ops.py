@@ -18,6 +18,8 @@ from .common import (
     number_list,
     offer_view_target,
     plan_notice,
+    result_output,
+    run_result_lines,
     shards_input,
     text,
     types,
@@ -179,9 +181,21 @@ class SamplePatches(DelegableOperator):
 
         kwargs = patch_params(ctx.params)
         summary = yield from execute_run(ctx, runs.iter_run_patches, kwargs, self.uri)
-        if not ctx.delegated:
-            if ctx.params.get("open_view", True) and summary.patches:
-                yield ctx.ops.set_view(view=patches_view(ctx.dataset, kwargs["field"]))
+        if ctx.delegated:
+            return
+        title, lines = run_result_lines(summary, "patches")
+        opened = ctx.params.get("open_view", True) and summary.status != "queued" and ctx.dataset.count(
+            f"{kwargs['field']}.detections")
+        if opened:
+            yield ctx.ops.set_view(view=patches_view(ctx.dataset, kwargs["field"]))
+            lines.append(f"The patches view of '{kwargs['field']}' is open, best scores first.")
+        steps = [] if summary.status == "queued" else [
+            ("Export these patches", "export_patches", {"field": kwargs["field"]}),
+            ("Evaluate them against ground truth", "evaluate_patches", {"patches_field": kwargs["field"]}),
+        ]
+        if not opened and summary.status != "queued":
+            steps.insert(0, ("Open the patches view", "load_xpatch_run_view", {"run_key": summary.run_key}))
+        yield result_output(ctx, title, lines, steps)
 
     def __call__(self, sample_collection: Any, heatmap_field: str = PATCHES["heatmap_field"],
                  field: str = PATCHES["field"], n: int = PATCHES["n"], size: int | float = PATCHES["size"], *,

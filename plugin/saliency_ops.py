@@ -17,6 +17,8 @@ from .common import (
     number,
     offer_view_target,
     plan_notice,
+    result_output,
+    run_result_lines,
     shards_input,
     text,
     types,
@@ -181,9 +183,10 @@ class ComputeSaliency(DelegableOperator):
     def execute(self, ctx: Any):
         from xpatch_core import runs
 
-        summary = yield from execute_run(ctx, runs.iter_run_saliency, saliency_params(ctx.params), self.uri)
+        kwargs = saliency_params(ctx.params)
+        summary = yield from execute_run(ctx, runs.iter_run_saliency, kwargs, self.uri)
         if not ctx.delegated:
-            yield _summary_output(ctx, summary)
+            yield _summary_output(ctx, summary, kwargs.get("map_dir"))
 
     def __call__(self, sample_collection: Any, field: str = SALIENCY["field"], model: str = SALIENCY["model"],
                  method: str = SALIENCY["method"], *, target: str | None = None, target_field: str | None = None,
@@ -238,17 +241,13 @@ class ComputeSaliency(DelegableOperator):
         return foo.execute_operator(self.uri, ctx, request_delegation=delegate)
 
 
-def _summary_output(ctx: Any, summary: Any) -> Any:
-    """Shows the run summary in the App."""
-    outputs = types.Object()
-    outputs.str("message", label="Result")
-    lines = [
-        f"{summary.processed} processed, {summary.skipped} already done, {summary.failed} failed "
-        f"({summary.images_per_s:.1f} images/s)",
-    ]
-    for f in summary.failures[:10]:
-        lines.append(f"failed: {f.get('filepath', f['id'])}: {f['reason']}")
-    return ctx.ops.show_output(types.Property(outputs).to_json(), {"message": "\n".join(lines)})
+def _summary_output(ctx: Any, summary: Any, map_dir: str | None) -> Any:
+    """Shows the run's result in the App, with the next step."""
+    title, lines = run_result_lines(summary, "heatmaps")
+    if map_dir and summary.processed:
+        lines.append(f"Heatmap PNGs written to `{map_dir}`.")
+    steps = [("Sample patches from these heatmaps", "sample_patches", {"heatmap_field": summary.field})]
+    return result_output(ctx, title, lines, steps if summary.status != "queued" else [])
 
 
 def register(p: Any) -> None:

@@ -269,3 +269,32 @@ def test_progress_is_whole_in_the_app_and_on_a_narrow_terminal(heat_ds, rate_cac
     err = capsys.readouterr().err
     assert "sampling patches on 600 samples" in err.splitlines()[0]
 
+
+
+def _triggers(messages, name):
+    out = []
+    for m in messages:
+        body = m.body.to_json() if hasattr(m.body, "to_json") else m.body
+        if isinstance(body, dict) and body.get("operator_uri") == name:
+            out.append(body["params"])
+    return out
+
+
+def test_operators_return_a_short_result_with_next_steps(heat_ds, rate_cache):
+    ds = heat_ds
+    params = {**PATCH_PARAMS, "open_view": True}
+    result = asyncio.run(execute_or_delegate_operator(PATCHES_URI, _request(ds, params)))
+    messages = list(result.result)
+    assert _triggers(messages, "set_view"), "the patches view opens"
+    (shown,) = _triggers(messages, "show_output")
+    text = shown["results"]["result"]
+    assert text.startswith("**Patches for 600 samples in 'pp'**")
+    assert "0 already done, 0 failed; 1,800 patches" in text and "The patches view of 'pp' is open" in text
+    assert len(text) < 400
+    buttons = {k: v["view"] for k, v in shown["outputs"]["type"]["properties"].items() if k.startswith("next_")}
+    targets = {v["operator"] if "operator" in v else v.get("on_click") for v in buttons.values()}
+    assert {"@xpatch/xpatch/export_patches", "@xpatch/xpatch/evaluate_patches"} <= targets, buttons
+    # a rerun with nothing to do says so
+    result = asyncio.run(execute_or_delegate_operator(PATCHES_URI, _request(ds, params)))
+    (shown,) = _triggers(list(result.result), "show_output")
+    assert shown["results"]["result"].startswith("**Nothing to do: all 600 samples already have patches in 'pp'")

@@ -9,6 +9,7 @@ patch runs on synthetic heatmaps keep it fast (no model is needed).
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 
@@ -298,3 +299,26 @@ def test_operators_return_a_short_result_with_next_steps(heat_ds, rate_cache):
     result = asyncio.run(execute_or_delegate_operator(PATCHES_URI, _request(ds, params)))
     (shown,) = _triggers(list(result.result), "show_output")
     assert shown["results"]["result"].startswith("**Nothing to do: all 600 samples already have patches in 'pp'")
+
+
+def test_supported_range_is_declared_the_same_everywhere_and_met():
+    import re
+
+    import fiftyone.plugins as fop
+    import yaml
+    from packaging.version import Version
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "fiftyone.yml")) as f:
+        manifest = yaml.safe_load(f)
+    with open(os.path.join(root, "pyproject.toml")) as f:
+        pyproject = f.read()
+    with open(os.path.join(root, ".ci", "oldest.txt")) as f:
+        oldest = dict(line.strip().split("==") for line in f if "==" in line)
+    lower = re.search(r'"fiftyone>=([0-9.]+)"', pyproject).group(1)
+    assert manifest["fiftyone"]["version"] == f">={lower}"
+    assert Version(oldest["fiftyone"]) >= Version(lower) and oldest["fiftyone"].startswith(lower)
+    for pkg in ("tensorflow", "keras"):
+        assert f'"{pkg}>={oldest[pkg]}"' in pyproject
+    fop.ensure_plugin_compatibility("@xpatch/xpatch", error_level=0)  # the running FiftyOne is in range
+    assert Version(fo.__version__) >= Version(lower)

@@ -108,7 +108,8 @@ def run_kind(kind: str, **kwargs: Any) -> RunKind:
     function (nothing is loaded or checked).
 
     Args:
-        kind: ``"saliency"`` or ``"patches"``
+        kind: the :attr:`~xpatch_core.runs.RunKind.kind` of a run
+            (``"saliency"``, ``"patches"``, or any other subclass's)
         **kwargs: the run's arguments
 
     Returns:
@@ -118,10 +119,14 @@ def run_kind(kind: str, **kwargs: Any) -> RunKind:
         ParameterError: for an unknown kind
     """
     from xpatch_core.errors import ParameterError
-    from xpatch_core.runs.patches_run import PatchesRun
-    from xpatch_core.runs.saliency_run import SaliencyRun
+    from xpatch_core.runs import patches_run, saliency_run  # noqa: F401 - they define their kinds
 
-    kinds: dict[str, type[RunKind]] = {"saliency": SaliencyRun, "patches": PatchesRun}
+    kinds: dict[str, type[RunKind]] = {}
+    pending = [RunKind]
+    while pending:
+        for sub in pending.pop().__subclasses__():
+            kinds.setdefault(sub.kind, sub)
+            pending.append(sub)
     if kind not in kinds:
         raise ParameterError(f"unknown kind of run {kind!r} (one of {', '.join(kinds)})")
     return kinds[kind].from_kwargs(**kwargs)

@@ -267,8 +267,8 @@ def run_result_lines(summary: Any, what: str) -> tuple[str, list[str]]:
     if summary.status == "queued":
         return (f"Run '{summary.run_key}' is queued as shards", [
             "Start workers with `fiftyone delegated launch`; see its progress with *xpatch: get run info*."])
-    title = f"{what.capitalize()} for {summary.processed:,} samples in '{summary.field}'"
-    lines = [f"{summary.skipped:,} already done, {summary.failed:,} failed"
+    title = f"{what.capitalize()} in '{summary.field}'"
+    lines = [f"{summary.processed:,} processed, {summary.skipped:,} already done, {summary.failed:,} failed"
              + (f", {summary.vanished:,} deleted during the run" if summary.vanished else "")
              + (f"; {summary.patches:,} patches" if summary.patches else "")
              + (f"; {duration(summary.elapsed)} at {summary.images_per_s:.1f} samples/s" if summary.processed else "")

@@ -93,7 +93,7 @@ def test_compute_saliency_streams_progress_then_reload(app, dataset, kitchen):
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
 
     (shown,) = [m["body"]["params"] for m in messages if m["body"]["operator_uri"] == "show_output"]
-    assert shown["results"]["result"].startswith("**Heatmaps for 18 samples in 'saliency'**")
+    assert shown["results"]["result"].startswith("**Heatmaps in 'saliency'**\n\n18 processed, 0 already done, 0 failed")
     dataset.reload()
     assert dataset.count("saliency") == len(dataset) == 18
     from xpatch_core.runs import get_run_info, read_heatmap

@@ -289,8 +289,8 @@ def test_operators_return_a_short_result_with_next_steps(heat_ds, rate_cache):
     assert _triggers(messages, "set_view"), "the patches view opens"
     (shown,) = _triggers(messages, "show_output")
     text = shown["results"]["result"]
-    assert text.startswith("**Patches for 600 samples in 'pp'**")
-    assert "0 already done, 0 failed; 1,800 patches" in text and "The patches view of 'pp' is open" in text
+    assert text.startswith("**Patches in 'pp'**")
+    assert "600 processed, 0 already done, 0 failed; 1,800 patches" in text and "The patches view of 'pp' is open" in text
     assert len(text) < 400
     buttons = {k: v["view"] for k, v in shown["outputs"]["type"]["properties"].items() if k.startswith("next_")}
     targets = {v["operator"] if "operator" in v else v.get("on_click") for v in buttons.values()}

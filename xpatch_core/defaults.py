@@ -55,7 +55,7 @@ PATCHES: dict[str, Any] = {
 #: recommend running in the background, and how to split a run over tasks.
 SCALE: dict[str, Any] = {
     # recommend (pre-select) background execution above this estimate ...
-    "background_above_s": 60.0,
+    "background_above_s": 120.0,
     # ... or, when no speed is known yet, above this many samples to process
     "background_above_samples": 1000,
     # samples timed before a patch run to estimate its speed

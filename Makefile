@@ -10,7 +10,8 @@ STAMP = $(VENV)/.xpatch-installed
 OLDEST ?= .venv-oldest
 OLDEST_STAMP = $(OLDEST)/.xpatch-installed
 OLDEST_TESTS ?= tests/test_plugin.py tests/test_big_runs.py tests/test_noop.py tests/test_saliency.py \
-	tests/test_export.py tests/test_storage.py --deselect tests/test_saliency.py::test_coco_peak_beats_centre
+	tests/test_sampler.py tests/test_export.py tests/test_cli.py tests/test_storage.py \
+	--deselect tests/test_saliency.py::test_coco_peak_beats_centre
 
 .PHONY: install demo test lint bench test-oldest
 

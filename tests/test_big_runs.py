@@ -322,3 +322,20 @@ def test_supported_range_is_declared_the_same_everywhere_and_met():
         assert f'"{pkg}>={oldest[pkg]}"' in pyproject
     fop.ensure_plugin_compatibility("@xpatch/xpatch", error_level=0)  # the running FiftyOne is in range
     assert Version(fo.__version__) >= Version(lower)
+
+
+def test_the_oldest_mongodb_notice_is_dropped_and_other_warnings_stay(caplog):
+    import logging
+
+    from xpatch_core.quiet import quiet_third_party
+
+    quiet_third_party()
+    quiet_third_party()  # once per process, however often called
+    logger = logging.getLogger("fiftyone.core.odm.database")
+    assert sum(type(f).__name__ == "_DropNotice" for f in logger.filters) == (fo.config.database_uri is None)
+    with caplog.at_level(logging.WARNING, logger="fiftyone.core.odm.database"):
+        logger.warning("You are running the oldest supported major version of MongoDB. Please refer to ...")
+        logger.warning("Your MongoDB server version is more than 1 ahead of your database's feature compatibility")
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("more than 1 ahead" in m for m in messages)
+    assert any("oldest supported" in m for m in messages) == (fo.config.database_uri is not None)

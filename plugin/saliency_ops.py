@@ -9,12 +9,17 @@ from xpatch_core.saliency import gradient_methods, method_choices
 
 from .common import (
     DelegableOperator,
+    api_view_target,
     execute_run,
     field_name_input,
     fields_of,
     foo,
     long_running_config,
     number,
+    offer_view_target,
+    plan_notice,
+    result_output,
+    run_result_lines,
     shards_input,
     text,
     types,
@@ -110,6 +115,8 @@ class ComputeSaliency(DelegableOperator):
     stores them as ``fo.Heatmap`` fields (a FiftyOne run keyed by the field).
     """
 
+    run_kind = "saliency"
+
     @property
     def config(self) -> foo.OperatorConfig:
         return long_running_config(
@@ -117,9 +124,14 @@ class ComputeSaliency(DelegableOperator):
             "Saliency heatmaps from a Keras CNN (Xception by default)",
         )
 
+    def run_kwargs(self, ctx: Any) -> dict[str, Any]:
+        """The run's keyword arguments (:func:`saliency_params`)."""
+        return saliency_params(ctx.params)
+
     def resolve_input(self, ctx: Any) -> types.Property:
         inputs = types.Object()
-        ctx.target_view()  # offers dataset / current view / selected samples
+        offer_view_target(ctx, inputs)  # dataset / current view / selected samples
+        plan_notice(self, ctx, inputs)
         model_choices = types.Dropdown(label="Model")
         for value, label in _MODEL_CHOICES:
             model_choices.add_choice(value, label=label)
@@ -191,9 +203,10 @@ class ComputeSaliency(DelegableOperator):
     def execute(self, ctx: Any):
         from xpatch_core import runs
 
-        summary = yield from execute_run(ctx, runs.iter_run_saliency, saliency_params(ctx.params), self.uri)
+        kwargs = saliency_params(ctx.params)
+        summary = yield from execute_run(ctx, runs.iter_run_saliency, kwargs, self.uri)
         if not ctx.delegated:
-            yield _summary_output(ctx, summary)
+            yield _summary_output(ctx, summary, kwargs.get("map_dir"))
 
     def __call__(self, sample_collection: Any, field: str = SALIENCY["field"], model: str = SALIENCY["model"],
                  method: str = SALIENCY["method"], *, target: str | None = None, target_field: str | None = None,
@@ -234,7 +247,7 @@ class ComputeSaliency(DelegableOperator):
 
         params: dict[str, Any] = {"field": field, "method": method, "batch_size": batch_size,
                                   "layer": layer, "weights": weights, "overwrite": overwrite,
-                                  "delegate": delegate, "view_target": "CURRENT_VIEW",
+                                  "delegate": delegate, "view_target": api_view_target(sample_collection),
                                   "num_shards": num_shards, "map_resolution": map_resolution,
                                   "precision": precision}
         if is_application(model):
@@ -254,17 +267,13 @@ class ComputeSaliency(DelegableOperator):
         return foo.execute_operator(self.uri, ctx, request_delegation=delegate)
 
 
-def _summary_output(ctx: Any, summary: Any) -> Any:
-    """Shows the run summary in the App."""
-    outputs = types.Object()
-    outputs.str("message", label="Result")
-    lines = [
-        f"{summary.processed} processed, {summary.skipped} already done, {summary.failed} failed "
-        f"({summary.images_per_s:.1f} images/s)",
-    ]
-    for f in summary.failures[:10]:
-        lines.append(f"failed: {f.get('filepath', f['id'])}: {f['reason']}")
-    return ctx.ops.show_output(types.Property(outputs).to_json(), {"message": "\n".join(lines)})
+def _summary_output(ctx: Any, summary: Any, map_dir: str | None) -> Any:
+    """Shows the run's result in the App, with the next step."""
+    title, lines = run_result_lines(summary, "heatmaps")
+    if map_dir and summary.processed:
+        lines.append(f"Heatmap PNGs written to `{map_dir}`.")
+    steps = [("Sample patches from these heatmaps", "sample_patches", {"heatmap_field": summary.field})]
+    return result_output(ctx, title, lines, steps if summary.status != "queued" else [])
 
 
 def register(p: Any) -> None:

@@ -574,6 +574,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in ("run", "demo", "runs"):
+        from xpatch_core.quiet import quiet_third_party
+
+        quiet_third_party()
     try:
         if args.command == "run":
             return _cmd_run(args)

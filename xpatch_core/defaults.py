@@ -82,6 +82,21 @@ PATCH_DATASET: dict[str, Any] = {
     "fill": 0,
 }
 
+#: Big runs (:mod:`xpatch_core.runs.estimate`, the App's forms): when to
+#: recommend running in the background, and how to split a run over tasks.
+SCALE: dict[str, Any] = {
+    # recommend (pre-select) background execution above this estimate ...
+    "background_above_s": 120.0,
+    # ... or, when no speed is known yet, above this many samples to process
+    "background_above_samples": 1000,
+    # samples timed before a patch run to estimate its speed
+    "probe_samples": 16,
+    # recommended distributed tasks: one per this many samples, within the bounds
+    "samples_per_task": 2000,
+    "min_tasks": 2,
+    "max_tasks": 32,
+}
+
 #: Choices offered for the enumerated parameters.
 CHOICES: dict[str, tuple[str, ...]] = {
     "mode": ("random", "topk", "grid"),
@@ -126,4 +141,4 @@ MODEL_FILE_LIMITS: dict[str, int] = {
 
 
 __all__ = ["CHOICES", "HEATMAP", "MODEL_CACHE", "MODEL_FILE_LIMITS", "MODEL_MENU", "PATCHES", "PATCH_DATASET",
-           "SALIENCY"]
+           "SALIENCY", "SCALE"]

@@ -18,6 +18,8 @@ kinds of run share one lifecycle (:mod:`~xpatch_core.runs.lifecycle`); see
 | :mod:`~xpatch_core.runs.patches_run` | patch runs (``fo.Detections``) |
 | :mod:`~xpatch_core.runs.manage` | run info, views, deletion |
 | :mod:`~xpatch_core.runs.shards` | sharded runs over delegated operations |
+| :mod:`~xpatch_core.runs.estimate` | before a run: samples to process, estimated time, advice |
+| :mod:`~xpatch_core.runs.rates` | speeds measured on this machine |
 
 The functions come in pairs: ``iter_*`` generators yield
 :class:`Progress` events and return a :class:`RunSummary` (for the App's
@@ -35,7 +37,8 @@ from xpatch_core.runs.collections import (
     images_of,
     validate_field_name,
 )
-from xpatch_core.runs.lifecycle import LocalRecorder, Outcome, RunKind, execute
+from xpatch_core.runs.estimate import RunPlan, count_todo, plan_run, run_kind
+from xpatch_core.runs.lifecycle import LocalRecorder, Outcome, RunKind, execute, select_todo
 from xpatch_core.runs.locks import acquire_lock, release_lock
 from xpatch_core.runs.manage import delete_run, failures_of, get_run_info, load_run_view, patches_view
 from xpatch_core.runs.patches_run import check_patch_parameters, detection_son, iter_run_patches, run_patches
@@ -50,10 +53,12 @@ __all__ = [
     "Outcome",
     "Progress",
     "RunKind",
+    "RunPlan",
     "RunSummary",
     "acquire_lock",
     "check_image_collection",
     "check_patch_parameters",
+    "count_todo",
     "delete_run",
     "detection_son",
     "drive",
@@ -66,10 +71,13 @@ __all__ = [
     "list_runs",
     "load_run_view",
     "patches_view",
+    "plan_run",
     "read_heatmap",
     "release_lock",
     "run_patches",
+    "run_kind",
     "run_saliency",
+    "select_todo",
     "update_run_results",
     "validate_field_name",
 ]

@@ -113,6 +113,7 @@ class PatchesRun(RunKind):
 
     kind = "patches"
     min_chunk = _READ_CHUNK
+    cheap_setup = True
 
     def __init__(self, heatmap_field: str = PATCHES["heatmap_field"], field: str = PATCHES["field"],
                  n: int = PATCHES["n"], size: int | float = PATCHES["size"], *, seed: int = PATCHES["seed"],
@@ -212,6 +213,24 @@ class PatchesRun(RunKind):
         todo = [i for i in ids if i not in done]
         return todo, len(ids) - len(todo)
 
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> PatchesRun:
+        """Builds the run from :func:`iter_run_patches`' keyword arguments."""
+        common = {k: kwargs.pop(k) for k in _COMMON if k in kwargs}
+        return cls(**kwargs, common=common)
+
+    @classmethod
+    def speed_key(cls, request: dict[str, Any]) -> str:
+        """Patch runs with one count, mode and overlap rule run at about one speed."""
+        return f"patches|{request.get('n')}|{request.get('mode')}|{request.get('max_iou')}"
+
+    def probe_ids(self, dataset: Any, todo: list[str], count: int) -> list[str]:
+        """Samples whose heatmap knows its image size (timing one computes
+        no metadata)."""
+        hf = self.heatmap_field
+        sized = dataset.select(todo[: 8 * count]).exists(f"{hf}.width").exists(f"{hf}.height")
+        return sized.limit(count).values("id")
+
     def setup(self, view: Any, todo: list[str]) -> PatchesConfig:
         """Nothing heavy: the config."""
         req = self.request()
@@ -306,7 +325,7 @@ class PatchesRun(RunKind):
 
     def progress_message(self, summary: RunSummary) -> str:
         """The progress line after each chunk."""
-        return f"{summary.patches} patches on {summary.processed} samples"
+        return f"{super().progress_message(summary)}, {summary.patches:,} patches"
 
 
 _COMMON = ("overwrite", "run_key", "sample_ids", "id_range")
@@ -345,8 +364,8 @@ def iter_run_patches(sample_collection: Any, heatmap_field: str = PATCHES["heatm
         a generator of :class:`Progress` whose return value is the
         :class:`RunSummary`
     """
-    common = {k: kwargs.pop(k) for k in _COMMON if k in kwargs}
-    return execute(PatchesRun(heatmap_field, field, n, size, common=common, **kwargs), sample_collection, shard)
+    run = PatchesRun.from_kwargs(heatmap_field=heatmap_field, field=field, n=n, size=size, **kwargs)
+    return execute(run, sample_collection, shard)
 
 
 def run_patches(sample_collection: Any, heatmap_field: str = PATCHES["heatmap_field"],

@@ -143,6 +143,11 @@ class SaliencyRun(RunKind):
                 "map_resolution": self.map_resolution,
                 "class_names": list(self.class_names) if self.class_names else None}
 
+    @classmethod
+    def speed_key(cls, request: dict[str, Any]) -> str:
+        """Saliency runs of one model, method and fusion run at one speed."""
+        return f"saliency|{request.get('model')}|{request.get('method')}|{request.get('fuse_layer')}"
+
     def setup(self, view: Any, todo: list[str]) -> SaliencyConfig:
         """Loads the model and resolves the targets."""
         from xpatch_core.models import load_model

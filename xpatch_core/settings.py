@@ -12,6 +12,7 @@ used (not at import), so a worker can change them between runs:
 | ``XPATCH_LOCK_TTL`` | seconds after which a silent lock or shard counts as dead | 120 |
 | ``XPATCH_MAX_PIXELS`` | images with more pixels are refused from the header | 178,956,970 |
 | ``XPATCH_CACHE`` | where offline material is extracted | ``~/.cache/xpatch`` |
+| ``XPATCH_RATES`` | this machine's measured run speeds (for time estimates) | ``<XPATCH_CACHE>/rates.json`` |
 | ``XPATCH_TF_INTRA_THREADS`` / ``XPATCH_TF_INTER_THREADS`` | TensorFlow's thread pools | TensorFlow's |
 | ``XPATCH_GPU_MEMORY_GROWTH`` | ``1`` lets GPU memory grow as needed | 1 |
 | ``XPATCH_TF_VERBOSE`` | ``1`` shows TensorFlow's start-up logs | 0 |
@@ -102,6 +103,12 @@ def cache_dir() -> str:
     return os.environ.get("XPATCH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "xpatch")
 
 
+def rates_file() -> str:
+    """``XPATCH_RATES``: the file of this machine's measured run speeds
+    (default ``rates.json`` in :func:`cache_dir`)."""
+    return os.environ.get("XPATCH_RATES") or os.path.join(cache_dir(), "rates.json")
+
+
 def tf_threads() -> tuple[int | None, int | None]:
     """``XPATCH_TF_INTRA_THREADS`` and ``XPATCH_TF_INTER_THREADS``, or None."""
     return _int("XPATCH_TF_INTRA_THREADS", None), _int("XPATCH_TF_INTER_THREADS", None)
@@ -151,6 +158,7 @@ __all__ = [
     "gpus_hidden",
     "lock_ttl",
     "max_pixels",
+    "rates_file",
     "model_cache_bytes",
     "model_cache_count",
     "onednn_disabled",

@@ -27,8 +27,8 @@ _KEEP = 200
 
 
 def rates_path() -> str:
-    """The file of measured speeds (``<XPATCH_CACHE>/rates.json``)."""
-    return os.path.join(settings.cache_dir(), "rates.json")
+    """The file of measured speeds (``XPATCH_RATES``, default ``<XPATCH_CACHE>/rates.json``)."""
+    return settings.rates_file()
 
 
 def _read() -> dict[str, Any]:

@@ -210,3 +210,56 @@ def test_evaluation_is_stored_with_the_run_and_shown_by_the_operator(hand):
             op(ds, "pp", "nope")
     finally:
         ds.delete()
+
+
+CUP = (110, 30, 170, 80)
+
+
+def test_per_class_rates_by_hand(hand):
+    """A gets a second class ("cup", hit by its patch P2), B's G3 becomes a
+    cup: the per-class rates, computed by hand, are stored with the run."""
+    ds = hand[0].clone()
+    try:
+        a = ds.match(F("name") == "A").first()
+        a["gt"].detections.append(_det(CUP, "cup"))
+        a.save()
+        b = ds.match(F("name") == "B").first()
+        b["gt"].detections[0].label = "cup"
+        b.save()
+        r = metrics.evaluate_patches(ds, "patches", "gt", heatmap_field="sal")
+        assert r["patches"] == 8 and r["hits"] == 4  # pooled: A P1, P2, P5 and B P6
+        classes = r["per_class"]
+        assert [c["label"] for c in classes] == ["cup", "obj"]  # most images first
+        cup, obj = classes
+        # cup: A (P2's centre (140.5, 50.5) is in the cup) and B (P6): 2 of 8;
+        # centre prior: only B's centred boxes are on a cup
+        assert (cup["images"], cup["patches"], cup["hits"]) == (2, 8, 2)
+        assert cup["hit_rate"] == pytest.approx(2 / 8) and cup["center_prior_rate"] == pytest.approx(3 / 8)
+        # a uniform 40x40 centre on A: x 20..180 (161), y 20..80 (61); in the cup: x 110..169, y 30..79
+        p_cup_a = (60 * 50) / (161 * 61)
+        assert cup["uniform_expected"] == pytest.approx((5 * p_cup_a + 3 * _pb()) / 8)
+        assert cup["ratio_expected"] == pytest.approx((2 / 8) / cup["uniform_expected"])
+        # obj: A only (D and E have no patches), P1 and P5
+        assert (obj["images"], obj["patches"], obj["hits"]) == (1, 5, 2)
+        assert obj["uniform_expected"] == pytest.approx(_pa()) and obj["center_prior_rate"] == 0.0
+        uni_a = _uniform_hits_by_hand(3, hand[1]["A"], 5, 40, 40, G1)  # the same uniform boxes as pooled
+        assert obj["uniform_rate"] == pytest.approx(uni_a / 5)
+        # stored with the patch run, as a list (labels may not be database keys)
+        runs.run_patches(ds, "sal", "pp", n=3, size=24, seed=5)
+        r2 = metrics.evaluate_patches(ds, "pp", "gt")
+        stored = runs.get_run_info(ds, "pp")["results"]["evaluation"]["per_class"]
+        assert stored == r2["per_class"] and {c["label"] for c in stored} <= {"cup", "obj"}
+        cup2 = next(c for c in stored if c["label"] == "cup")
+        assert (cup2["images"], cup2["patches"]) == (2, 6)  # A and B, 3 patches each
+        with pytest.raises(ParameterError, match="labels"):
+            metrics.QualityAccumulator().add((W, H), [[0, 0, 10, 10]], [G1], labels=["a", "b"])
+    finally:
+        ds.delete()
+
+
+def test_labels_of_crowd_boxes_are_left_out():
+    dets = fo.Detections(detections=[_det(G1, "cup"), _det(G2_CROWD, "crowd", iscrowd=1), _det(G3, "a.b")])
+    boxes, labels, crowd = metrics.gt_boxes_px_labels(dets, (W, H))
+    assert labels == ["cup", "a.b"] and crowd == 1
+    np.testing.assert_allclose(boxes, [G1, G3])
+    np.testing.assert_allclose(metrics.gt_boxes_px(dets, (W, H))[0], boxes)

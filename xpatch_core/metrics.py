@@ -42,6 +42,13 @@ sampler writes them (relative boxes are rounded to the nearest pixel).
     has no peak and counts as a miss (``degenerate_maps``).
 -   Images without a non-crowd ground-truth box are excluded from every rate
     and counted in ``images_without_gt``.
+-   **Per class** (``per_class``, when the ground truth has labels): for a
+    class ``c``, the same three rates over the images that show a non-crowd
+    ``c`` box, with only the ``c`` boxes as ground truth: "of the patches of
+    images showing a cup, the share centred on a cup". The uniform and
+    centre-prior boxes are the same boxes as for the pooled rates. The
+    classes of an image add up to more than its pooled rate when boxes of
+    different classes overlap.
 """
 
 from __future__ import annotations
@@ -65,6 +72,7 @@ __all__ = [
     "center_prior_boxes",
     "evaluate_patches",
     "gt_boxes_px",
+    "gt_boxes_px_labels",
     "gt_mask",
     "hit_rate",
     "peak_point",
@@ -370,8 +378,24 @@ def gt_boxes_px(detections: Any, image_size: tuple[int, int]) -> tuple[np.ndarra
         ``(boxes, crowd)``: an ``(M, 4)`` float64 array and the number of
         crowd boxes left out (``iscrowd`` attribute truthy)
     """
+    boxes, _, crowd = gt_boxes_px_labels(detections, image_size)
+    return boxes, crowd
+
+
+def gt_boxes_px_labels(detections: Any, image_size: tuple[int, int]) -> tuple[np.ndarray, list[str], int]:
+    """Non-crowd pixel boxes of a ``fo.Detections`` with their labels.
+
+    Args:
+        detections: a ``fo.Detections``, a list of ``fo.Detection`` or None
+        image_size: ``(width, height)``
+
+    Returns:
+        ``(boxes, labels, crowd)``: an ``(M, 4)`` float64 array, the ``M``
+        labels (``""`` for a detection without one) and the number of crowd
+        boxes left out (``iscrowd`` attribute truthy)
+    """
     dets = getattr(detections, "detections", detections) or []
-    rel, crowd = [], 0
+    rel, labels, crowd = [], [], 0
     for d in dets:
         bb = getattr(d, "bounding_box", None)
         if bb is None or len(bb) != 4:
@@ -384,7 +408,8 @@ def gt_boxes_px(detections: Any, image_size: tuple[int, int]) -> tuple[np.ndarra
             crowd += 1
             continue
         rel.append(bb)
-    return (rel_to_px(rel, image_size) if rel else np.zeros((0, 4))), crowd
+        labels.append(str(getattr(d, "label", None) or ""))
+    return (rel_to_px(rel, image_size) if rel else np.zeros((0, 4))), labels, crowd
 
 
 # -- aggregation -------------------------------------------------------------------
@@ -420,9 +445,10 @@ class QualityAccumulator:
         self.pointing_hits = 0
         self.degenerate_maps = 0
         self.images_without_heatmap = 0
+        self.classes: dict[str, dict[str, float]] = {}
 
     def add(self, image_size: tuple[int, int], boxes_px: Any, gt_px: Any, *, saliency: Any = None,
-            seed: int = 0, key: Any = None, crowd: int = 0) -> None:
+            seed: int = 0, key: Any = None, crowd: int = 0, labels: Sequence[str] | None = None) -> None:
         """Adds one image.
 
         Args:
@@ -433,6 +459,8 @@ class QualityAccumulator:
             seed: the seed of the uniform baseline
             key: the sample key of the uniform baseline
             crowd: crowd boxes that were left out (for the record)
+            labels: the class of each ground-truth box, for the per-class
+                rates (None: no per-class rates from this image)
         """
         self.images += 1
         self.crowd_ignored += int(crowd)
@@ -453,11 +481,57 @@ class QualityAccumulator:
             return
         self.images_evaluated += 1
         sizes = np.stack([b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], axis=1)
+        uniform = uniform_boxes(sizes, image_size, seed, key)
+        center = center_prior_boxes(sizes, image_size)
         self.patches += b.shape[0]
         self.hits += int(center_hits(b, g).sum())
-        self.uniform_hits += int(center_hits(uniform_boxes(sizes, image_size, seed, key), g).sum())
+        self.uniform_hits += int(center_hits(uniform, g).sum())
         self.uniform_expected += float(uniform_expected_hits(sizes, g, image_size).sum())
-        self.center_hits += int(center_hits(center_prior_boxes(sizes, image_size), g).sum())
+        self.center_hits += int(center_hits(center, g).sum())
+        if labels is not None:
+            self._add_classes(image_size, (b, uniform, center, sizes), g, labels)
+
+    def _add_classes(self, image_size: tuple[int, int], boxes: tuple[np.ndarray, ...], g: np.ndarray,
+                     labels: Sequence[str]) -> None:
+        """Adds one image to the per-class counts: ``boxes`` are the patch,
+        uniform and centre-prior boxes and the patch sizes."""
+        if len(labels) != g.shape[0]:
+            raise ParameterError(f"labels: {len(labels)} labels for {g.shape[0]} ground-truth boxes")
+        b, uniform, center, sizes = boxes
+        names = np.asarray([str(x) for x in labels], dtype=object)
+        for name in sorted(set(names.tolist())):
+            gc = g[names == name]
+            c = self.classes.setdefault(name, dict.fromkeys(
+                ("images", "patches", "hits", "uniform_hits", "uniform_expected", "center_prior_hits"), 0))
+            c["images"] += 1
+            c["patches"] += b.shape[0]
+            c["hits"] += int(center_hits(b, gc).sum())
+            c["uniform_hits"] += int(center_hits(uniform, gc).sum())
+            c["uniform_expected"] += float(uniform_expected_hits(sizes, gc, image_size).sum())
+            c["center_prior_hits"] += int(center_hits(center, gc).sum())
+
+    def per_class(self) -> list[dict[str, Any]]:
+        """The per-class figures (see the module docstring).
+
+        Returns:
+            one dict per class, the classes shown on most images first:
+            ``{"label", "images", "patches", "hits", "hit_rate",
+            "uniform_rate", "uniform_expected", "center_prior_rate",
+            "ratio_expected"}`` (a list, as labels may hold characters a
+            database key may not)
+        """
+        out = []
+        for name, c in sorted(self.classes.items(), key=lambda kv: (-kv[1]["images"], kv[0])):
+            n = c["patches"]
+            hit = c["hits"] / n if n else None
+            uexp = c["uniform_expected"] / n if n else None
+            out.append({
+                "label": name, "images": int(c["images"]), "patches": int(n), "hits": int(c["hits"]),
+                "hit_rate": hit, "uniform_rate": c["uniform_hits"] / n if n else None, "uniform_expected": uexp,
+                "center_prior_rate": c["center_prior_hits"] / n if n else None,
+                "ratio_expected": (hit / uexp) if hit is not None and uexp else None,
+            })
+        return out
 
     def result(self) -> dict[str, Any]:
         """Returns the figures.
@@ -465,8 +539,9 @@ class QualityAccumulator:
         Returns:
             a JSON-serialisable dict: ``hit_rate``, ``uniform_rate``,
             ``uniform_expected``, ``ratio`` (hit / uniform), ``ratio_expected``,
-            ``center_prior_rate``, ``pointing_game``, and the counts behind
-            them (rates are None when nothing could be measured)
+            ``center_prior_rate``, ``pointing_game``, the counts behind
+            them (rates are None when nothing could be measured) and
+            ``per_class`` (:meth:`per_class`; empty without labels)
         """
         def rate(a: float, b: float) -> float | None:
             return float(a) / float(b) if b else None
@@ -496,6 +571,7 @@ class QualityAccumulator:
             "pointing_hits": self.pointing_hits,
             "degenerate_maps": self.degenerate_maps,
             "crowd_boxes_ignored": self.crowd_ignored,
+            "per_class": self.per_class(),
         }
 
 
@@ -555,9 +631,9 @@ def _accumulate(acc: QualityAccumulator, images: Any, patches_field: str, gt_fie
             s0 = dets[0].get_attribute_value("seed", None) if dets else None
             if isinstance(s0, int) and not isinstance(s0, bool) and s0 >= 0:
                 seed = s0
-            g, crowd = gt_boxes_px(gt, size)
+            g, labels, crowd = gt_boxes_px_labels(gt, size)
             saliency = read_heatmap(hm) if hm is not None and len(g) else None
-            acc.add(size, boxes, g, saliency=saliency, seed=seed, key=sid, crowd=crowd)
+            acc.add(size, boxes, g, saliency=saliency, seed=seed, key=sid, crowd=crowd, labels=labels)
     return unknown_size
 
 
@@ -590,7 +666,8 @@ def evaluate_patches(
     Returns:
         a dict with ``hit_rate``, ``uniform_rate``, ``uniform_expected``,
         ``ratio``, ``center_prior_rate``, ``pointing_game``, the counts
-        behind them, the fields, the run key and ``stored``
+        behind them, ``per_class`` (the same rates per ground-truth class),
+        the fields, the run key and ``stored``
 
     Raises:
         ParameterError: for unknown fields or a bad radius

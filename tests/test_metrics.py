@@ -143,7 +143,8 @@ def test_evaluate_hand_made_case(hand):
     assert r["uniform_expected"] == pytest.approx((5 * _pa() + 3 * _pb()) / 8)
     uni = (_uniform_hits_by_hand(3, ids["A"], 5, 40, 40, G1) + _uniform_hits_by_hand(0, ids["B"], 3, 20, 20, G3))
     assert r["uniform_hits"] == uni and r["uniform_rate"] == pytest.approx(uni / 8)
-    assert r["ratio"] == pytest.approx((3 / 8) / (uni / 8))
+    # (the uniform boxes depend on the random sample ids: none may hit, about 1 run in 60)
+    assert r["ratio"] == (pytest.approx((3 / 8) / (uni / 8)) if uni else None)
     # pointing: A (25, 25) in G1; B (175, 37.5) 55 px from G3; D (150, 75)
     # 5 px from G4; E constant map; C has no non-crowd box
     assert r["pointing_images"] == 4 and r["pointing_hits"] == 2 and r["pointing_game"] == 0.5

@@ -7,6 +7,7 @@
 | ``run_ops`` | ``get_xpatch_run_info``, ``load_xpatch_run_view``, ``delete_xpatch_run`` |
 | ``export_ops`` | ``export_patches``, ``evaluate_patches`` |
 | ``dataset_ops`` | ``make_patch_dataset`` |
+| ``runs_panel`` | the ``xpatch_runs`` panel (where FiftyOne has Python panels) |
 
 Importing this package never imports TensorFlow.
 """
@@ -21,14 +22,15 @@ from . import (
     export_ops,
     patches_ops,
     run_ops,
+    runs_panel,
     saliency_ops,
 )
 
-_MODULES = [saliency_ops, patches_ops, run_ops, export_ops, dataset_ops]
+_MODULES = [saliency_ops, patches_ops, run_ops, export_ops, dataset_ops, runs_panel]
 
 
 def register(p: Any) -> None:
-    """Registers every xpatch operator on the plugin context.
+    """Registers every xpatch operator and panel on the plugin context.
 
     Args:
         p: the FiftyOne plugin context

@@ -140,5 +140,15 @@ MODEL_FILE_LIMITS: dict[str, int] = {
 }
 
 
-__all__ = ["CHOICES", "HEATMAP", "MODEL_CACHE", "MODEL_FILE_LIMITS", "MODEL_MENU", "PATCHES", "PATCH_DATASET",
+#: The xpatch panel in the App (:mod:`xpatch_core.overview`).
+PANEL: dict[str, Any] = {
+    # classes shown in the hit-rate figure (those on most images)
+    "max_classes": 12,
+    # bins of the patch-score histogram
+    "score_bins": 20,
+    # failures listed for a run
+    "failures_shown": 5,
+}
+
+__all__ = ["CHOICES", "HEATMAP", "MODEL_CACHE", "MODEL_FILE_LIMITS", "MODEL_MENU", "PATCHES", "PANEL", "PATCH_DATASET",
            "SALIENCY", "SCALE"]

@@ -18,9 +18,9 @@ from .common import foo, types, uri
 PANEL_NAME = "xpatch_runs"
 PANEL_LABEL = "xpatch runs"
 
-_COLUMNS = [("run", "Run"), ("kind", "Kind"), ("field", "Field"), ("status", "Status"), ("processed", "Processed"),
-            ("skipped", "Already done"), ("failed", "Failed"), ("patches", "Patches"), ("time", "Time"),
-            ("speed", "Speed")]
+#: The run table's columns: (key of :func:`xpatch_core.overview.run_row`, heading).
+_COLUMNS = [("run", "Run"), ("kind", "Kind"), ("status", "Status"), ("samples", "Samples"), ("patches", "Patches"),
+            ("time", "Time")]
 _PLOT_CONFIG = {"displayModeBar": False, "responsive": True}
 
 
@@ -49,14 +49,36 @@ def load_state(ctx: Any, run_key: str | None = None) -> dict[str, Any]:
         "details": content["details"],
         "kind": next((r["kind"] for r in content["rows"] if r["run"] == content["run_key"]), None),
         "hits_layout": hits["layout"] if hits else None,
+        "hits_title": hits["title"] if hits else None,
         "hits_note": (f"{hits['classes_left_out']} more classes are not shown." if hits and hits["classes_left_out"]
                       else None),
         "scores_layout": scores["layout"] if scores else None,
+        "scores_title": scores["title"] if scores else None,
         "evaluation": content["evaluation"],
         "steps": content["steps"],
     })
     ctx.panel.data.set({"hits": hits["data"] if hits else [], "scores": scores["data"] if scores else []})
     return content
+
+
+def runs_table_markdown(dataset_name: str, rows: list[dict[str, Any]]) -> str:
+    """The run table as Markdown (it wraps to the panel's width).
+
+    Args:
+        dataset_name: the dataset's name
+        rows: :func:`xpatch_core.overview.run_row` dicts
+
+    Returns:
+        Markdown text: a heading and a table
+    """
+    def cell(v: Any) -> str:
+        return str(v).replace("|", "\\|") if v not in (None, "") else "-"
+
+    lines = [f"**xpatch runs on '{dataset_name}'**", "",
+             "| " + " | ".join(label for _, label in _COLUMNS) + " |",
+             "|" + "---|" * len(_COLUMNS)]
+    lines += ["| " + " | ".join(cell(r.get(key)) for key, _ in _COLUMNS) + " |" for r in rows]
+    return "\n".join(lines)
 
 
 class RunsPanel(getattr(foo, "Panel", foo.Operator)):
@@ -97,10 +119,7 @@ class RunsPanel(getattr(foo, "Panel", foo.Operator)):
         return types.Property(panel, view=types.GridView(orientation="vertical", gap=2, padding=2))
 
     def _render_runs(self, panel: Any, state: Any, rows: list[dict[str, Any]]) -> None:
-        table = types.TableView()
-        for key, label in _COLUMNS:
-            table.add_column(key, label=label)
-        panel.list("rows", types.Object(), view=table, label=f"xpatch runs on '{state.dataset}'")
+        panel.md(runs_table_markdown(state.dataset, rows), name="rows_table")
         choices = types.DropdownView()
         for r in rows:
             choices.add_choice(r["run"], label=f"{r['run']} ({r['kind']})")
@@ -108,6 +127,7 @@ class RunsPanel(getattr(foo, "Panel", foo.Operator)):
                    on_change=self.on_select_run)
         panel.str("details", view=types.MarkdownView())
         if state.hits_layout:
+            panel.md(f"**{state.hits_title}**", name="hits_title")
             panel.plot("hits", layout=state.hits_layout, config=_PLOT_CONFIG)
             ev = state.evaluation or {}
             pointing = ev.get("pointing_game")
@@ -119,6 +139,7 @@ class RunsPanel(getattr(foo, "Panel", foo.Operator)):
             panel.md("Not evaluated yet: **Evaluate** measures how often the patches land on ground-truth "
                      "objects, against uniform placement and the centre prior.", name="evaluation_note")
         if state.scores_layout:
+            panel.md(f"**{state.scores_title}**", name="scores_title")
             panel.plot("scores", layout=state.scores_layout, config=_PLOT_CONFIG)
         steps = panel.h_stack("steps", gap=1)
         for step in state.steps or []:

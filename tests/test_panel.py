@@ -75,18 +75,19 @@ def test_rows_and_details_are_the_run_records(ds):
         assert (row["processed"], row["failed"], row["skipped"], row["status"]) == (
             res["processed"], res["failed"], res["skipped"], res["status"])
     assert by_run["sal"]["failed"] == 1 and by_run["sal"]["processed"] == 5
+    assert by_run["sal"]["samples"] == "5 (1 failed)" and by_run["patches"]["samples"] == "5"
     assert by_run["patches"]["patches"] == runs.get_run_info(ds, "patches")["results"]["patches"] == 5 * N_PATCHES
     assert [r["run"] for r in content["rows"]] == ["sal", "patches"]  # oldest first
     # the latest patch run is detailed by default
     assert content["run_key"] == "patches"
     md = content["details"]
-    assert "Run `patches`: patches in `patches`, completed" in md
-    assert f"- n: `{N_PATCHES}`" in md and "- seed: `3`" in md and "- heatmap_field: `sal`" in md
+    assert "**Run `patches`**: patches in `patches`, completed." in md
+    assert f" n `{N_PATCHES}` " in md and " seed `3` " in md and "heatmap_field `sal`" in md
     sal = overview.panel_content(ds, "sal")
     assert "1 failed" in sal["details"] and "im5.png" in sal["details"]  # the failure and its reason
     reason = runs.failures_of(ds, "sal")[0]["reason"]
     assert reason in sal["details"]
-    assert "- model: `tiny.keras`" in sal["details"] and "- method: `activation`" in sal["details"]
+    assert "model `tiny.keras`" in sal["details"] and "method `activation`" in sal["details"]
     assert sal["hits"] is None and sal["scores"] is None
     assert [s["operator"] for s in sal["steps"]] == ["load_xpatch_run_view", "sample_patches"]
 
@@ -165,8 +166,20 @@ def test_the_panel_runs_through_fiftyones_executor(ds):
     assert data["hits"] == content["hits"]["data"] and data["scores"] == content["scores"]["data"]
     output = by_op["show_panel_output"][0]["output"]
     props = output["type"]["properties"]
-    assert {"rows", "run_key", "details", "hits", "evaluation_note", "scores", "steps", "refresh"} <= set(props)
+    assert {"rows_table", "run_key", "details", "hits", "evaluation_note", "scores", "steps", "refresh"} <= set(props)
     assert props["hits"]["view"]["name"] == props["scores"]["view"]["name"] == "PlotlyView"
     assert props["hits"]["view"]["layout"] == content["hits"]["layout"]
     text = str(output)
     assert "@xpatch/xpatch/make_patch_dataset" in text and "@xpatch/xpatch/export_patches" in text
+
+
+def test_the_run_table_is_markdown_that_wraps(ds):
+    from plugin.runs_panel import runs_table_markdown
+
+    rows = overview.panel_content(ds)["rows"]
+    md = runs_table_markdown(ds.name, rows + [{**rows[0], "run": "a|b", "time": ""}])
+    lines = md.splitlines()
+    assert lines[2] == "| Run | Kind | Status | Samples | Patches | Time |"
+    assert lines[4].startswith("| sal | saliency | completed | 5 (1 failed) | 0 |")
+    assert lines[5].startswith(f"| patches | patches | completed | 5 | {5 * N_PATCHES} |")
+    assert lines[6].startswith("| a\\|b |") and lines[6].endswith("| - |")  # escaped; empty cells show "-"

@@ -76,8 +76,9 @@ def run_row(info: dict[str, Any]) -> dict[str, Any]:
 
     Returns:
         ``{"run", "kind", "field", "status", "processed", "skipped",
-        "failed", "patches", "time", "speed", "started"}`` (counts as
-        integers, the rest as text)
+        "failed", "samples", "patches", "time", "speed", "started"}``
+        (counts as integers, the rest as text; ``samples`` is the processed
+        count with the failures)
     """
     cfg, res = info["config"], info["results"]
     elapsed = _num(res.get("elapsed"))
@@ -90,6 +91,8 @@ def run_row(info: dict[str, Any]) -> dict[str, Any]:
         "processed": int(_num(res.get("processed"))),
         "skipped": int(_num(res.get("skipped"))),
         "failed": int(_num(res.get("failed"))),
+        "samples": f"{int(_num(res.get('processed'))):,}" + (
+            f" ({int(_num(res.get('failed'))):,} failed)" if _num(res.get("failed")) else ""),
         "patches": int(_num(res.get("patches"))),
         "time": _duration(elapsed),
         "speed": f"{speed:.1f}/s" if speed > 0 else "",
@@ -145,12 +148,12 @@ def details_markdown(info: dict[str, Any]) -> str:
     """
     row = run_row(info)
     res = info["results"]
-    head = f"### Run `{row['run']}`: {row['kind']} in `{row['field']}`, {row['status']}"
+    head = f"**Run `{row['run']}`**: {row['kind']} in `{row['field']}`, {row['status']}."
     counts = (f"{row['processed']:,} processed, {row['skipped']:,} already done, {row['failed']:,} failed"
               + (f"; {row['patches']:,} patches" if row["patches"] else ""))
     if row["time"]:
         counts += f"; {row['time']}" + (f" at {row['speed'].replace('/s', ' samples/s')}" if row["speed"] else "")
-    lines = [head, "", f"**Counts**: {counts}."]
+    lines = [head, f"**Counts**: {counts}."]
     timings = res.get("timings") if isinstance(res.get("timings"), dict) else {}
     stages = [f"{k.replace('_', ' ')} {_num(v):.1f} s" for k, v in timings.items() if _num(v) >= 0.05]
     if stages:
@@ -159,16 +162,16 @@ def details_markdown(info: dict[str, Any]) -> str:
         lines.append(f"**Started**: {row['started']} UTC.")
     params = parameters(info)
     if params:
-        lines += ["", "**Parameters**", ""] + [f"- {k}: `{v}`" for k, v in params]
+        lines.append("**Parameters**: " + " · ".join(f"{k} `{v}`" for k, v in params) + ".")
     failures = [f for f in (res.get("failures") or []) if isinstance(f, dict)]
     shown = int(PANEL["failures_shown"])
     if failures:
-        lines += ["", f"**Failures** (tagged `xpatch:{row['field']}:failed`)", ""]
-        lines += [f"- `{str(f.get('filepath') or f.get('id')).rsplit('/', 1)[-1]}`: {f.get('reason')}"
-                  for f in failures[:shown]]
+        items = [f"- `{str(f.get('filepath') or f.get('id')).rsplit('/', 1)[-1]}`: {f.get('reason')}"
+                 for f in failures[:shown]]
         if row["failed"] > shown:
-            lines.append(f"- and {row['failed'] - shown:,} more")
-    return "\n".join(lines)
+            items.append(f"- and {row['failed'] - shown:,} more")
+        lines += [f"**Failures** (tagged `xpatch:{row['field']}:failed`):", "\n".join(items)]
+    return "\n\n".join(lines)
 
 
 def evaluation_of(info: dict[str, Any], gt_field: str | None = None) -> dict[str, Any] | None:
@@ -199,7 +202,8 @@ def hit_rate_figure(evaluation: dict[str, Any], max_classes: int = PANEL["max_cl
         max_classes: the most classes shown (those on most images)
 
     Returns:
-        ``{"data": [three bar traces], "layout": {...}, "classes_left_out": int}``;
+        ``{"data": [three bar traces], "layout": {...}, "title": str,
+        "classes_left_out": int}``;
         the first category is ``"all"``; a rate that could not be measured
         is None (no bar)
     """
@@ -216,14 +220,16 @@ def hit_rate_figure(evaluation: dict[str, Any], max_classes: int = PANEL["max_cl
             "hovertemplate": "%{x}: %{y:.1%} (%{customdata} images)<extra>" + name + "</extra>",
         })
     layout = {
-        "title": {"text": f"Patch centres on a '{evaluation.get('gt_field')}' object"},
         "barmode": "group",
+        "showlegend": True,
         "yaxis": {"title": {"text": "hit rate"}, "range": [0, 1], "tickformat": ".0%"},
-        "legend": {"orientation": "h", "y": -0.2},
-        "margin": {"t": 40, "b": 40, "l": 50, "r": 10},
-        "height": 320,
+        "legend": {"orientation": "h", "x": 0, "y": 1.02, "yanchor": "bottom"},
+        "margin": {"t": 40, "b": 80, "l": 50, "r": 10},
+        "autosize": True,
+        "height": 340,
     }
-    return {"data": data, "layout": layout, "classes_left_out": max(0, len(classes) - len(shown))}
+    title = f"Patch centres on a '{evaluation.get('gt_field')}' object, against uniform placement and the centre prior"
+    return {"data": data, "layout": layout, "title": title, "classes_left_out": max(0, len(classes) - len(shown))}
 
 
 def score_histogram(sample_collection: Any, field: str, bins: int = PANEL["score_bins"]) -> dict[str, Any] | None:
@@ -236,7 +242,7 @@ def score_histogram(sample_collection: Any, field: str, bins: int = PANEL["score
         bins: the number of bins
 
     Returns:
-        ``{"data": [one bar trace], "layout": {...}, "counts", "edges"}``,
+        ``{"data": [one bar trace], "layout": {...}, "title", "counts", "edges"}``,
         or None when the field holds no scores
     """
     dataset = sample_collection._dataset
@@ -252,14 +258,15 @@ def score_histogram(sample_collection: Any, field: str, bins: int = PANEL["score
              "width": [b - a for a, b in zip(edges[:-1], edges[1:])],
              "hovertemplate": "score %{x:.3f}: %{y} patches<extra></extra>"}]
     layout = {
-        "title": {"text": f"Patch scores in '{field}' ({int(sum(counts)):,} patches)"},
         "xaxis": {"title": {"text": "score (confidence)"}},
         "yaxis": {"title": {"text": "patches"}},
         "bargap": 0.02,
-        "margin": {"t": 40, "b": 40, "l": 50, "r": 10},
-        "height": 280,
+        "margin": {"t": 10, "b": 50, "l": 50, "r": 10},
+        "autosize": True,
+        "height": 260,
     }
-    return {"data": data, "layout": layout, "counts": [int(c) for c in counts], "edges": [float(e) for e in edges]}
+    return {"data": data, "layout": layout, "title": f"Patch scores in '{field}' ({int(sum(counts)):,} patches)",
+            "counts": [int(c) for c in counts], "edges": [float(e) for e in edges]}
 
 
 def _free_field(dataset: Any, base: str) -> str:

@@ -51,6 +51,34 @@ PATCHES: dict[str, Any] = {
     "border": "error",
 }
 
+#: Patch embeddings (:func:`xpatch_core.embeddings.iter_patch_embeddings`,
+#: :func:`xpatch_core.runs.run_embeddings`, the *Compute patch embeddings*
+#: form). Layer and pooling chosen by ``benchmarks/bench_embeddings.py`` on the
+#: shared COCO subset (see ``docs/curation.md``).
+EMBEDDINGS: dict[str, Any] = {
+    "patches_field": "patches",
+    "attribute": "embedding",
+    "model": "xception",
+    "fine_layer": None,
+    "pooling": "align",
+    "sampling_ratio": 2,
+    "border": "pad",
+    "batch_size": 16,
+}
+
+#: Curation (:mod:`xpatch_core.curation`, the curation operators).
+CURATION: dict[str, Any] = {
+    "duplicate_threshold": 0.1,
+    "duplicate_tag": "xpatch:duplicate",
+    "keep_by": "confidence",
+    "diverse_count": 100,
+    "diverse_tag": "xpatch:diverse",
+    "seed": 0,
+    "similarity_key": None,
+    "visualization_key": None,
+    "visualization_method": "pca",
+}
+
 #: Choices offered for the enumerated parameters.
 CHOICES: dict[str, tuple[str, ...]] = {
     "mode": ("random", "topk", "grid"),
@@ -59,6 +87,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "on_degenerate": ("uniform", "error"),
     "precision": ("float32", "bfloat16", "mixed_bfloat16"),
     "storage": ("database", "png"),
+    "pooling": ("align", "area"),
+    "visualization_method": ("pca", "tsne", "umap"),
 }
 
 #: Models offered first in the App's model menu (any ``keras.applications``
@@ -100,4 +130,5 @@ def gradient_methods() -> tuple[str, ...]:
     return tuple(name for name, _, grad in method_choices() if grad)
 
 
-__all__ = ["CHOICES", "MODEL_MENU", "PATCHES", "SALIENCY", "WRITE_CHUNK", "gradient_methods", "method_choices"]
+__all__ = ["CHOICES", "CURATION", "EMBEDDINGS", "MODEL_MENU", "PATCHES", "SALIENCY", "WRITE_CHUNK",
+           "gradient_methods", "method_choices"]

@@ -320,9 +320,11 @@ def find_target_layer(model: Any) -> str:
     Raises:
         ModelError: if no such layer exists
     """
+    import keras
+
     best = None
     for path, layer in _layer_candidates(model):
-        if _is_model(layer):
+        if _is_model(layer) or isinstance(layer, keras.layers.InputLayer):
             continue
         shape = _output_shape(layer)
         if shape is None or len(shape) != 4:

@@ -9,6 +9,7 @@ import os
 import fiftyone as fo
 import numpy as np
 import pytest
+from fiftyone import ViewField as F
 from PIL import Image, ImageOps
 
 from xpatch_core import curation
@@ -211,20 +212,29 @@ def test_patch_map_for_the_embeddings_panel(constructed):
 
 
 @pytest.fixture()
-def flipped_photos(xception, coco_dir, tmp_path):
-    """Four COCO photos and a mirrored copy of the first, with patches."""
+def copied_photos(xception, coco_dir, tmp_path):
+    """Four COCO photos with four patches each, a mirrored copy of the first
+    (patches mirrored) and a copy shifted by 8 px and re-encoded (patches
+    shifted), each copy a sample of its own."""
     import glob
 
     paths = sorted(glob.glob(os.path.join(coco_dir, "images", "*.jpg")))[:4]
-    flipped = str(tmp_path / "flipped.jpg")
-    ImageOps.mirror(Image.open(paths[0])).save(flipped, quality=95)
-    ds = fo.Dataset()
+    img = Image.open(paths[0])
+    W, H = img.size
+    flipped, shifted = str(tmp_path / "flipped.jpg"), str(tmp_path / "shifted.jpg")
+    ImageOps.mirror(img).save(flipped, quality=95)
+    img.crop((8, 0, W, H)).save(shifted, quality=80)
     rel = [[0.05 + 0.22 * k, 0.1 + 0.2 * (k % 3), 0.2, 0.3] for k in range(4)]
+    copies = {
+        flipped: ("mirror", [[1 - b[0] - b[2], b[1], b[2], b[3]] for b in rel]),
+        shifted: ("shift", [[(b[0] * W - 8) / (W - 8), b[1], b[2] * W / (W - 8), b[3]] for b in rel]),
+    }
+    ds = fo.Dataset()
     samples = [fo.Sample(filepath=p, patches=fo.Detections(detections=[
         fo.Detection(label="patch", bounding_box=b, confidence=0.5) for b in rel])) for p in paths]
-    mirrored = [[1 - b[0] - b[2], b[1], b[2], b[3]] for b in rel]
-    samples.append(fo.Sample(filepath=flipped, patches=fo.Detections(detections=[
-        fo.Detection(label="mirror", bounding_box=b, confidence=0.4) for b in mirrored])))
+    for path, (label, boxes) in copies.items():
+        samples.append(fo.Sample(filepath=path, patches=fo.Detections(detections=[
+            fo.Detection(label=label, bounding_box=b, confidence=0.4) for b in boxes])))
     ds.add_samples(samples)
     yield ds
     ds.delete()
@@ -244,24 +254,40 @@ def _store_embeddings(ds, model):
         s.save()
 
 
-def test_similarity_index_returns_the_mirrored_patch_first(flipped_photos, xception):
-    ds = flipped_photos
+def test_similarity_index_returns_the_copied_patch_first(copied_photos, xception):
+    ds = copied_photos
     _store_embeddings(ds, xception)
     curation.compute_similarity_index(ds, "patches")
     assert ds.has_brain_run("xpatch_patches_sim")
     originals = ds.first().patches.detections
-    mirrors = ds.last().patches.detections
     patches = ds.to_patches("patches")
-    for orig, mirror in zip(originals, mirrors):
-        ranked = patches.sort_by_similarity(orig.id, k=2, brain_key="xpatch_patches_sim")
-        got = ranked.values("patches.id")
-        assert got[0] == orig.id and got[1] == mirror.id, (got, mirror.id)
-    # and the mirrored patches are what near-duplicate search finds
-    res = curation.tag_duplicates(ds, "patches", threshold=0.15)
-    kept_to_dups = {k: set(d) for k, d, _ in res.groups}
-    for orig, mirror in zip(originals, mirrors):
-        assert kept_to_dups.get(orig.id) == {mirror.id}  # the original has the higher confidence
-    assert res.tagged == 4
+    for copy_label in ("mirror", "shift"):
+        copies = ds.match(F("patches.detections.label").contains(copy_label)).first().patches.detections
+        others = patches.match(F("patches.label") != ("shift" if copy_label == "mirror" else "mirror"))
+        for orig, copy in zip(originals, copies):
+            got = others.sort_by_similarity(orig.id, k=2, brain_key="xpatch_patches_sim").values("patches.id")
+            assert got == [orig.id, copy.id], (copy_label, got, copy.id)
     with pytest.raises(ParameterError, match="exists"):
         curation.compute_similarity_index(ds, "patches")
     curation.compute_similarity_index(ds, "patches", overwrite=True)
+
+
+def test_near_duplicate_search_finds_the_shifted_copies(copied_photos, xception):
+    ds = copied_photos.match(~F("patches.detections.label").contains("mirror"))
+    _store_embeddings(ds, xception)
+    table = curation.load_patch_embeddings(ds, "patches")
+    d = 1 - table.embeddings @ table.embeddings.T
+    labels = ds.values("patches.detections.label", unwind=True)
+    shift_rows = [k for k, lab in enumerate(labels) if lab == "shift"]
+    pair = np.zeros_like(d, bool)
+    for k, r in enumerate(shift_rows):
+        pair[k, r] = pair[r, k] = True
+    np.fill_diagonal(d, np.inf)
+    # the real photos put each shifted patch nearer its original than anything else is to anything
+    assert d[pair].max() < d[~pair].min()
+    threshold = float((d[pair].max() + d[~pair].min()) / 2)
+    res = curation.tag_duplicates(ds, "patches", threshold=threshold)
+    originals = ds.first().patches.detections
+    assert {k: set(v) for k, v, _ in res.groups} == {
+        o.id: {table.label_ids[r]} for o, r in zip(originals, shift_rows)}  # originals score higher
+    assert res.tagged == 4 and _tagged(ds, "xpatch:duplicate") == {"shift"}

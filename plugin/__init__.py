@@ -6,6 +6,7 @@
 | ``patches_ops`` | ``sample_patches`` |
 | ``run_ops`` | ``get_xpatch_run_info``, ``load_xpatch_run_view``, ``delete_xpatch_run`` |
 | ``export_ops`` | ``export_patches``, ``evaluate_patches`` |
+| ``curation_ops`` | ``build_patch_similarity``, ``tag_duplicate_patches``, ``clear_duplicate_patches``, ``select_diverse_patches``, ``compute_patch_map`` |
 
 Importing this package never imports TensorFlow.
 """
@@ -14,9 +15,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import patches_ops, run_ops, saliency_ops
+from . import curation_ops, patches_ops, run_ops, saliency_ops
 
-_MODULES = [saliency_ops, patches_ops, run_ops]
+_MODULES = [saliency_ops, patches_ops, run_ops, curation_ops]
 
 try:
     from . import export_ops

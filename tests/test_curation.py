@@ -291,3 +291,48 @@ def test_near_duplicate_search_finds_the_shifted_copies(copied_photos, xception)
     assert {k: set(v) for k, v, _ in res.groups} == {
         o.id: {table.label_ids[r]} for o, r in zip(originals, shift_rows)}  # originals score higher
     assert res.tagged == 4 and _tagged(ds, "xpatch:duplicate") == {"shift"}
+
+
+def _op(name):
+    import fiftyone.operators as foo
+
+    return foo.get_operator(f"@xpatch/xpatch/{name}")
+
+
+def test_curation_operators_on_the_real_database(constructed):
+    from fiftyone.operators.executor import ExecutionError
+
+    ds, ids = constructed
+    r = _op("tag_duplicate_patches")(ds, "patches", threshold=_dist(10))
+    assert r.error is None and _tagged(ds, "xpatch:duplicate") == {"A", "A2"}
+    r = _op("clear_duplicate_patches")(ds, "patches")
+    assert r.error is None and _tagged(ds, "xpatch:duplicate") == set()
+    r = _op("select_diverse_patches")(ds, "patches", 3, seed=0, view_name="ops3")
+    assert r.error is None and ds.has_saved_view("ops3") and len(_tagged(ds, "xpatch:diverse")) == 3
+    r = _op("build_patch_similarity")(ds, "patches")
+    assert r.error is None and ds.has_brain_run("xpatch_patches_sim")
+    assert ds.load_brain_results("xpatch_patches_sim").total_index_size == 9
+    r = _op("compute_patch_map")(ds, "patches", method="pca", brain_key="opsmap")
+    assert r.error is None and ds.load_brain_results("opsmap").points.shape == (9, 2)
+    # every parameter is checked on the server; nothing changes on a refusal
+    bad = [
+        ("tag_duplicate_patches", dict(threshold=-1), "threshold"),
+        ("tag_duplicate_patches", dict(threshold=float("nan")), "threshold"),
+        ("tag_duplicate_patches", dict(keep_by="a.b"), "keep_by"),
+        ("tag_duplicate_patches", dict(tag="  "), "tag"),
+        ("tag_duplicate_patches", dict(patches_field="filepath"), "patches_field"),
+        ("tag_duplicate_patches", dict(attribute="a.b"), "attribute"),
+        ("select_diverse_patches", dict(count=0), "count"),
+        ("select_diverse_patches", dict(count="5"), "count"),
+        ("select_diverse_patches", dict(count=2.5), "count"),
+        ("select_diverse_patches", dict(seed=-1), "seed"),
+        ("select_diverse_patches", dict(view_name="ops3"), "exists"),
+        ("compute_patch_map", dict(method="mds"), "method"),
+        ("compute_patch_map", dict(brain_key="bad key!"), "brain key"),
+        ("compute_patch_map", dict(brain_key="opsmap"), "exists"),
+        ("build_patch_similarity", dict(), "exists"),
+    ]
+    for name, kwargs, match in bad:
+        with pytest.raises(ExecutionError, match=match):
+            _op(name)(ds, **{"patches_field": "patches", **kwargs}).raise_exceptions()
+    assert _tagged(ds, "xpatch:duplicate") == set() and len(_tagged(ds, "xpatch:diverse")) == 3

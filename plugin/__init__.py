@@ -15,7 +15,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import curation_ops, patches_ops, run_ops, saliency_ops
+from . import (
+    common,  # noqa: F401 - first: puts a downloaded copy's library on the path
+    curation_ops,
+    patches_ops,
+    run_ops,
+    saliency_ops,
+)
 
 _MODULES = [saliency_ops, patches_ops, run_ops, curation_ops]
 

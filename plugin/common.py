@@ -26,7 +26,6 @@ def ensure_library() -> None:
 
 ensure_library()
 
-import fiftyone.core.patches as fop  # noqa: E402
 import fiftyone.operators as foo  # noqa: E402
 import fiftyone.operators.types as types  # noqa: E402
 
@@ -39,19 +38,11 @@ def uri(name: str) -> str:
     return f"{PLUGIN}/{name}"
 
 
-def images_of(view: Any) -> Any:
-    """Returns the image samples behind a view; for a patches view, the
-    images of its patches (the base view when nothing was filtered)."""
-    if isinstance(view, fop.PatchesView):
-        base = view._source_collection
-        ids = view.distinct("sample_id")
-        return base if len(ids) == len(base) else base.select(ids)
-    return view
-
-
 def target_images(ctx: Any) -> Any:
     """The images the operator should process: the chosen view target
     (dataset, current view or selection), with patches mapped to images."""
+    from xpatch_core.runs import images_of
+
     return images_of(ctx.target_view())
 
 
@@ -122,24 +113,24 @@ class DelegableOperator(foo.Operator):
         return ctx.params.get("delegate", None)
 
 
-def execute_run(ctx: Any, kind: str, kwargs: dict[str, Any], operator_uri: str):
-    """Runs a saliency or patch run for an operator, relaying progress, and
-    reloads the App's dataset at the end.
+def execute_run(ctx: Any, iter_run: Any, kwargs: dict[str, Any], operator_uri: str):
+    """Runs a library run for an operator (plain, sharded parent or shard),
+    relaying progress, and reloads the App's dataset at the end.
 
-    Use as ``summary = yield from execute_run(ctx, kind, kwargs, self.uri)``.
+    Use as ``summary = yield from execute_run(ctx, runs.iter_run_saliency, kwargs, self.uri)``.
 
     Args:
         ctx: the execution context
-        kind: ``"saliency"`` or ``"patches"``
+        iter_run: the library's run generator
         kwargs: validated keyword arguments of the run
         operator_uri: the operator's URI (shards are queued to it)
 
     Returns:
         the run's :class:`xpatch_core.runs.RunSummary`
     """
-    from xpatch_core.shards import operator_run
+    from .dispatch import operator_run
 
-    gen = operator_run(ctx, kind, target_images(ctx), kwargs, operator_uri)
+    gen = operator_run(ctx, iter_run, target_images(ctx), kwargs, operator_uri)
     summary = yield from relay(ctx, gen)
     if not ctx.delegated:
         yield ctx.ops.reload_dataset()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from xpatch_core.defaults import CHOICES, PATCHES
+
 from .common import (
     DelegableOperator,
     execute_run,
@@ -33,45 +35,49 @@ def patch_params(params: dict) -> dict[str, Any]:
 
     size_mode = text(params, "size_mode", "pixels")
     if size_mode == "pixels":
-        size: int | float = number(params, "size", 96, kind=int, lo=1, hi=100_000)
+        size: int | float = number(params, "size", PATCHES["size"], kind=int, lo=1, hi=100_000)
     elif size_mode == "fraction":
-        size = number(params, "size_fraction", 0.25, lo=1e-6, hi=1.0)
+        size = number(params, "size_fraction", PATCHES["size_fraction"], lo=1e-6, hi=1.0)
     else:
         raise ParameterError(f"unknown size mode {size_mode!r}")
     overlap = text(params, "overlap", "iou")
     max_iou = min_distance = None
     if overlap == "iou":
-        max_iou = number(params, "max_iou", 0.7, lo=0.0, hi=1.0)
+        max_iou = number(params, "max_iou", PATCHES["max_iou"], lo=0.0, hi=1.0)
     elif overlap == "distance":
-        min_distance = number(params, "min_distance", 32.0, lo=0.0)
+        min_distance = number(params, "min_distance", PATCHES["min_distance_form"], lo=0.0)
     elif overlap != "none":
         raise ParameterError(f"unknown overlap control {overlap!r}")
     label_mode = text(params, "label_mode", "predicted")
-    label = "predicted" if label_mode == "predicted" else (text(params, "label", "patch") or "patch")
-    mode = text(params, "mode", "random")
-    if mode not in ("random", "topk", "grid"):
+    label = PATCHES["label"] if label_mode == "predicted" else (text(params, "label", "patch") or "patch")
+    mode = text(params, "mode", PATCHES["mode"])
+    if mode not in CHOICES["mode"]:
         raise ParameterError(f"unknown mode {mode!r}")
-    score = text(params, "score", "mean")
-    if score not in ("mean", "center"):
+    score = text(params, "score", PATCHES["score"])
+    if score not in CHOICES["score"]:
         raise ParameterError(f"unknown score {score!r}")
+    border = text(params, "border", PATCHES["border"])
+    if border not in CHOICES["border"]:
+        raise ParameterError(f"unknown border rule {border!r}")
     for flag in ("overwrite", "replace", "open_view"):
         if not isinstance(params.get(flag, False), bool):
             raise ParameterError(f"{flag} must be true or false")
     return {
-        "heatmap_field": text(params, "heatmap_field", "saliency"),
-        "field": text(params, "field", "patches"),
-        "n": number(params, "n", 16, kind=int, lo=1, hi=100_000),
+        "heatmap_field": text(params, "heatmap_field", PATCHES["heatmap_field"]),
+        "field": text(params, "field", PATCHES["field"]),
+        "n": number(params, "n", PATCHES["n"], kind=int, lo=1, hi=100_000),
         "size": size,
-        "scales": number_list(params, "scales", (1.0,)),
-        "aspect_ratios": number_list(params, "aspect_ratios", (1.0,)),
-        "temperature": number(params, "temperature", 4.0, lo=0.0, hi=100.0),
-        "epsilon": number(params, "epsilon", 0.0, lo=0.0, hi=1.0),
+        "scales": number_list(params, "scales", PATCHES["scales"]),
+        "aspect_ratios": number_list(params, "aspect_ratios", PATCHES["aspect_ratios"]),
+        "temperature": number(params, "temperature", PATCHES["temperature"], lo=0.0, hi=100.0),
+        "epsilon": number(params, "epsilon", PATCHES["epsilon"], lo=0.0, hi=1.0),
         "max_iou": max_iou,
         "min_distance": min_distance,
-        "replace": params.get("replace", False),
+        "replace": params.get("replace", PATCHES["replace"]),
         "score": score,
         "mode": mode,
-        "seed": number(params, "seed", 0, kind=int, lo=0, hi=2**63 - 1),
+        "border": border,
+        "seed": number(params, "seed", PATCHES["seed"], kind=int, lo=0, hi=2**63 - 1),
         "label": label,
         "overwrite": params.get("overwrite", False),
     }
@@ -99,16 +105,17 @@ class SamplePatches(DelegableOperator):
                                               description="Run 'Compute saliency' first"))
             return types.Property(inputs, invalid=True)
         inputs.enum("heatmap_field", heatmaps, default=heatmaps[0], required=True, label="Heatmap field")
-        field_name_input(ctx, inputs, "field", "patches", "patches", "Patches field")
-        inputs.int("n", default=16, min=1, label="Patches per image")
+        field_name_input(ctx, inputs, "field", PATCHES["field"], "patches", "Patches field")
+        inputs.int("n", default=PATCHES["n"], min=1, label="Patches per image")
         sm = types.RadioGroup()
         sm.add_choice("pixels", label="Pixels")
         sm.add_choice("fraction", label="Fraction of the short side")
         inputs.enum("size_mode", sm.values(), default="pixels", label="Patch size in", view=sm)
         if ctx.params.get("size_mode", "pixels") == "pixels":
-            inputs.int("size", default=96, min=1, label="Patch size (px)")
+            inputs.int("size", default=PATCHES["size"], min=1, label="Patch size (px)")
         else:
-            inputs.float("size_fraction", default=0.25, min=0.0, max=1.0, label="Patch size (fraction)")
+            inputs.float("size_fraction", default=PATCHES["size_fraction"], min=0.0, max=1.0,
+                         label="Patch size (fraction)")
         inputs.str("scales", default="1.0", label="Scales", description="Comma-separated, e.g. 1, 1.5, 2")
         inputs.str("aspect_ratios", default="1.0", label="Aspect ratios", description="width / height, e.g. 1, 2, 0.5")
         ov = types.RadioGroup()
@@ -117,19 +124,26 @@ class SamplePatches(DelegableOperator):
         ov.add_choice("none", label="None")
         inputs.enum("overlap", ov.values(), default="iou", label="Overlap control", view=ov)
         if ctx.params.get("overlap", "iou") == "iou":
-            inputs.float("max_iou", default=0.7, min=0.0, max=1.0, label="Max IoU")
+            inputs.float("max_iou", default=PATCHES["max_iou"], min=0.0, max=1.0, label="Max IoU")
         elif ctx.params.get("overlap") == "distance":
-            inputs.float("min_distance", default=32.0, min=0.0, label="Min centre distance (px)")
-        inputs.float("temperature", default=4.0, min=0.0, label="Temperature (weights ** t)")
-        inputs.float("epsilon", default=0.0, min=0.0, max=1.0, label="Uniform mix")
+            inputs.float("min_distance", default=PATCHES["min_distance_form"], min=0.0,
+                         label="Min centre distance (px)")
+        inputs.float("temperature", default=PATCHES["temperature"], min=0.0, label="Temperature (weights ** t)")
+        inputs.float("epsilon", default=PATCHES["epsilon"], min=0.0, max=1.0, label="Uniform mix")
         mode = types.Dropdown(label="Mode")
         for v, lab in (("random", "Random, weighted by saliency"), ("topk", "Top-k (deterministic)"),
                        ("grid", "Grid")):
             mode.add_choice(v, label=lab)
-        inputs.enum("mode", mode.values(), default="random", view=mode)
-        inputs.enum("score", ["mean", "center"], default="mean", label="Score",
+        inputs.enum("mode", mode.values(), default=PATCHES["mode"], view=mode)
+        inputs.enum("score", list(CHOICES["score"]), default=PATCHES["score"], label="Score",
                     description="Window mean of the map, or its value at the centre")
-        inputs.int("seed", default=0, min=0, label="Seed")
+        border = types.Dropdown(label="Shapes larger than an image")
+        for v, lab in (("drop", "Leave them out for that image"), ("pad", "Keep them, centred past the border"),
+                       ("clip", "Cut them to the image"), ("error", "Fail that image")):
+            if v in CHOICES["border"]:
+                border.add_choice(v, label=lab)
+        inputs.enum("border", border.values(), default=PATCHES["border"], view=border)
+        inputs.int("seed", default=PATCHES["seed"], min=0, label="Seed")
         lm = types.RadioGroup()
         lm.add_choice("predicted", label="The predicted class")
         lm.add_choice("text", label="A fixed text")
@@ -142,20 +156,23 @@ class SamplePatches(DelegableOperator):
         return types.Property(inputs, view=types.View(label="Sample patches"))
 
     def execute(self, ctx: Any):
+        from xpatch_core import runs
         from xpatch_core.runs import patches_view
 
         kwargs = patch_params(ctx.params)
-        summary = yield from execute_run(ctx, "patches", kwargs, self.uri)
+        summary = yield from execute_run(ctx, runs.iter_run_patches, kwargs, self.uri)
         if not ctx.delegated:
             if ctx.params.get("open_view", True) and summary.patches:
                 yield ctx.ops.set_view(view=patches_view(ctx.dataset, kwargs["field"]))
 
-    def __call__(self, sample_collection: Any, heatmap_field: str = "saliency", field: str = "patches",
-                 n: int = 16, size: int | float = 96, *, scales: tuple[float, ...] = (1.0,),
-                 aspect_ratios: tuple[float, ...] = (1.0,), max_iou: float | None = 0.7,
-                 min_distance: float | None = None, temperature: float = 4.0, epsilon: float = 0.0,
-                 mode: str = "random", score: str = "mean", seed: int = 0, label: str = "predicted",
-                 overwrite: bool = False, delegate: bool = False, num_shards: int = 1) -> Any:
+    def __call__(self, sample_collection: Any, heatmap_field: str = PATCHES["heatmap_field"],
+                 field: str = PATCHES["field"], n: int = PATCHES["n"], size: int | float = PATCHES["size"], *,
+                 scales: tuple[float, ...] = PATCHES["scales"], aspect_ratios: tuple[float, ...] = PATCHES["aspect_ratios"],
+                 max_iou: float | None = PATCHES["max_iou"], min_distance: float | None = None,
+                 temperature: float = PATCHES["temperature"], epsilon: float = PATCHES["epsilon"],
+                 mode: str = PATCHES["mode"], score: str = PATCHES["score"], border: str = PATCHES["border"],
+                 seed: int = PATCHES["seed"], label: str = PATCHES["label"], overwrite: bool = False,
+                 delegate: bool = False, num_shards: int = 1) -> Any:
         """Samples patches, as the App does.
 
         Args:
@@ -172,6 +189,8 @@ class SamplePatches(DelegableOperator):
             epsilon: share of uniform sampling
             mode: ``"random"``, ``"topk"`` or ``"grid"``
             score: ``"mean"`` or ``"center"``
+            border: ``"drop"``, ``"pad"``, ``"clip"`` or ``"error"``: what to
+                do with a patch shape larger than an image
             seed: the seed (each sample's generator comes from it and the
                 sample id)
             label: ``"predicted"`` or a fixed text
@@ -186,7 +205,7 @@ class SamplePatches(DelegableOperator):
         params: dict[str, Any] = {
             "heatmap_field": heatmap_field, "field": field, "n": n, "scales": ",".join(map(str, scales)),
             "aspect_ratios": ",".join(map(str, aspect_ratios)), "temperature": temperature, "epsilon": epsilon,
-            "mode": mode, "score": score, "seed": seed, "overwrite": overwrite, "open_view": False,
+            "mode": mode, "score": score, "border": border, "seed": seed, "overwrite": overwrite, "open_view": False,
             "delegate": delegate, "view_target": "CURRENT_VIEW", "num_shards": num_shards,
         }
         if isinstance(size, float):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from xpatch_core.defaults import MODEL_MENU, SALIENCY, gradient_methods, method_choices
+
 from .common import (
     DelegableOperator,
     execute_run,
@@ -19,18 +21,9 @@ from .common import (
 )
 
 _MODEL_CHOICES = [
-    ("xception", "Xception (ImageNet)"),
-    ("resnet50", "ResNet50 (ImageNet)"),
-    ("efficientnetb0", "EfficientNetB0 (ImageNet)"),
-    ("mobilenetv2", "MobileNetV2 (ImageNet)"),
+    *MODEL_MENU,
     ("other", "Another keras.applications model"),
     ("saved", "My saved classifier (.keras / .h5)"),
-]
-_METHODS = [
-    ("eigencam", "EigenCAM (class-agnostic, default)"),
-    ("activation", "Channel-mean activation"),
-    ("gradcam", "Grad-CAM (class-discriminative)"),
-    ("gradcam++", "Grad-CAM++ (class-discriminative)"),
 ]
 
 
@@ -51,7 +44,7 @@ def saliency_params(params: dict) -> dict[str, Any]:
     from xpatch_core.errors import ParameterError
     from xpatch_core.models import is_application
 
-    choice = text(params, "model", "xception")
+    choice = text(params, "model", SALIENCY["model"])
     if choice == "saved":
         model = text(params, "model_path")
         if not model:
@@ -64,7 +57,7 @@ def saliency_params(params: dict) -> dict[str, Any]:
         if not is_application(choice or ""):
             raise ParameterError(f"unknown model {choice!r}")
         model = choice
-    method = text(params, "method", "eigencam")
+    method = text(params, "method", SALIENCY["method"])
     target_mode = text(params, "target_mode", "predicted")
     target = target_field = None
     if target_mode == "class":
@@ -88,15 +81,15 @@ def saliency_params(params: dict) -> dict[str, Any]:
     if not isinstance(overwrite, bool):
         raise ParameterError("overwrite must be true or false")
     return {
-        "field": text(params, "field", "saliency"),
+        "field": text(params, "field", SALIENCY["field"]),
         "model": model,
         "method": method,
         "target": target,
         "target_field": target_field,
         "weights": text(params, "weights"),
         "layer": text(params, "layer"),
-        "fuse_layer": _fuse(text(params, "fuse_layer", "auto")),
-        "batch_size": number(params, "batch_size", 16, kind=int, lo=1, hi=1024),
+        "fuse_layer": _fuse(text(params, "fuse_layer", SALIENCY["fuse_layer"])),
+        "batch_size": number(params, "batch_size", SALIENCY["batch_size"], kind=int, lo=1, hi=1024),
         "class_names": [c.strip() for c in class_names.split(",")] if class_names else None,
         "map_dir": map_dir,
         "overwrite": overwrite,
@@ -121,8 +114,8 @@ class ComputeSaliency(DelegableOperator):
         model_choices = types.Dropdown(label="Model")
         for value, label in _MODEL_CHOICES:
             model_choices.add_choice(value, label=label)
-        inputs.enum("model", model_choices.values(), default="xception", view=model_choices)
-        choice = ctx.params.get("model", "xception")
+        inputs.enum("model", model_choices.values(), default=SALIENCY["model"], view=model_choices)
+        choice = ctx.params.get("model", SALIENCY["model"])
         if choice == "other":
             inputs.str("model_name", required=True, label="keras.applications name",
                        description="e.g. ResNet101, DenseNet121, InceptionV3")
@@ -136,10 +129,10 @@ class ComputeSaliency(DelegableOperator):
                        description="Offline weights; empty = ImageNet through Keras' cache "
                                    "(or XPATCH_WEIGHTS)")
         methods = types.RadioGroup()
-        for value, label in _METHODS:
+        for value, label, _ in method_choices():
             methods.add_choice(value, label=label)
-        inputs.enum("method", methods.values(), default="eigencam", label="Method", view=methods)
-        if ctx.params.get("method") in ("gradcam", "gradcam++"):
+        inputs.enum("method", methods.values(), default=SALIENCY["method"], label="Method", view=methods)
+        if ctx.params.get("method") in gradient_methods():
             tm = types.RadioGroup()
             tm.add_choice("predicted", label="Predicted class")
             tm.add_choice("class", label="A named class")
@@ -159,12 +152,12 @@ class ComputeSaliency(DelegableOperator):
         inputs.str("layer", label="Target layer (optional)",
                    description="Default: the last 4-D layer, nested backbones included; "
                                "'outer/inner' for a nested layer")
-        inputs.str("fuse_layer", default="auto", label="Fuse with a finer layer",
+        inputs.str("fuse_layer", default=SALIENCY["fuse_layer"], label="Fuse with a finer layer",
                    description="activation/EigenCAM: multiply by a finer layer's map; 'auto' = "
                                "block13_sepconv1_act for Xception (chosen by the quality benchmark), "
                                "'none' = off")
-        inputs.int("batch_size", default=16, label="Batch size", min=1, max=1024)
-        field_name_input(ctx, inputs, "field", "saliency", "saliency", "Heatmap field")
+        inputs.int("batch_size", default=SALIENCY["batch_size"], label="Batch size", min=1, max=1024)
+        field_name_input(ctx, inputs, "field", SALIENCY["field"], "saliency", "Heatmap field")
         storage = types.RadioGroup()
         storage.add_choice("database", label="In the database (small maps)")
         storage.add_choice("png", label="8-bit PNG files in a folder")
@@ -176,13 +169,15 @@ class ComputeSaliency(DelegableOperator):
         return types.Property(inputs, view=types.View(label="Compute saliency"))
 
     def execute(self, ctx: Any):
-        summary = yield from execute_run(ctx, "saliency", saliency_params(ctx.params), self.uri)
+        from xpatch_core import runs
+
+        summary = yield from execute_run(ctx, runs.iter_run_saliency, saliency_params(ctx.params), self.uri)
         if not ctx.delegated:
             yield _summary_output(ctx, summary)
 
-    def __call__(self, sample_collection: Any, field: str = "saliency", model: str = "xception",
-                 method: str = "eigencam", *, target: str | None = None, target_field: str | None = None,
-                 weights: str | None = None, layer: str | None = None, batch_size: int = 16,
+    def __call__(self, sample_collection: Any, field: str = SALIENCY["field"], model: str = SALIENCY["model"],
+                 method: str = SALIENCY["method"], *, target: str | None = None, target_field: str | None = None,
+                 weights: str | None = None, layer: str | None = None, batch_size: int = SALIENCY["batch_size"],
                  class_names: list[str] | None = None, map_dir: str | None = None,
                  overwrite: bool = False, delegate: bool = False, num_shards: int = 1) -> Any:
         """Computes saliency heatmaps, as the App does.

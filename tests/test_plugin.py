@@ -192,29 +192,26 @@ def test_target_field_gives_per_sample_classes(kitchen, kitchen_model):
 
 
 def test_patches_view_targets_map_back_to_images(photos_ds, xception_weights):
-    import sys as _sys
-
     ds = photos_ds
     runs.run_saliency(ds, "sal", "xception", "activation", weights=xception_weights)
     runs.run_patches(ds, "sal", "pp", n=3, size=48)
     pv = ds.to_patches("pp")
-    common = next(m for name, m in _sys.modules.items() if name.endswith("xpatch.common"))
-    assert len(common.images_of(pv)) == len(ds)
+    assert len(runs.images_of(pv)) == len(ds)
     some = pv.limit(4)
     expected = len(set(some.values("sample_id")))
-    assert len(common.images_of(some)) == expected
+    assert len(runs.images_of(some)) == expected
 
 
 def test_concurrent_run_on_same_field_is_refused(photos_ds):
     lock = runs.acquire_lock(photos_ds, "busy")
     try:
-        runs._locks().update_one({"_id": lock}, {"$set": {"pid": os.getppid()}})
+        runs.locks.collection().update_one({"_id": lock}, {"$set": {"pid": os.getppid()}})
         with pytest.raises(XpatchError, match="being written by another run"):
             runs.acquire_lock(photos_ds, "busy")
     finally:
-        runs._locks().delete_one({"_id": lock})
+        runs.locks.collection().delete_one({"_id": lock})
     # a lock left by a dead process is taken over
-    runs._locks().insert_one({"_id": f"{photos_ds._doc.id}:stale", "pid": 2**22 + 12345,
+    runs.locks.collection().insert_one({"_id": f"{photos_ds._doc.id}:stale", "pid": 2**22 + 12345,
                               "host": __import__("socket").gethostname(), "heartbeat": 0})
     lock = runs.acquire_lock(photos_ds, "stale")
     runs.release_lock(lock)

@@ -89,7 +89,7 @@ def _state(ds: fo.Dataset) -> dict:
     schema = {k: (type(v).__name__, getattr(getattr(v, "document_type", None), "__name__", None))
               for k, v in ds.get_field_schema(flat=True).items()}
     infos = {k: runs.get_run_info(ds, k) for k in runs.list_runs(ds)}
-    locks = list(runs._locks().find({"dataset": ds.name}))
+    locks = list(runs.locks.collection().find({"dataset": ds.name}))
     return {"schema": schema, "runs": sorted(ds.list_runs()), "infos": infos, "docs": _raw_docs(ds),
             "locks": locks}
 
@@ -614,7 +614,7 @@ def test_interrupted_write_leaves_no_half_result(photos_ds, tiny, tmp_path, monk
     ds.reload()
     assert "heat" not in ds.get_field_schema() or ds.count("heat") == 0
     assert runs.get_run_info(ds, "heat")["results"]["status"] == "interrupted"
-    assert list(runs._locks().find({"dataset": ds.name})) == []  # the lock was released
+    assert list(runs.locks.collection().find({"dataset": ds.name})) == []  # the lock was released
     summary = runs.run_saliency(ds, "heat", tiny, "activation", map_dir=str(map_dir))
     assert summary.processed == len(ds)
     _check_png_field(ds, "heat", str(map_dir))
@@ -655,14 +655,14 @@ def test_kill9_in_the_middle_of_a_run_then_resume(tmp_path, tiny_path):
         assert proc.returncode == -signal.SIGKILL
         done = _field_count(ds, "heat")
         assert 0 < done < total
-        dead = runs._locks().find_one({"dataset": ds.name, "field": "heat"})
+        dead = runs.locks.collection().find_one({"dataset": ds.name, "field": "heat"})
         assert dead is not None and dead["pid"] == proc.pid  # left behind by the dead run
 
         summary = runs.run_saliency(ds, "heat", tiny_path, "activation", batch_size=4, map_dir=map_dir)
         assert summary.skipped == done and summary.processed == total - done and summary.failed == 0
         assert _field_count(ds, "heat") == total
         _check_png_field(ds, "heat", map_dir)
-        assert runs._locks().find_one({"dataset": ds.name, "field": "heat"}) is None
+        assert runs.locks.collection().find_one({"dataset": ds.name, "field": "heat"}) is None
         info = runs.get_run_info(ds, "heat")["results"]
         assert info["status"] == "completed" and info["history"][-1]["processed"] == total - done
     finally:
@@ -694,7 +694,7 @@ def test_two_runs_on_different_fields_at_once_and_same_field_refused(tmp_path, t
         for key in ("a", "b"):
             res = runs.get_run_info(ds, key)["results"]
             assert res["status"] == "completed" and res["processed"] == total
-        assert list(runs._locks().find({"dataset": ds.name})) == []
+        assert list(runs.locks.collection().find({"dataset": ds.name})) == []
     finally:
         ds.delete()
 
@@ -734,7 +734,7 @@ _RESTART_CHECK = textwrap.dedent(
 
     ds = fo.load_dataset("xpatch_rel_restart")
     out = {k: [ds.count(k), runs.get_run_info(ds, k)["results"]["status"]] for k in ("sal", "sal2", "sal3")}
-    out["locks"] = runs._locks().count_documents({"dataset": ds.name})
+    out["locks"] = runs.locks.collection().count_documents({"dataset": ds.name})
     print("CHECK " + json.dumps(out), flush=True)
     ds.delete()
     """
@@ -878,7 +878,7 @@ def test_folders_cannot_be_escaped_through_names(tmp_path, tiny):
     root = tmp_path / "maps"
     root.mkdir()
     with pytest.raises(ParameterError, match="would leave"):
-        runs._safe_dir(str(root), "../outside")
+        runs.heatmap_files.safe_dir(str(root), "../outside")
     # a field folder that is a symlink to elsewhere is refused
     os.symlink(outside, root / "linked")
     ds = fo.Dataset()

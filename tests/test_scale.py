@@ -175,7 +175,7 @@ def test_range_locks_coexist_and_conflict_with_the_field_lock(heat_ds):
     full = runs.acquire_lock(ds, "f")
     with pytest.raises(XpatchError, match="another run"):
         runs.acquire_lock(ds, "f", id_range=(lo, mid))
-    assert runs._locks().count_documents({"field": "f"}) == 1  # the refused range lock withdrew
+    assert runs.locks.collection().count_documents({"field": "f"}) == 1  # the refused range lock withdrew
     runs.release_lock(full)
     a = runs.acquire_lock(ds, "f", id_range=(lo, mid))
     b = runs.acquire_lock(ds, "f", id_range=(mid, hi))
@@ -187,10 +187,10 @@ def test_range_locks_coexist_and_conflict_with_the_field_lock(heat_ds):
     other = runs.acquire_lock(ds, "f2")  # another field is free
     runs.release_lock(other)
     # a range lock left by a dead process does not block the field
-    runs._locks().update_one({"_id": a}, {"$set": {"pid": 2**22 + 4321}})
+    runs.locks.collection().update_one({"_id": a}, {"$set": {"pid": 2**22 + 4321}})
     runs.release_lock(b)
     full = runs.acquire_lock(ds, "f")
-    assert runs._locks().count_documents({"field": "f"}) == 1
+    assert runs.locks.collection().count_documents({"field": "f"}) == 1
     runs.release_lock(full)
 
 
@@ -242,7 +242,7 @@ def test_sharded_patch_run_counts_exactly_across_a_crash(heat_ds):
     with pytest.raises(Exception, match="no longer exists|started again"):
         stale.claim()
     runs.delete_run(ds, "pp")
-    assert shards._coll().count_documents({"dataset_id": str(ds._doc.id)}) == 0
+    assert shards.collection().count_documents({"dataset_id": str(ds._doc.id)}) == 0
 
 
 # -- the test with workers ----------------------------------------------------------

@@ -13,6 +13,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from xpatch_core.defaults import CHOICES, PATCHES, SALIENCY
+
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".jfif"}
 
 EPILOG = """\
@@ -97,42 +99,50 @@ def _export(text: str) -> tuple[str, str]:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and saliency")
-    g.add_argument("--model", default="xception",
+    g.add_argument("--model", default=SALIENCY["model"],
                    help="keras.applications name (xception, resnet50, efficientnetb0, mobilenetv2, ...) "
                         "or a saved .keras/.h5 classifier (default: xception)")
     g.add_argument("--weights", default=None,
                    help="weights file for a named model (offline); default: ImageNet via Keras' cache, "
                         "or $XPATCH_WEIGHTS for xception")
-    g.add_argument("--method", default="eigencam",
+    g.add_argument("--method", default=SALIENCY["method"],
                    help="eigencam (default), activation, gradcam or gradcam++")
     g.add_argument("--target", default=None,
                    help="class name or index to explain (gradcam/gradcam++); default: the predicted class")
     g.add_argument("--layer", default=None, help="target layer (default: last 4-D layer; 'outer/inner' if nested)")
-    g.add_argument("--fuse-layer", default="auto",
+    g.add_argument("--fuse-layer", default=SALIENCY["fuse_layer"],
                    help="finer layer fused with the target layer for activation/eigencam ('auto': "
                         "block13_sepconv1_act for Xception; 'none' to turn off)")
     g.add_argument("--class-names", default=None, help="comma-separated class names of a saved classifier")
-    g.add_argument("--batch-size", type=_positive_int, default=16, help="images per model call (default 16)")
+    g.add_argument("--batch-size", type=_positive_int, default=SALIENCY["batch_size"],
+                   help=f"images per model call (default {SALIENCY['batch_size']})")
     g.add_argument("--allow-unsafe-model", action="store_true",
                    help="load a saved model with Keras' safe mode OFF (only for files you trust)")
 
 
 def _add_patch_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("patches")
-    g.add_argument("-n", "--num-patches", type=_positive_int, default=16, help="patches per image (default 16)")
-    g.add_argument("--size", type=_size, default=96,
-                   help="patch size: pixels (96) or a fraction of the short side (0.25); default 96")
-    g.add_argument("--scales", type=_floats, default=(1.0,), help="size multipliers, e.g. 1,1.5 (default 1)")
-    g.add_argument("--aspect-ratios", type=_floats, default=(1.0,), help="width/height ratios, e.g. 1,2")
-    g.add_argument("--max-iou", type=_unit, default=0.7, help="NMS: maximum IoU between patches (default 0.7)")
+    g.add_argument("-n", "--num-patches", type=_positive_int, default=PATCHES["n"],
+                   help=f"patches per image (default {PATCHES['n']})")
+    g.add_argument("--size", type=_size, default=PATCHES["size"],
+                   help=f"patch size: pixels (96) or a fraction of the short side (0.25); default {PATCHES['size']}")
+    g.add_argument("--scales", type=_floats, default=PATCHES["scales"], help="size multipliers, e.g. 1,1.5 (default 1)")
+    g.add_argument("--aspect-ratios", type=_floats, default=PATCHES["aspect_ratios"], help="width/height ratios, e.g. 1,2")
+    g.add_argument("--max-iou", type=_unit, default=PATCHES["max_iou"],
+                   help=f"NMS: maximum IoU between patches (default {PATCHES['max_iou']})")
     g.add_argument("--no-nms", action="store_true", help="no overlap control")
     g.add_argument("--min-distance", type=_nonneg, default=None, help="minimum centre distance in pixels")
-    g.add_argument("--temperature", type=_nonneg, default=4.0, help="weights ** temperature (default 4)")
-    g.add_argument("--epsilon", type=_unit, default=0.0, help="share of uniform sampling (default 0)")
-    g.add_argument("--score", choices=("mean", "center"), default="mean", help="box score (default mean)")
-    g.add_argument("--mode", choices=("random", "topk", "grid"), default="random")
-    g.add_argument("--seed", type=int, default=0, help="seed (each image's generator is (seed, sample id))")
-    g.add_argument("--label", default="predicted", help="patch label: 'predicted' or a fixed text")
+    g.add_argument("--temperature", type=_nonneg, default=PATCHES["temperature"],
+                   help=f"weights ** temperature (default {PATCHES['temperature']:g})")
+    g.add_argument("--epsilon", type=_unit, default=PATCHES["epsilon"], help="share of uniform sampling (default 0)")
+    g.add_argument("--score", choices=CHOICES["score"], default=PATCHES["score"],
+                   help=f"box score (default {PATCHES['score']})")
+    g.add_argument("--mode", choices=CHOICES["mode"], default=PATCHES["mode"])
+    g.add_argument("--border", choices=CHOICES["border"], default=PATCHES["border"],
+                   help="a patch shape larger than an image: 'drop' leaves it out for that image, 'pad' keeps it "
+                        f"centred past the border, 'clip' cuts it, 'error' fails the image (default {PATCHES['border']})")
+    g.add_argument("--seed", type=int, default=PATCHES["seed"], help="seed (each image's generator is (seed, sample id))")
+    g.add_argument("--label", default=PATCHES["label"], help="patch label: 'predicted' or a fixed text")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,8 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(run)
     _add_patch_args(run)
     out = run.add_argument_group("output")
-    out.add_argument("--heatmap-field", default="saliency", help="heatmap field (default saliency)")
-    out.add_argument("--patches-field", default="patches", help="patches field (default patches)")
+    out.add_argument("--heatmap-field", default=SALIENCY["field"], help="heatmap field (default saliency)")
+    out.add_argument("--patches-field", default=PATCHES["field"], help="patches field (default patches)")
     out.add_argument("--map-dir", default=None, help="store heatmaps as 8-bit PNGs under this folder")
     out.add_argument("--overwrite", action="store_true", help="recompute samples that already have results")
     out.add_argument("--export", type=_export, default=None, metavar="imagefolder:DIR|coco:DIR",
@@ -223,9 +233,8 @@ def _ingest(name: str, paths: list[str]) -> tuple[Any, int]:
     return ds, len(new)
 
 
-def _print_summary(title: str, summary: Any, out: Any = sys.stdout) -> None:
-    print(f"{title}: {summary.processed} processed, {summary.skipped} already done, "
-          f"{summary.failed} failed, {summary.images_per_s:.1f} images/s", file=out)
+def _print_summary(title: str, summary: Any) -> None:
+    print(f"{title}: {summary.describe()}")
 
 
 def _print_failures(failures: list[dict[str, str]], limit: int = 20) -> None:
@@ -238,25 +247,39 @@ def _print_failures(failures: list[dict[str, str]], limit: int = 20) -> None:
         print(f"  ... and {len(failures) - limit} more (see the run's results)")
 
 
-def _run_job(args: argparse.Namespace, images: list[str] | None = None, class_names: list[str] | None = None) -> int:
+def _sheet_path(args: argparse.Namespace) -> str:
+    return args.contact_sheet or f"xpatch-{args.dataset}.png"
+
+
+def _check_before_work(args: argparse.Namespace) -> None:
+    """Fields and output paths, before any work (ingestion included): no
+    output may overlap another, the images folder, or files the dataset
+    points to."""
     import fiftyone as fo
 
-    from xpatch_core.contact import contact_sheet
-    from xpatch_core.errors import XpatchError
-    from xpatch_core.runs import run_patches, run_saliency, validate_field_name
+    from xpatch_core.paths import check_disjoint, check_not_holding
+    from xpatch_core.runs import validate_field_name
+    from xpatch_core.runs.collections import stored_folders
 
-    t0 = time.perf_counter()
     if args.heatmap_field == args.patches_field:
         raise UsageError("--heatmap-field and --patches-field must differ")
+    outputs = {
+        "--map-dir": os.path.join(args.map_dir, args.heatmap_field) if args.map_dir else None,
+        "--export": args.export[1] if args.export else None,
+        "--contact-sheet": _sheet_path(args),
+    }
+    check_disjoint(outputs, {"IMAGES_DIR": getattr(args, "images_dir", None)})
     if fo.dataset_exists(args.dataset):
-        # Validate both fields before any work, including ingestion.
         existing = fo.load_dataset(args.dataset)
         validate_field_name(existing, args.heatmap_field, "saliency")
         validate_field_name(existing, args.patches_field, "patches")
-    ds, added = _ingest(args.dataset, images or [])
-    print(f"dataset {args.dataset!r}: {len(ds)} samples ({added} added)")
-    validate_field_name(ds, args.heatmap_field, "saliency")
-    validate_field_name(ds, args.patches_field, "patches")
+        if args.export:
+            check_not_holding(args.export[1], "--export", stored_folders(existing))
+
+
+def _saliency_step(ds: Any, args: argparse.Namespace, class_names: list[str] | None) -> Any:
+    from xpatch_core.runs import run_saliency
+
     sal = run_saliency(
         ds, args.heatmap_field, args.model, args.method,
         target=args.target, weights=args.weights, layer=args.layer,
@@ -265,15 +288,19 @@ def _run_job(args: argparse.Namespace, images: list[str] | None = None, class_na
         allow_unsafe=getattr(args, "allow_unsafe_model", False), progress=True,
     )
     _print_summary("saliency", sal)
-    if sal.processed == 0 and sal.skipped == 0:
-        _print_failures(sal.failures)
-        print("error: no image could be processed", file=sys.stderr)
-        return 1
+    return sal
+
+
+def _patch_step(ds: Any, args: argparse.Namespace) -> Any:
+    from xpatch_core.errors import XpatchError
+    from xpatch_core.runs import run_patches
+
     patch_kwargs = dict(
         scales=args.scales, aspect_ratios=args.aspect_ratios,
         max_iou=None if args.no_nms or args.min_distance is not None else args.max_iou,
         min_distance=args.min_distance, temperature=args.temperature, epsilon=args.epsilon,
-        score=args.score, mode=args.mode, seed=args.seed, label=args.label, overwrite=args.overwrite,
+        score=args.score, mode=args.mode, border=args.border, seed=args.seed, label=args.label,
+        overwrite=args.overwrite,
     )
     try:
         pat = run_patches(ds, args.heatmap_field, args.patches_field, args.num_patches, args.size,
@@ -281,16 +308,13 @@ def _run_job(args: argparse.Namespace, images: list[str] | None = None, class_na
     except XpatchError as e:
         raise UsageError(str(e)) from e
     _print_summary("patches", pat)
-    elapsed = time.perf_counter() - t0
-    failures = sal.failures + pat.failures
-    n_patches = ds.count(f"{args.patches_field}.detections")
-    n_images = ds.exists(args.heatmap_field).count()
-    print(f"summary: {len(ds)} images, {n_images} with heatmaps, {n_patches} patches, "
-          f"{len(failures)} failures, {(sal.processed + pat.processed) and sal.processed / elapsed:.2f} images/s "
-          f"end to end ({elapsed:.1f} s)")
-    _print_failures(failures)
-    sheet = args.contact_sheet or f"xpatch-{args.dataset}.png"
-    written = contact_sheet(ds, sheet, args.patches_field)
+    return pat
+
+
+def _outputs_step(ds: Any, args: argparse.Namespace) -> None:
+    from xpatch_core.contact import contact_sheet
+
+    written = contact_sheet(ds, _sheet_path(args), args.patches_field)
     if written:
         print(f"contact sheet: {os.path.abspath(written)}")
     if args.export:
@@ -299,7 +323,7 @@ def _run_job(args: argparse.Namespace, images: list[str] | None = None, class_na
 
         report = export_patches(ds, path, format=kind, field=args.patches_field,
                                 overwrite=getattr(args, "export_overwrite", False))
-        print(f"export ({kind}): {report}")
+        print(report.summary())
     print(f"open the App: fiftyone app launch {args.dataset}   (or: xpatch run ... --app)")
     if args.app:
         import fiftyone as fo
@@ -309,6 +333,28 @@ def _run_job(args: argparse.Namespace, images: list[str] | None = None, class_na
         session = fo.launch_app(patches_view(ds, args.patches_field), port=args.port, auto=False)
         print(f"App at {session.url} (Ctrl-C to stop)")
         session.wait()
+
+
+def _run_job(args: argparse.Namespace, images: list[str] | None = None, class_names: list[str] | None = None) -> int:
+    t0 = time.perf_counter()
+    _check_before_work(args)
+    ds, added = _ingest(args.dataset, images or [])
+    print(f"dataset {args.dataset!r}: {len(ds)} samples ({added} added)")
+    sal = _saliency_step(ds, args, class_names)
+    if sal.processed == 0 and sal.skipped == 0:
+        _print_failures(sal.failures)
+        print("error: no image could be processed", file=sys.stderr)
+        return 1
+    pat = _patch_step(ds, args)
+    elapsed = time.perf_counter() - t0
+    failures = sal.failures + pat.failures
+    n_patches = ds.count(f"{args.patches_field}.detections")
+    n_images = ds.exists(args.heatmap_field).count()
+    speed = f", {sal.processed / elapsed:.2f} images/s end to end" if sal.processed else ""
+    print(f"summary: {len(ds)} images, {n_images} with heatmaps, {n_patches} patches, "
+          f"{len(failures)} failures{speed} ({elapsed:.1f} s)")
+    _print_failures(failures)
+    _outputs_step(ds, args)
     return 0
 
 

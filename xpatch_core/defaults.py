@@ -100,9 +100,6 @@ MODEL_MENU: tuple[tuple[str, str], ...] = (
     ("mobilenetv2", "MobileNetV2 (ImageNet)"),
 )
 
-#: Rows written to the database per bulk write.
-WRITE_CHUNK = 64
-
 
 def method_choices() -> list[tuple[str, str, bool]]:
     """The saliency methods, as ``(name, description, needs_gradients)``.
@@ -130,5 +127,5 @@ def gradient_methods() -> tuple[str, ...]:
     return tuple(name for name, _, grad in method_choices() if grad)
 
 
-__all__ = ["CHOICES", "CURATION", "EMBEDDINGS", "MODEL_MENU", "PATCHES", "SALIENCY", "WRITE_CHUNK",
-           "gradient_methods", "method_choices"]
+__all__ = ["CHOICES", "CURATION", "EMBEDDINGS", "MODEL_MENU", "PATCHES", "SALIENCY", "gradient_methods",
+           "method_choices"]

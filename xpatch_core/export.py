@@ -238,7 +238,8 @@ def _prepare_dir(export_dir: Any, overwrite: bool, sources: list[str]) -> tuple[
                 )
             for src in sources:
                 if os.path.commonpath([root, src]) == root:
-                    raise ParameterError(f"refusing to clear {root}: it holds source images ({src})")
+                    raise ParameterError(f"refusing to clear {root}: it holds source images or files the "
+                                         f"dataset points to ({src})")
             for entry in entries:
                 # never follow a symlink: remove the link itself
                 if entry.is_symlink() or not entry.is_dir(follow_symlinks=False):
@@ -304,36 +305,12 @@ def _guard(exporter: Any, root: str, written: list[str]) -> None:
 
 def _resolve(sample_collection: Any, field_name: str | None) -> tuple[Any, str, set[str] | None]:
     """Returns ``(images view, field, kept label ids or None for all)``."""
-    import fiftyone as fo
-    import fiftyone.core.patches as fop
+    from xpatch_core.runs.collections import select_patches
+    from xpatch_core.runs.records import fields_of_runs
 
-    from xpatch_core.runs import check_image_collection, list_runs
-
-    if isinstance(sample_collection, fop.EvaluationPatchesView):
-        raise ParameterError("evaluation patches views are not supported; export a patches view or a field")
-    if isinstance(sample_collection, fop.PatchesView):
-        pf = sample_collection.patches_field
-        if field_name is not None and field_name != pf:
-            raise ParameterError(f"this patches view shows {pf!r}, not {field_name!r}")
-        kept = set(sample_collection.values(f"{pf}.id"))
-        base = sample_collection._source_collection  # the images (``_base_view`` is the unfiltered patches)
-        check_image_collection(base)
-        return base, pf, kept
-    check_image_collection(sample_collection)
-    dataset = sample_collection._dataset
-    if field_name is None:
-        runs = list_runs(dataset, type="patches")
-        fields = sorted({dataset.get_run_info(k).config.field for k in runs})
-        if len(fields) != 1:
-            raise ParameterError(
-                "give the patches field" + (f" (one of {', '.join(fields)})" if fields else "")
-            )
-        field_name = fields[0]
-    schema = dataset.get_field_schema(flat=True)
-    if (not isinstance(field_name, str) or field_name not in schema
-            or getattr(schema[field_name], "document_type", None) is not fo.Detections):
-        raise ParameterError(f"field {field_name!r} does not exist or is not a fo.Detections field")
-    return sample_collection, field_name, None
+    sel = select_patches(sample_collection, field_name,
+                         runs_of_field=lambda: fields_of_runs(sample_collection._dataset, "patches"))
+    return sel.images, sel.field, sel.kept
 
 
 def _class_value(det: Any, label_attr: str | None) -> tuple[str | None, str | None]:
@@ -415,9 +392,9 @@ def iter_export_patches(
         from fiftyone import ViewField as F
 
         images = images.match(F(f"{field_name}.detections").length() > 0).select_fields(field_name)
-    filepaths = images.values("filepath")
-    source_dirs = sorted({os.path.realpath(os.path.dirname(p)) for p in filepaths})
-    root, cleared = _prepare_dir(export_dir, overwrite, source_dirs)
+    from xpatch_core.runs.collections import stored_folders
+
+    root, cleared = _prepare_dir(export_dir, overwrite, stored_folders(images))
     report = ExportReport(format=format, export_dir=root, field=field_name, label_attr=label_attr,
                           cleared=cleared)
     written: list[str] = []

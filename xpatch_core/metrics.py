@@ -502,24 +502,63 @@ class QualityAccumulator:
 # -- FiftyOne ----------------------------------------------------------------------
 
 
-def _patch_run_of(dataset: Any, field: str) -> tuple[str | None, dict[str, Any]]:
-    """The key and config of the xpatch patch run that wrote ``field``."""
-    from xpatch_core.runs import get_run_info, list_runs
+def _settings(dataset: Any, patches_field: str, gt_field: str,
+              heatmap_field: str | None) -> tuple[str | None, dict[str, Any], str | None]:
+    """The patch run behind ``patches_field`` (key and info) and the heatmap
+    field of the pointing game (the run's own when None is given)."""
+    import fiftyone as fo
 
-    keys = list_runs(dataset, type="patches")
-    for key in sorted(keys, key=lambda k: k != field):  # the default key first
-        info = get_run_info(dataset, key)
-        if info["config"].get("field") == field:
-            return key, info
-    return None, {}
+    from xpatch_core.runs import collections as colls
+    from xpatch_core.runs import get_run_info
+    from xpatch_core.runs.records import run_of_field
+
+    colls.require_field(dataset, patches_field, fo.Detections, "patches_field")
+    colls.require_field(dataset, gt_field, fo.Detections, "gt_field")
+    if gt_field == patches_field:
+        raise ParameterError("gt_field must differ from patches_field")
+    run_key = run_of_field(dataset, patches_field, "patches")
+    info = get_run_info(dataset, run_key) if run_key is not None else {}
+    if heatmap_field is None:
+        heatmap_field = info.get("config", {}).get("heatmap_field")
+        if heatmap_field is not None and not colls.field_exists(dataset, heatmap_field):
+            heatmap_field = None
+    if heatmap_field is not None:
+        colls.require_field(dataset, heatmap_field, fo.Heatmap, "heatmap_field")
+    return run_key, info, heatmap_field
 
 
-def _check_field(schema: dict, name: Any, doc_type: Any, what: str) -> str:
-    if not isinstance(name, str) or not name:
-        raise ParameterError(f"{what} must be a field name, got {name!r}")
-    if name not in schema or getattr(schema[name], "document_type", None) is not doc_type:
-        raise ParameterError(f"{what} {name!r} does not exist or is not a {doc_type.__name__} field")
-    return name
+def _accumulate(acc: QualityAccumulator, images: Any, patches_field: str, gt_field: str,
+                heatmap_field: str | None, kept: set[str] | None, run_seed: int) -> int:
+    """Adds every image to ``acc``; returns the number without a known size."""
+    from xpatch_core.heatmaps import read_heatmap
+    from xpatch_core.runs.collections import chunks
+
+    dataset = images._dataset
+    paths = ["id", f"{patches_field}.detections", f"{gt_field}.detections", "metadata.width", "metadata.height"]
+    if heatmap_field is not None:
+        paths.append(heatmap_field)
+    unknown_size = 0
+    for chunk_ids in chunks(images.values("id"), _CHUNK):
+        cols = dataset.select(list(chunk_ids), ordered=True).values(paths)
+        hms = cols[5] if heatmap_field is not None else [None] * len(cols[0])
+        for sid, dets, gt, mw, mh, hm in zip(*cols[:5], hms):
+            W = getattr(hm, "width", None) or mw
+            H = getattr(hm, "height", None) or mh
+            if not W or not H:
+                unknown_size += 1
+                continue
+            size = (int(W), int(H))
+            dets = [d for d in (dets or []) if kept is None or d.id in kept]
+            rel = [d.bounding_box for d in dets if d.bounding_box is not None and len(d.bounding_box) == 4]
+            boxes = rel_to_px(rel, size, whole_pixels=True) if rel else np.zeros((0, 4), dtype=np.int64)
+            seed = run_seed
+            s0 = dets[0].get_attribute_value("seed", None) if dets else None
+            if isinstance(s0, int) and not isinstance(s0, bool) and s0 >= 0:
+                seed = s0
+            g, crowd = gt_boxes_px(gt, size)
+            saliency = read_heatmap(hm) if hm is not None and len(g) else None
+            acc.add(size, boxes, g, saliency=saliency, seed=seed, key=sid, crowd=crowd)
+    return unknown_size
 
 
 def evaluate_patches(
@@ -556,72 +595,15 @@ def evaluate_patches(
     Raises:
         ParameterError: for unknown fields or a bad radius
     """
-    import fiftyone as fo
-    import fiftyone.core.patches as fop
-
-    from xpatch_core.runs import check_image_collection, read_heatmap, update_run_results
+    from xpatch_core.runs import update_run_results
+    from xpatch_core.runs.collections import select_patches
 
     acc = QualityAccumulator(radius)  # validates radius first
-    if isinstance(sample_collection, fop.EvaluationPatchesView):
-        raise ParameterError("evaluation patches views are not supported; pass the patches or the images")
-    kept: set[str] | None = None
-    if isinstance(sample_collection, fop.PatchesView):
-        if sample_collection.patches_field != patches_field:
-            raise ParameterError(f"this patches view shows {sample_collection.patches_field!r}, "
-                                 f"not {patches_field!r}")
-        kept = set(sample_collection.values(f"{patches_field}.id"))
-        view = sample_collection._source_collection.select(sample_collection.distinct("sample_id"))
-    else:
-        view = sample_collection
-    check_image_collection(view)
-    dataset = view._dataset
-    schema = dataset.get_field_schema(flat=True)
-    _check_field(schema, patches_field, fo.Detections, "patches_field")
-    _check_field(schema, gt_field, fo.Detections, "gt_field")
-    if gt_field == patches_field:
-        raise ParameterError("gt_field must differ from patches_field")
-    run_key, info = _patch_run_of(dataset, patches_field)
-    config = info.get("config", {})
-    if heatmap_field is None:
-        heatmap_field = config.get("heatmap_field")
-        if heatmap_field is not None and heatmap_field not in schema:
-            heatmap_field = None
-    if heatmap_field is not None:
-        _check_field(schema, heatmap_field, fo.Heatmap, "heatmap_field")
-    run_seed = int(config.get("seed") or 0)
-
-    paths = ["id", f"{patches_field}.detections", f"{gt_field}.detections", "metadata.width",
-             "metadata.height"]
-    if heatmap_field is not None:
-        paths += [heatmap_field]
-    unknown_size = 0
-    all_ids = view.values("id")
-    for start in range(0, len(all_ids), _CHUNK):
-        chunk = dataset.select(all_ids[start : start + _CHUNK], ordered=True)
-        cols = chunk.values(paths)
-        ids, patches, gts, mws, mhs = cols[:5]
-        hms = cols[5] if heatmap_field is not None else [None] * len(ids)
-        for sid, dets, gt, mw, mh, hm in zip(ids, patches, gts, mws, mhs, hms):
-            W = getattr(hm, "width", None) or mw
-            H = getattr(hm, "height", None) or mh
-            if not W or not H:
-                unknown_size += 1
-                continue
-            size = (int(W), int(H))
-            dets = dets or []
-            if kept is not None:
-                dets = [d for d in dets if d.id in kept]
-            rel = [d.bounding_box for d in dets if d.bounding_box is not None and len(d.bounding_box) == 4]
-            boxes = rel_to_px(rel, size, whole_pixels=True) if rel else np.zeros((0, 4), dtype=np.int64)
-            seed = run_seed
-            if dets:
-                s0 = dets[0].get_attribute_value("seed", None)
-                if isinstance(s0, int) and not isinstance(s0, bool) and s0 >= 0:
-                    seed = s0
-            g, crowd = gt_boxes_px(gt, size)
-            saliency = read_heatmap(hm) if hm is not None and len(g) else None
-            acc.add(size, boxes, g, saliency=saliency, seed=seed, key=sid, crowd=crowd)
-
+    sel = select_patches(sample_collection, patches_field)
+    dataset = sel.images._dataset
+    run_key, info, heatmap_field = _settings(dataset, patches_field, gt_field, heatmap_field)
+    run_seed = int(info.get("config", {}).get("seed") or 0)
+    unknown_size = _accumulate(acc, sel.images, patches_field, gt_field, heatmap_field, sel.kept, run_seed)
     out = acc.result()
     out.update({
         "patches_field": patches_field,
@@ -629,13 +611,13 @@ def evaluate_patches(
         "heatmap_field": heatmap_field,
         "images_without_size": unknown_size,
         "run_key": run_key,
-        "view": "patches view" if kept is not None else (
-            "dataset" if len(view) == len(dataset) else "view"),
+        "view": "patches view" if sel.kept is not None else (
+            "dataset" if len(sel.images) == len(dataset) else "view"),
         "evaluated_at": _dt.datetime.now(_dt.UTC).isoformat(),
+        "stored": False,
     })
     if run_key is not None:
         out["run_updated_at"] = info.get("results", {}).get("updated_at")
-    out["stored"] = False
     if store and run_key is not None:
         previous = info.get("results", {}).get("evaluations") or {}
         previous = dict(previous) if isinstance(previous, dict) else {}

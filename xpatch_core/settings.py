@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 
-from xpatch_core.defaults import WRITE_CHUNK
 from xpatch_core.errors import ParameterError
 
 
@@ -68,7 +67,7 @@ def decode_workers() -> int:
 
 def write_chunk() -> int:
     """``XPATCH_WRITE_CHUNK``: samples per bulk write (default 64)."""
-    return _int("XPATCH_WRITE_CHUNK", WRITE_CHUNK)
+    return _int("XPATCH_WRITE_CHUNK", 64)
 
 
 def lock_ttl() -> float:

@@ -1,0 +1,85 @@
+"""A rerun with nothing to do loads no model and never imports TensorFlow."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import fiftyone as fo
+import numpy as np
+import pytest
+from PIL import Image
+
+from xpatch_core import runs
+
+
+@pytest.fixture()
+def tiny_file(tmp_path):
+    """A small saved classifier (random weights: the result does not matter here)."""
+    import keras
+
+    inp = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inp)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    out = keras.layers.Dense(3)(x)
+    path = str(tmp_path / "tiny.keras")
+    keras.Model(inp, out).save(path)
+    return path
+
+
+@pytest.fixture()
+def done_ds(tmp_path, tiny_file):
+    rng = np.random.default_rng(0)
+    ds = fo.Dataset()
+    paths = []
+    for i in range(5):
+        p = tmp_path / f"im{i}.png"
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(p)
+        paths.append(str(p))
+    ds.add_samples([fo.Sample(filepath=p) for p in paths])
+    ds.persistent = True
+    s = runs.run_saliency(ds, "sal", tiny_file, "gradcam")
+    p = runs.run_patches(ds, "sal", "pp", n=2, size=16)
+    assert s.processed == 5 and p.processed == 5
+    yield ds
+    ds.delete()
+
+
+_RERUN = """
+import json, sys
+import fiftyone as fo
+from xpatch_core import runs
+ds = fo.load_dataset(sys.argv[1])
+s = runs.run_saliency(ds, "sal", sys.argv[2], "gradcam")
+p = runs.run_patches(ds, "sal", "pp", n=2, size=16)
+print(json.dumps({"tf": "tensorflow" in sys.modules, "keras": "keras" in sys.modules,
+                  "saliency": [s.status, s.processed, s.skipped], "patches": [p.status, p.processed, p.skipped]}))
+"""
+
+
+def test_noop_rerun_imports_no_tensorflow_and_loads_no_model(done_ds, tiny_file):
+    before = runs.get_run_info(done_ds, "sal")
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(_RERUN), done_ds.name, tiny_file],
+                         capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["saliency"] == ["nothing to do", 0, 5]
+    assert res["patches"] == ["nothing to do", 0, 5]
+    assert res["tf"] is False and res["keras"] is False
+    after = runs.get_run_info(done_ds, "sal")
+    assert after["results"]["updated_at"] == before["results"]["updated_at"]  # the record is untouched
+
+
+def test_a_changed_request_with_nothing_to_do_still_checks_parameters(done_ds, tiny_file):
+    from xpatch_core.errors import ParameterError
+
+    with pytest.raises(ParameterError, match="other parameters"):
+        runs.run_saliency(done_ds, "sal", tiny_file, "gradcam++")
+    with pytest.raises(ParameterError, match="other parameters"):
+        runs.run_patches(done_ds, "sal", "pp", n=3, size=16)
+    # batch size changes no result: not a new request, still nothing to do
+    s = runs.run_saliency(done_ds, "sal", tiny_file, "gradcam", batch_size=7)
+    assert (s.status, s.processed, s.skipped) == ("nothing to do", 0, 5)

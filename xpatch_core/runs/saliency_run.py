@@ -1,0 +1,277 @@
+"""Saliency runs: heatmaps from a Keras CNN into a ``fo.Heatmap`` field.
+
+Rules (besides the lifecycle's, :mod:`xpatch_core.runs.lifecycle`):
+
+-   The model is loaded only when there is work; parameters are checked
+    before it (a method, a batch size, a target, the heatmap folder).
+-   One decoding stream covers the whole run, so decoding keeps overlapping
+    inference across write chunks; file paths are read a chunk at a time,
+    and a sample deleted meanwhile is counted as vanished, not failed.
+-   A map is stored in the database as a ``fo.Heatmap`` with ``range`` set,
+    or with ``map_dir`` as an 8-bit PNG written before the database update
+    (see :mod:`xpatch_core.runs.heatmap_files`); a file that cannot be
+    written fails its sample.
+-   The requested precision is compared between runs of a field (``auto``
+    resumes on any hardware); the precision actually used is recorded.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Generator, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from xpatch_core import settings
+from xpatch_core.defaults import SALIENCY
+from xpatch_core.errors import ParameterError
+from xpatch_core.runs import collections as colls
+from xpatch_core.runs import heatmap_files
+from xpatch_core.runs.lifecycle import Outcome, RunKind, execute
+from xpatch_core.runs.progress import Progress, RunSummary, drive
+from xpatch_core.runs.records import RunConfig
+
+
+@dataclass(kw_only=True)
+class SaliencyConfig(RunConfig):
+    """The config of a saliency run.
+
+    Attributes:
+        model_source: how the model was loaded (kind, name, weights, layer,
+            input size, precision used, ...)
+        method: the saliency method
+        layer: the layer(s) the maps come from (``"a*b"`` for a fusion)
+        target: the class to explain (gradient methods), or None
+        target_field: the ``fo.Classification`` field giving each sample's
+            class, or None
+        batch_size: images per model call
+        input_size: the network's input ``(height, width)``
+        precision: the precision requested (``auto`` resolves per machine)
+        precision_used: the precision used
+        map_dir: the folder of the PNG maps, or None
+        storage: ``"database"`` or ``"png"``
+    """
+
+    kind: ClassVar[str] = "saliency"
+    compared: ClassVar[tuple[str, ...]] = ("model_source", "method", "layer", "target", "target_field",
+                                          "input_size", "precision", "map_dir")
+
+    model_source: dict[str, Any]
+    method: str
+    layer: str
+    target: Any = None
+    target_field: str | None = None
+    batch_size: int = SALIENCY["batch_size"]
+    input_size: list[int]
+    precision: str = SALIENCY["precision"]
+    precision_used: str = SALIENCY["precision"]
+    map_dir: str | None = None
+    storage: str = "database"
+
+
+def _describe_model(model: Any) -> Any:
+    if isinstance(model, (str, os.PathLike)):
+        return os.fspath(model)
+    return f"<{type(model).__name__} {getattr(model, 'name', '')} at {id(model):x}>"
+
+
+class SaliencyRun(RunKind):
+    """A saliency run; see :func:`run_saliency` for the parameters."""
+
+    kind = "saliency"
+    setup_stage = "load_model"
+
+    def __init__(self, field: str = SALIENCY["field"], model: Any = SALIENCY["model"],
+                 method: str = SALIENCY["method"], *, target: Any = None, target_field: str | None = None,
+                 weights: str | None = None, layer: str | None = None, fuse_layer: str | None = SALIENCY["fuse_layer"],
+                 batch_size: int = SALIENCY["batch_size"], map_dir: str | None = None,
+                 class_names: Sequence[str] | None = None, allow_unsafe: bool = False,
+                 precision: str = SALIENCY["precision"], **common: Any) -> None:
+        super().__init__(field, **common)
+        self.model, self.method, self.target, self.target_field = model, method, target, target_field
+        self.weights, self.layer, self.fuse_layer = weights, layer, fuse_layer
+        self.batch_size, self.map_dir, self.class_names = batch_size, map_dir, class_names
+        self.allow_unsafe, self.precision = allow_unsafe, precision
+        self.map_root: str | None = None
+        self.sm: Any = None
+
+    def validate(self, view: Any) -> None:
+        """Checks the field, method, batch size, targets and heatmap folder."""
+        import fiftyone as fo
+
+        from xpatch_core.saliency import get_method
+
+        colls.validate_field_name(view, self.field, "saliency", run_key=self.run_key)
+        self.method_cls = get_method(self.method)
+        self.batch_size = settings.batch_size_override() or self.batch_size
+        bs = self.batch_size
+        if not isinstance(bs, (int, np.integer)) or isinstance(bs, bool) or bs < 1:
+            raise ParameterError(f"batch_size must be a positive integer, got {bs!r}")
+        if self.target is not None and self.target_field is not None:
+            raise ParameterError("give either target or target_field, not both")
+        if self.target_field is not None:
+            colls.require_field(view._dataset, self.target_field, fo.Classification, "target_field")
+        if self.map_dir:
+            self.map_root = heatmap_files.prepare_map_dir(self.map_dir, self.field)
+
+    def request(self) -> dict[str, Any]:
+        """The arguments as given (the batch size aside: it changes no result)."""
+        target = self.target.tolist() if isinstance(self.target, np.ndarray) else self.target
+        return {"model": _describe_model(self.model), "method": self.method, "target": target,
+                "target_field": self.target_field, "weights": self.weights, "layer": self.layer,
+                "fuse_layer": self.fuse_layer, "map_dir": self.map_root, "precision": self.precision,
+                "class_names": list(self.class_names) if self.class_names else None}
+
+    def setup(self, view: Any, todo: list[str]) -> SaliencyConfig:
+        """Loads the model and resolves the targets."""
+        from xpatch_core.models import load_model
+        from xpatch_core.saliency import resolve_targets
+
+        self.sm = sm = load_model(self.model, weights=self.weights, layer=self.layer, fuse_layer=self.fuse_layer,
+                                  class_names=self.class_names, allow_unsafe=self.allow_unsafe,
+                                  precision=self.precision)
+        self.runner = self.method_cls(sm)  # raises for gradient methods on a model without a head
+        if self.target_field is None:
+            self.targets: Any = resolve_targets(sm, self.target, None)
+        else:
+            self.targets = self._field_targets(view, todo)
+        target = self.target.tolist() if isinstance(self.target, np.ndarray) else self.target
+        return SaliencyConfig(
+            field=self.field, request=self.request(),
+            model_source={k: v for k, v in sm.source.items() if k != "wnids"},
+            method=self.method_cls.name, layer=self.runner.layer_description, target=target,
+            target_field=self.target_field, batch_size=int(self.batch_size), input_size=list(sm.input_size),
+            precision=self.precision, precision_used=str(sm.source.get("precision", self.precision)),
+            map_dir=self.map_root, storage="png" if self.map_root else "database",
+        )
+
+    def _field_targets(self, view: Any, todo: list[str]) -> list[int]:
+        """Each sample's class index from the target field (-1: predicted)."""
+        if not todo:
+            return []
+        ids, labels = view._dataset.select(todo).values(["id", f"{self.target_field}.label"])
+        resolved = {lab: self.sm.class_index(lab) for lab in sorted({lab for lab in labels if lab is not None})}
+        by_id = {i: (resolved[lab] if lab is not None else -1) for i, lab in zip(ids, labels)}
+        return [by_id.get(i, -1) for i in todo]
+
+    def outcomes(self, dataset: Any, ids: list[str], summary: RunSummary) -> Iterator[Outcome]:
+        """Streams every pending image through the model, in order."""
+        from xpatch_core.saliency import iter_saliency
+
+        if self.map_root:
+            heatmap_files.remove_temporary(self.map_root, ids)
+        paths: dict[int, str | None] = {}
+        items = iter_saliency(self._paths(dataset, ids, paths), self.sm, self.method_cls.name, self.targets,
+                              self.batch_size)
+        names = self.sm.class_names if self.sm.has_head else None
+        while True:
+            t = time.perf_counter()
+            item = next(items, None)
+            summary.add_time("compute", time.perf_counter() - t)
+            if item is None:
+                return
+            sid, path = ids[item.index], paths.pop(item.index, None)
+            if path is None:
+                yield Outcome(sid, vanished=True)
+            elif item.error is not None:
+                yield Outcome(sid, reason=item.error, filepath=path)
+            else:
+                yield self._stored(sid, path, item, names)
+
+    def _paths(self, dataset: Any, ids: list[str], paths: dict[int, str | None]) -> Iterator[str | None]:
+        """File paths a chunk at a time (None for a sample deleted meanwhile)."""
+        size = max(settings.write_chunk(), int(self.batch_size))
+        for start, chunk in zip(range(0, len(ids), size), colls.chunks(ids, size)):
+            by_id = colls.filepaths(dataset, chunk)
+            for k, sid in enumerate(chunk):
+                paths[start + k] = by_id.get(sid)
+                yield by_id.get(sid) or f"<sample {sid} was deleted>"
+
+    def _stored(self, sid: str, path: str, item: Any, names: list[str] | None) -> Outcome:
+        """The ``fo.Heatmap`` of one item, its PNG written first with ``map_dir``."""
+        import fiftyone as fo
+
+        attrs: dict[str, Any] = {"method": self.method_cls.name, "degenerate": bool(item.degenerate),
+                                 "width": int(item.image_size[0]), "height": int(item.image_size[1])}
+        if item.predicted is not None:
+            attrs["predicted"] = names[item.predicted] if names else str(item.predicted)
+            attrs["confidence"] = float(item.confidence)
+        if item.target is not None:
+            attrs["target"] = names[item.target] if names else str(item.target)
+        if not self.map_root:
+            value = fo.Heatmap(map=np.clip(item.map, 0.0, 1.0).astype(np.float32), range=[0.0, 1.0], **attrs)
+            return Outcome(sid, value, filepath=path, degenerate=bool(item.degenerate))
+        png = os.path.join(self.map_root, f"{sid}.png")
+        try:
+            heatmap_files.write_png(png, item.map)
+        except OSError as e:
+            return Outcome(sid, reason=f"cannot write heatmap file: {e}", filepath=path)
+        return Outcome(sid, fo.Heatmap(map_path=png, range=[0, 255], **attrs), filepath=path,
+                       degenerate=bool(item.degenerate))
+
+    def write(self, dataset: Any, values: dict[str, Any]) -> None:
+        """Writes heatmaps in bulk."""
+        dataset.set_values(self.field, values, key_field="id")
+
+    def start_message(self, count: int) -> str:
+        """The first progress line."""
+        return f"computing {self.method_cls.name} saliency on {count} samples"
+
+
+def iter_run_saliency(sample_collection: Any, field: str = SALIENCY["field"], model: Any = SALIENCY["model"],
+                      method: str = SALIENCY["method"], *, shard: Any = None,
+                      **kwargs: Any) -> Generator[Progress, None, RunSummary]:
+    """Computes saliency heatmaps into a field, yielding progress.
+
+    See :func:`run_saliency` for the arguments. ``id_range`` restricts the
+    run to the samples with ``lo <= _id < hi``; ``shard`` is the role of a
+    sharded run's parent or child (:mod:`xpatch_core.runs.shards`). The
+    environment variable ``XPATCH_BATCH_SIZE``, when set, overrides
+    ``batch_size`` (a per-worker setting).
+
+    Returns:
+        a generator of :class:`Progress` whose return value is the
+        :class:`RunSummary`
+    """
+    return execute(SaliencyRun(field, model, method, **kwargs), sample_collection, shard)
+
+
+def run_saliency(sample_collection: Any, field: str = SALIENCY["field"], model: Any = SALIENCY["model"],
+                 method: str = SALIENCY["method"], *, progress: Any = False, **kwargs: Any) -> RunSummary:
+    """Computes saliency heatmaps and stores them as ``fo.Heatmap`` fields.
+
+    Only samples without a heatmap in ``field`` are processed unless
+    ``overwrite=True``, so an interrupted run resumes; a rerun with nothing
+    left to do returns at once without loading the model. A sample whose
+    image cannot be read fails with a reason (kept in the run's results,
+    and the sample tagged ``xpatch:<field>:failed``); the run goes on.
+
+    Args:
+        sample_collection: a FiftyOne image collection (a patches view
+            stands for the images of its patches)
+        field: the heatmap field (also the run key by default)
+        model: a ``keras.applications`` name, a saved model path, a Keras
+            model or a :class:`xpatch_core.models.SaliencyModel`
+        method: ``"activation"``, ``"eigencam"``, ``"gradcam"`` or
+            ``"gradcam++"``
+        progress: True for a progress bar, or a callable taking
+            :class:`Progress` events
+        **kwargs: ``target`` (class index/name, or None for predicted),
+            ``target_field`` (a ``fo.Classification`` field giving each
+            sample's class), ``weights``, ``layer``, ``fuse_layer`` (see
+            :func:`xpatch_core.load_model`), ``batch_size``,
+            ``map_dir`` (write 8-bit PNGs under ``map_dir/field/`` instead
+            of storing maps in the database), ``overwrite``, ``run_key``,
+            ``class_names``, ``allow_unsafe``, ``precision``,
+            ``sample_ids``, ``id_range``
+
+    Returns:
+        a :class:`RunSummary`
+    """
+    return drive(iter_run_saliency(sample_collection, field, model, method, **kwargs), progress)
+
+
+__all__ = ["SaliencyConfig", "SaliencyRun", "iter_run_saliency", "run_saliency"]

@@ -522,7 +522,7 @@ def clear_duplicates(sample_collection: Any, patches_field: str = EMBEDDINGS["pa
     return _clear_tag(sample_collection, patches_field, tag)
 
 
-def diverse_indices(embeddings: np.ndarray, count: int, seed: int = 0) -> tuple[np.ndarray, float]:
+def diverse_indices(embeddings: np.ndarray, count: int, seed: int = CURATION["seed"]) -> tuple[np.ndarray, float]:
     """K-centre greedy (farthest-point) selection (pure NumPy).
 
     The first row is drawn with ``numpy.random.default_rng(seed)``; each next

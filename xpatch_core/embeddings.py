@@ -72,7 +72,7 @@ from typing import Any
 
 import numpy as np
 
-from xpatch_core.defaults import CHOICES, EMBEDDINGS
+from xpatch_core.defaults import CHOICES, EMBEDDINGS, SALIENCY
 from xpatch_core.errors import ModelError, ParameterError
 from xpatch_core.images import iter_decoded_batches
 
@@ -344,7 +344,7 @@ def load_embedder(
     fine_layer: str | None = EMBEDDINGS["fine_layer"],
     pooling: str = EMBEDDINGS["pooling"],
     sampling_ratio: int = EMBEDDINGS["sampling_ratio"],
-    precision: str = "float32",
+    precision: str = SALIENCY["precision"],
     allow_unsafe: bool = False,
 ) -> PatchEmbedder:
     """Loads a model for patch embeddings and checks its layers.
@@ -352,6 +352,7 @@ def load_embedder(
     Args:
         model: a ``keras.applications`` name, a saved classifier path, a
             Keras model, or a loaded :class:`xpatch_core.models.SaliencyModel`
+            (a :class:`PatchEmbedder` is returned as is)
         weights: weights for a named model (see
             :func:`xpatch_core.load_model`)
         layer: the coarse layer to pool; default the model's saliency target
@@ -374,6 +375,8 @@ def load_embedder(
     """
     from xpatch_core.models import SaliencyModel, load_model
 
+    if isinstance(model, PatchEmbedder):
+        return model
     _check_choice("pooling", pooling)
     if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, (int, np.integer)) or sampling_ratio < 1:
         raise ParameterError(f"sampling_ratio must be an integer >= 1, got {sampling_ratio!r}")
@@ -414,8 +417,13 @@ def load_embedder(
         return emb
 
 
-def _paired(images: Iterable[Any], boxes: Iterable[Any], queue: collections.deque) -> Iterator[Any]:
+def _paired(images: Iterable[Any], boxes: Iterable[Any] | None, queue: collections.deque) -> Iterator[Any]:
     """Yields the images, queueing each image's boxes alongside."""
+    if boxes is None:  # (image, boxes) pairs
+        for src, b in images:
+            queue.append(b)
+            yield src
+        return
     sentinel = object()
     it_b = iter(boxes)
     for n, src in enumerate(images):
@@ -442,7 +450,7 @@ def _as_boxes(raw: Any, box_format: str, size: tuple[int, int]) -> np.ndarray:
 
 def iter_patch_embeddings(
     images: Iterable[Any],
-    boxes: Iterable[Any],
+    boxes: Iterable[Any] | None,
     model: Any = EMBEDDINGS["model"],
     *,
     box_format: str = "xyxy",
@@ -463,7 +471,8 @@ def iter_patch_embeddings(
     Args:
         images: an iterable of paths, PIL images or arrays
         boxes: an iterable parallel to ``images``: for each image an
-            ``(n, 4)`` array of boxes (``n`` may be 0)
+            ``(n, 4)`` array of boxes (``n`` may be 0); or None, when
+            ``images`` yields ``(image, boxes)`` pairs
         model: a model name, a saved classifier path, a Keras model, a
             :class:`~xpatch_core.models.SaliencyModel` or a
             :class:`PatchEmbedder`
@@ -491,7 +500,7 @@ def iter_patch_embeddings(
         raise ParameterError(f"box_format must be 'xyxy' or 'relative', got {box_format!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ParameterError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if hasattr(images, "__len__") and hasattr(boxes, "__len__") and len(images) != len(boxes):
+    if boxes is not None and hasattr(images, "__len__") and hasattr(boxes, "__len__") and len(images) != len(boxes):
         raise ParameterError(f"{len(boxes)} box lists given for {len(images)} images")
     embedder = model if isinstance(model, PatchEmbedder) else load_embedder(model, **model_kwargs)
     h, w = embedder.model.input_size

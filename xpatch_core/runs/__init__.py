@@ -16,6 +16,7 @@ kinds of run share one lifecycle (:mod:`~xpatch_core.runs.lifecycle`); see
 | :mod:`~xpatch_core.runs.lifecycle` | the one lifecycle: validate, todo, setup, lock, loop, finish |
 | :mod:`~xpatch_core.runs.saliency_run` | saliency runs (``fo.Heatmap``) |
 | :mod:`~xpatch_core.runs.patches_run` | patch runs (``fo.Detections``) |
+| :mod:`~xpatch_core.runs.embeddings_run` | embedding runs (each detection's ``embedding``) |
 | :mod:`~xpatch_core.runs.manage` | run info, views, deletion |
 | :mod:`~xpatch_core.runs.shards` | sharded runs over delegated operations |
 
@@ -35,6 +36,7 @@ from xpatch_core.runs.collections import (
     images_of,
     validate_field_name,
 )
+from xpatch_core.runs.embeddings_run import iter_run_embeddings, run_embeddings
 from xpatch_core.runs.lifecycle import LocalRecorder, Outcome, RunKind, execute
 from xpatch_core.runs.locks import acquire_lock, release_lock
 from xpatch_core.runs.manage import delete_run, failures_of, get_run_info, load_run_view, patches_view
@@ -60,6 +62,7 @@ __all__ = [
     "failures_of",
     "get_run_info",
     "images_of",
+    "iter_run_embeddings",
     "iter_run_patches",
     "iter_run_saliency",
     "list_runs",
@@ -67,6 +70,7 @@ __all__ = [
     "patches_view",
     "read_heatmap",
     "release_lock",
+    "run_embeddings",
     "run_patches",
     "run_saliency",
     "update_run_results",

@@ -20,21 +20,27 @@ Compared:
 -   **saliency**: :func:`xpatch_core.compute_saliency` (EigenCAM, the
     default) on the same images, model and batch size.
 
-Timing: ``--rounds`` interleaved rounds (saliency, xpatch, per-crop), the
+Timing: ``--rounds`` interleaved rounds of saliency and xpatch (per-crop,
+16 forward passes per image, in the first ``--crop-rounds`` of them), the
 median of each; ratios come from the same run. Quality: for every patch whose
 centre lies in a non-crowd ground-truth box, precision@10 of its 10 nearest
 patches by cosine similarity **among the patches of other images** (patches
 of the same image are excluded: they share context and would inflate the
 figure); a neighbour is relevant when its centre lies in a box of a class the
 query's centre box has. Chance is the share of relevant patches among the
-other images' patches, averaged over queries.
+other images' patches, averaged over queries. Because one image's patches
+share context, a vector describing the whole image scores about as well on
+that measure; **within-image** precision@3 (the nearest of the other patches
+of the same image, for queries whose image has relevant and irrelevant
+patches) measures what an embedding says about the patch itself: a
+whole-image vector scores chance there.
 
 ``--explore`` first measures the quality of every layer x pooling variant
 from one forward pass per batch (a multi-output Keras model over the
 candidate layers); the table in ``docs/curation.md`` comes from it.
 
 Run: ``.venv/bin/python benchmarks/bench_embeddings.py [--explore] [--rounds 3] [--limit N]``
-(about 15 minutes on 2 shared cores, most of it the per-crop runs). Exits
+(per-crop takes about 2,500 forward passes: 10 to 40 minutes on 2 shared cores). Exits
 with a message when ../shared is absent.
 """
 
@@ -58,9 +64,10 @@ from xpatch_core.metrics import center_points  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COCO = os.path.join(ROOT, "..", "shared", "data", "coco_val_subset")
 K = 10
-LAYERS = {"b14s2": "block14_sepconv2_act", "b14s1": "block14_sepconv1_act", "b13s1": "block13_sepconv1_act"}
-COMBOS = {"b14s2+b13s1": ("b14s2", "b13s1"), "b14s2+b14s1": ("b14s2", "b14s1"),
-          "b14s2+b14s1+b13s1": ("b14s2", "b14s1", "b13s1")}
+K_WITHIN = 3
+LAYERS = {"b14s2": "block14_sepconv2_act", "b14s1": "block14_sepconv1_act", "b13s1": "block13_sepconv1_act",
+          "b14s2bn": "block14_sepconv2_bn"}
+COMBOS = {"b14s2+b13s1": ("b14s2", "b13s1"), "b14s1+b13s1": ("b14s1", "b13s1")}
 POOLINGS = (("align", 2), ("align", 1), ("area", 1))
 
 
@@ -132,6 +139,34 @@ def precision_at_k(emb: np.ndarray, owner: np.ndarray, classes: list[set], k: in
     return float(np.mean(prec)), float(np.mean(chance)), len(queries)
 
 
+def within_image(emb: np.ndarray, owner: np.ndarray, classes: list[set], k: int = K_WITHIN) -> tuple[float, float, int]:
+    """Precision@k among the other patches of the query's own image.
+
+    Only queries whose image has both relevant and other patches count. A
+    vector that describes the whole image (the same for every patch) scores
+    chance here: this measures what the embedding says about the patch
+    itself, not its context.
+    """
+    e = np.asarray(emb, np.float64)
+    e = e / np.linalg.norm(e, axis=1, keepdims=True)
+    prec, chance = [], []
+    for img in np.unique(owner):
+        rows = np.flatnonzero(owner == img)
+        sub = e[rows] @ e[rows].T
+        for a, q in enumerate(rows):
+            if not classes[q]:
+                continue
+            others = np.array([b for b in range(len(rows)) if b != a])
+            rel = np.array([bool(classes[rows[b]] & classes[q]) for b in others])
+            if rel.all() or not rel.any():
+                continue
+            # ties (identical vectors) are broken at random, not by order
+            s = sub[a, others] + 1e-9 * np.random.default_rng(int(q)).random(len(others))
+            prec.append(rel[np.argsort(-s)[:k]].mean())
+            chance.append(rel.mean())
+    return float(np.mean(prec)), float(np.mean(chance)), len(prec)
+
+
 def explore(images: list[dict], sets: list, sm, owner, classes, batch: int) -> None:
     """Quality of every layer x pooling variant, one forward pass per batch."""
     import keras
@@ -161,18 +196,19 @@ def explore(images: list[dict], sets: list, sm, owner, classes, batch: int) -> N
     def unit(a):
         return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
 
-    rows = []
-    for (name, pooling), vs in pooled.items():
-        rows.append((name, pooling, *precision_at_k(np.concatenate(vs), owner, classes)))
+    variants = [(name, pooling, np.concatenate(vs)) for (name, pooling), vs in pooled.items()]
     for combo, parts in COMBOS.items():
         for pooling, ratio in POOLINGS:
             key = f"{pooling}/{ratio}"
-            e = np.concatenate([unit(np.concatenate(pooled[(p, key)])) for p in parts], axis=1)
-            rows.append((combo, key, *precision_at_k(e, owner, classes)))
-    print(f"\nexplore: precision@{K} (other images), {len(owner)} patches")
-    print(f"{'layer(s)':22s} {'pooling':12s} {'p@10':>6s} {'chance':>7s} {'queries':>8s}")
-    for name, pooling, p, c, nq in rows:
-        print(f"{name:22s} {pooling:12s} {p:6.3f} {c:7.3f} {nq:8d}")
+            variants.append((combo, key, np.concatenate([unit(np.concatenate(pooled[(p, key)])) for p in parts],
+                                                        axis=1)))
+    print(f"\nexplore: {len(owner)} patches; p@{K}: neighbours from other images; within: p@{K_WITHIN} among "
+          "the other patches of the same image")
+    print(f"{'layer(s)':22s} {'pooling':12s} {'dim':>5s} {'p@10':>6s} {'chance':>7s} {'within':>7s} {'chance':>7s}")
+    for name, pooling, e in variants:
+        p, c, _ = precision_at_k(e, owner, classes)
+        w, wc, _ = within_image(e, owner, classes)
+        print(f"{name:22s} {pooling:12s} {e.shape[1]:5d} {p:6.3f} {c:7.3f} {w:7.3f} {wc:7.3f}", flush=True)
 
 
 def crop_model(sm):
@@ -235,7 +271,9 @@ def make_dataset(images: list[dict], sets: list):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--limit", type=int, default=None)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="timing rounds of saliency and xpatch")
+    parser.add_argument("--crop-rounds", type=int, default=1, help="of these, rounds that time per-crop too "
+                        "(it costs 16 forward passes per image)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--explore", action="store_true")
     args = parser.parse_args()
@@ -283,6 +321,8 @@ def main() -> None:
         times = defaultdict(list)
         for r in range(args.rounds):
             for name, fn in variants.items():
+                if name == "per-crop" and r >= args.crop_rounds:
+                    continue
                 t = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - t)
@@ -292,17 +332,20 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"\nxpatch embeddings: {embedder.describe()['layers']} pooling {embedder.pooling}"
           f"/{embedder.sampling_ratio}, dim {embedder.dim}")
-    print(f"time (median of {args.rounds}, {len(images)} images x 16 patches):")
+    print(f"time ({len(images)} images x 16 patches; median of {args.rounds} interleaved rounds, per-crop of "
+          f"{min(args.crop_rounds, args.rounds)}):")
     for k in variants:
-        print(f"  {k:10s} {med[k]:7.1f} s  ({len(images) / med[k]:.2f} images/s)")
+        print(f"  {k:10s} {med[k]:7.1f} s  ({len(images) / med[k]:.2f} images/s)  rounds: "
+              + ", ".join(f"{t:.1f}" for t in times[k]))
     print(f"  speed ratio per-crop / xpatch: {med['per-crop'] / med['xpatch']:.1f}x (goal >= 8x)")
     print(f"  xpatch / saliency: {med['xpatch'] / med['saliency']:.2f}x (goal <= 1.15x)")
-    print(f"precision@{K} (neighbours from other images only):")
+    print(f"precision@{K} (neighbours from other images only) and within-image precision@{K_WITHIN}:")
     p = {}
     for k in ("xpatch", "per-crop"):
         p[k], chance, nq = precision_at_k(results[k], owner, classes)
-        print(f"  {k:10s} {p[k]:.3f}")
-    print(f"  chance     {chance:.3f}  ({nq} queries)")
+        w, wchance, wq = within_image(results[k], owner, classes)
+        print(f"  {k:10s} {p[k]:.3f}   within {w:.3f}")
+    print(f"  chance     {chance:.3f}   within {wchance:.3f}  ({nq} and {wq} queries)")
     print(f"  xpatch / per-crop: {p['xpatch'] / p['per-crop']:.2f}x (goal >= 0.9x)")
 
 

@@ -6,7 +6,7 @@
 | ``patches_ops`` | ``sample_patches`` |
 | ``run_ops`` | ``get_xpatch_run_info``, ``load_xpatch_run_view``, ``delete_xpatch_run`` |
 | ``export_ops`` | ``export_patches``, ``evaluate_patches`` |
-| ``curation_ops`` | ``build_patch_similarity``, ``tag_duplicate_patches``, ``clear_duplicate_patches``, ``select_diverse_patches``, ``compute_patch_map`` |
+| ``curation_ops`` | ``compute_patch_embeddings``, ``build_patch_similarity``, ``tag_duplicate_patches``, ``clear_duplicate_patches``, ``select_diverse_patches``, ``compute_patch_map`` |
 
 Importing this package never imports TensorFlow.
 """

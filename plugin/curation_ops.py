@@ -2,6 +2,7 @@
 
 | operator | library function |
 | --- | --- |
+| ``compute_patch_embeddings`` | :func:`xpatch_core.runs.run_embeddings` |
 | ``build_patch_similarity`` | :func:`xpatch_core.curation.compute_similarity_index` |
 | ``tag_duplicate_patches`` | :func:`xpatch_core.curation.tag_duplicates` |
 | ``clear_duplicate_patches`` | :func:`xpatch_core.curation.clear_duplicates` |
@@ -18,13 +19,21 @@ from __future__ import annotations
 
 from typing import Any
 
-# isort: off
-from .common import DelegableOperator, fields_of, foo, images_of, number, progress_event, text, types
+from xpatch_core.defaults import CHOICES, CURATION, EMBEDDINGS, MODEL_MENU
 
-# after .common, which makes xpatch_core importable from a downloaded plugin
-from xpatch_core.defaults import CHOICES, CURATION, EMBEDDINGS  # noqa: E402
-
-# isort: on
+from .common import (
+    DelegableOperator,
+    execute_run,
+    fields_of,
+    foo,
+    long_running_config,
+    number,
+    progress_event,
+    shards_input,
+    target_images,
+    text,
+    types,
+)
 
 
 def _flag(params: dict, name: str, default: bool = False) -> bool:
@@ -128,6 +137,156 @@ class _CurationOperator(DelegableOperator):
         return foo.execute_operator(self.uri, ctx, request_delegation=delegate)
 
 
+_MODEL_CHOICES = [*MODEL_MENU, ("other", "Another keras.applications model"),
+                  ("saved", "My saved classifier (.keras / .h5)")]
+
+
+def embedding_params(params: dict) -> dict[str, Any]:
+    """Turns form parameters into :func:`xpatch_core.runs.run_embeddings`
+    keyword arguments, validating them on the server.
+
+    Args:
+        params: ``ctx.params``
+
+    Returns:
+        a dict of keyword arguments
+    """
+    from xpatch_core.errors import ParameterError
+    from xpatch_core.models import is_application
+
+    choice = text(params, "model", EMBEDDINGS["model"])
+    if choice == "saved":
+        model = text(params, "model_path", max_len=4096)
+        if not model:
+            raise ParameterError("give the path of your saved classifier")
+    elif choice == "other":
+        model = text(params, "model_name")
+        if not model or not is_application(model):
+            raise ParameterError(f"unknown keras.applications model {model!r}")
+    elif is_application(choice or ""):
+        model = choice
+    else:
+        raise ParameterError(f"unknown model {choice!r}")
+    pooling = text(params, "pooling", EMBEDDINGS["pooling"])
+    border = text(params, "border", EMBEDDINGS["border"])
+    for name, value in (("pooling", pooling), ("border", border)):
+        if value not in CHOICES[name]:
+            raise ParameterError(f"{name} must be one of {', '.join(CHOICES[name])}, got {value!r}")
+    fine = text(params, "fine_layer", EMBEDDINGS["fine_layer"] or "none")
+    attribute = _name(params, "attribute", EMBEDDINGS["attribute"], what="an attribute name")
+    patches_field = _name(params, "patches_field", EMBEDDINGS["patches_field"], what="a field name")
+    return {
+        "patches_field": patches_field,
+        "attribute": attribute,
+        "run_key": f"{patches_field}_{attribute}",
+        "model": model,
+        "weights": text(params, "weights", max_len=4096),
+        "layer": text(params, "layer"),
+        "fine_layer": None if fine.lower() in ("none", "off") else fine,
+        "pooling": pooling,
+        "border": border,
+        "batch_size": number(params, "batch_size", EMBEDDINGS["batch_size"], kind=int, lo=1, hi=1024),
+        "overwrite": _flag(params, "overwrite"),
+    }
+
+
+class ComputePatchEmbeddings(DelegableOperator):
+    """One embedding per patch, pooled from one forward pass per image, stored
+    on each detection's ``embedding`` attribute (a FiftyOne run)."""
+
+    @property
+    def config(self) -> foo.OperatorConfig:
+        return long_running_config(
+            "compute_patch_embeddings", "Compute patch embeddings",
+            "One embedding per patch from one forward pass per image (Xception by default)")
+
+    def resolve_input(self, ctx: Any) -> types.Property:
+        import fiftyone as fo
+
+        inputs = types.Object()
+        ctx.target_view()
+        fields = fields_of(ctx, fo.Detections)
+        if not fields:
+            inputs.view("nofield", types.Error(label="No patches field", description="Run 'Sample patches' first"))
+            return types.Property(inputs, invalid=True)
+        default = EMBEDDINGS["patches_field"] if EMBEDDINGS["patches_field"] in fields else fields[0]
+        inputs.enum("patches_field", fields, default=default, required=True, label="Patches field")
+        inputs.str("attribute", default=EMBEDDINGS["attribute"], label="Embedding attribute",
+                   description="Stored on each detection, where FiftyOne Brain finds it")
+        models = types.Dropdown(label="Model")
+        for value, label in _MODEL_CHOICES:
+            models.add_choice(value, label=label)
+        inputs.enum("model", models.values(), default=EMBEDDINGS["model"], view=models)
+        choice = ctx.params.get("model", EMBEDDINGS["model"])
+        if choice == "other":
+            inputs.str("model_name", required=True, label="keras.applications name")
+        if choice == "saved":
+            inputs.str("model_path", required=True, label="Saved classifier", description="A .keras or .h5 file")
+        else:
+            inputs.str("weights", label="Weights file (optional)",
+                       description="Offline weights; empty = ImageNet through Keras' cache (or XPATCH_WEIGHTS)")
+        inputs.str("layer", label="Layer (optional)", description="Default: the last spatial layer")
+        inputs.str("fine_layer", default=EMBEDDINGS["fine_layer"] or "none", label="Also pool a finer layer",
+                   description="'none', 'auto' (the saliency fusion layer) or a layer name")
+        inputs.enum("pooling", list(CHOICES["pooling"]), default=EMBEDDINGS["pooling"], label="Pooling",
+                    description="align: RoI Align (bilinear samples); area: area-weighted cells")
+        inputs.enum("border", list(CHOICES["border"]), default=EMBEDDINGS["border"], label="Boxes outside the image",
+                    description="pad / clip: pool the part inside; error: skip such patches")
+        inputs.int("batch_size", default=EMBEDDINGS["batch_size"], min=1, max=1024, label="Batch size")
+        inputs.bool("overwrite", default=False, label="Recompute (and replace an attribute of another tool)")
+        shards_input(inputs)
+        return types.Property(inputs, view=types.View(label="Compute patch embeddings"))
+
+    def execute(self, ctx: Any):
+        from xpatch_core import runs
+
+        summary = yield from execute_run(ctx, runs.iter_run_embeddings, embedding_params(ctx.params), self.uri)
+        if not ctx.delegated:
+            yield ctx.ops.notify(
+                f"{summary.patches} patches embedded on {summary.processed} samples, {summary.skipped} already "
+                f"done, {summary.failed} failed", variant="success" if not summary.failed else "warning")
+
+    def __call__(self, sample_collection: Any, patches_field: str = EMBEDDINGS["patches_field"], *,
+                 attribute: str = EMBEDDINGS["attribute"], model: str = EMBEDDINGS["model"],
+                 weights: str | None = None, layer: str | None = None,
+                 fine_layer: str | None = EMBEDDINGS["fine_layer"], pooling: str = EMBEDDINGS["pooling"],
+                 border: str = EMBEDDINGS["border"], batch_size: int = EMBEDDINGS["batch_size"],
+                 overwrite: bool = False, delegate: bool = False, num_shards: int = 1) -> Any:
+        """Computes patch embeddings, as the App does.
+
+        Args:
+            sample_collection: a FiftyOne image collection
+            patches_field: the ``fo.Detections`` field
+            attribute: the detections' attribute to write
+            model: a ``keras.applications`` name or a saved classifier path
+            weights: an offline weights file
+            layer: the layer to pool (default: the last spatial layer)
+            fine_layer: a finer layer pooled too, ``"auto"``, or None
+            pooling: ``"align"`` or ``"area"``
+            border: ``"pad"``, ``"clip"`` or ``"error"``
+            batch_size: images per model call
+            overwrite: recompute every sample (and replace another tool's
+                attribute)
+            delegate: schedule as a delegated operation
+            num_shards: split the run into this many delegated operations
+
+        Returns:
+            the :class:`fiftyone.operators.executor.ExecutionResult`
+        """
+        from xpatch_core.models import is_application
+
+        params: dict[str, Any] = {
+            "patches_field": patches_field, "attribute": attribute, "weights": weights, "layer": layer,
+            "fine_layer": fine_layer or "none", "pooling": pooling, "border": border, "batch_size": batch_size,
+            "overwrite": overwrite, "delegate": delegate, "view_target": "CURRENT_VIEW", "num_shards": num_shards}
+        if is_application(model):
+            params.update(model=model if model in dict(_MODEL_CHOICES) else "other", model_name=model)
+        else:
+            params.update(model="saved", model_path=model)
+        ctx = {"view": sample_collection.view(), "params": params}
+        return foo.execute_operator(self.uri, ctx, request_delegation=delegate)
+
+
 class BuildPatchSimilarity(_CurationOperator):
     """A FiftyOne Brain similarity index over the patches, for the App's
     "sort by similarity" on the patches view."""
@@ -147,7 +306,7 @@ class BuildPatchSimilarity(_CurationOperator):
         kwargs = _common(ctx)
         kwargs.update(brain_key=_name(ctx.params, "brain_key", None, what="a brain key"),
                       overwrite=_flag(ctx.params, "overwrite"))
-        target = images_of(ctx.target_view())
+        target = target_images(ctx)
         event = _step(ctx, 0.0, "building the similarity index")
         if event is not None:
             yield event
@@ -201,7 +360,7 @@ class TagDuplicatePatches(_CurationOperator):
                       keep_by=_name(ctx.params, "keep_by", None, what="an attribute name"),
                       tag=_tag(ctx.params, "tag", CURATION["duplicate_tag"]))
         open_view = _flag(ctx.params, "open_view", True)
-        target = images_of(ctx.target_view())
+        target = target_images(ctx)
         event = _step(ctx, 0.0, "comparing the patches")
         if event is not None:
             yield event
@@ -262,7 +421,7 @@ class ClearDuplicatePatches(_CurationOperator):
 
         field = _patches_field(ctx)
         tag = _tag(ctx.params, "tag", CURATION["duplicate_tag"])
-        n = clear_duplicates(images_of(ctx.target_view()), field, tag)
+        n = clear_duplicates(target_images(ctx), field, tag)
         if not ctx.delegated:
             yield ctx.ops.reload_dataset()
             yield ctx.ops.notify(f"{n} patches untagged", variant="success")
@@ -314,7 +473,7 @@ class SelectDiversePatches(_CurationOperator):
         event = _step(ctx, 0.0, f"selecting {kwargs['count']} patches")
         if event is not None:
             yield event
-        sel = select_diverse(images_of(ctx.target_view()), **kwargs)
+        sel = select_diverse(target_images(ctx), **kwargs)
         if not ctx.delegated:
             field = kwargs["patches_field"]
             if open_view:
@@ -382,7 +541,7 @@ class ComputePatchMap(_CurationOperator):
         event = _step(ctx, 0.0, f"computing a 2-D map ({method})")
         if event is not None:
             yield event
-        res = compute_patch_map(images_of(ctx.target_view()), progress=False, **kwargs)
+        res = compute_patch_map(target_images(ctx), progress=False, **kwargs)
         if not ctx.delegated:
             yield ctx.ops.reload_dataset()
             yield ctx.ops.open_panel("Embeddings", layout="horizontal")
@@ -412,7 +571,8 @@ class ComputePatchMap(_CurationOperator):
                                              "overwrite": overwrite}, delegate)
 
 
-OPERATORS = (BuildPatchSimilarity, TagDuplicatePatches, ClearDuplicatePatches, SelectDiversePatches, ComputePatchMap)
+OPERATORS = (ComputePatchEmbeddings, BuildPatchSimilarity, TagDuplicatePatches, ClearDuplicatePatches,
+             SelectDiversePatches, ComputePatchMap)
 
 
 def register(p: Any) -> None:

@@ -105,6 +105,10 @@ def test_duplicates_leave_other_tags_and_other_views_alone(constructed):
     ds.select_labels(ids=[ids["A"]], fields="patches").tag_labels("mine", label_fields="patches")
     curation.tag_duplicates(ds, "patches", threshold=_dist(10))
     assert _tagged(ds, "mine") == {"A"}
+    # a patches view stands for its images
+    res = curation.tag_duplicates(ds.to_patches("patches").match(F("patches.label") == "A"), "patches",
+                                  threshold=_dist(10))
+    assert res.patches == 4 and _tagged(ds, "xpatch:duplicate") == {"A", "A2"}
     # on a view of sample 1 only, sample 0's duplicate tags stay
     view = ds.skip(1).limit(1)
     curation.tag_duplicates(view, "patches", threshold=_dist(25))
@@ -118,8 +122,6 @@ def test_duplicate_parameters_fail_before_work(constructed):
             curation.tag_duplicates(ds, "patches", threshold=bad)
     with pytest.raises(ParameterError, match="no field"):
         curation.tag_duplicates(ds, "nope")
-    with pytest.raises(ParameterError, match="patches view"):
-        curation.tag_duplicates(ds.to_patches("patches"), "patches")
     with pytest.raises(ParameterError, match="compute patch embeddings"):
         curation.tag_duplicates(ds, "patches", attribute="other")
     assert _tagged(ds, "xpatch:duplicate") == set()

@@ -222,3 +222,138 @@ def test_prepare_boxes_rules():
     assert clipped.tolist() == [True, False, False, False]
     assert cut[0].tolist() == [0, 0, 10, 10]
     assert reasons[2] == "box lies wholly outside the image"
+
+
+# -- the FiftyOne run -------------------------------------------------------------------
+
+
+@pytest.fixture()
+def patched(kitchen, xception_weights):
+    """Six real photos with a saliency run and four patches each."""
+    import fiftyone as fo
+
+    from xpatch_core import runs
+    from xpatch_core.offline import kitchenware_images
+
+    ds = fo.Dataset()
+    ds.add_samples([fo.Sample(filepath=p) for p in kitchenware_images()[:6]])
+    runs.run_saliency(ds, "saliency", "xception", "eigencam", weights=xception_weights)
+    runs.run_patches(ds, "saliency", "patches", n=4, size=64)
+    yield ds
+    ds.delete()
+
+
+def test_run_stores_what_the_library_computes_and_resumes(patched, xception, xception_weights, monkeypatch):
+    import fiftyone.core.fields as fof
+
+    from xpatch_core import runs
+
+    ds = patched
+    ids = ds.values("id")
+    first = runs.run_embeddings(ds, "patches", weights=xception_weights, sample_ids=ids[:2])
+    assert (first.processed, first.patches, first.status) == (2, 8, "completed")
+    assert isinstance(ds.get_field("patches.detections.embedding"), fof.VectorField)
+    monkeypatch.setenv("XPATCH_WRITE_CHUNK", "1")  # written a sample at a time: bounded memory
+    events = []
+    rest = runs.run_embeddings(ds, "patches", weights=xception_weights, progress=events.append)
+    assert (rest.processed, rest.skipped, rest.patches) == (4, 2, 16)
+    assert len(events) >= 5  # the start, then one event per written chunk
+    again = runs.run_embeddings(ds, "patches", weights=xception_weights)
+    assert again.status == "nothing to do" and again.skipped == 6
+    # the stored vectors are the library's, detection by detection
+    paths, rel, stored = ds.values(["filepath", "patches.detections.bounding_box", "patches.detections.embedding"])
+    for path, boxes, vecs in zip(paths, rel, stored):
+        item = next(iterate([path], [boxes], xception))
+        np.testing.assert_allclose(np.stack(vecs), item.embeddings, atol=2e-5)
+    info = runs.get_run_info(ds, "patches_embedding")
+    assert info["type"] == "embeddings" and info["config"]["layers"] == ["block14_sepconv2_act"]
+    assert info["config"]["dim"] == 2048 and info["results"]["patches"] == 16  # the last run that worked
+    # other parameters on the same attribute are refused; overwrite redoes every sample
+    with pytest.raises(ParameterError, match="other parameters"):
+        runs.run_embeddings(ds, "patches", weights=xception_weights, pooling="area")
+    redo = runs.run_embeddings(ds, "patches", weights=xception_weights, pooling="area", overwrite=True)
+    assert redo.processed == 6
+    # a new patch run on a sample makes it pending again
+    runs.run_patches(ds.select(ids[0]), "saliency", "patches", n=4, size=64, overwrite=True)
+    assert runs.run_embeddings(ds, "patches", weights=xception_weights, pooling="area").processed == 1
+    deleted = runs.delete_run(ds, "patches_embedding")
+    assert deleted["field"] == "patches.detections.embedding" and ds.count("patches.detections.embedding") == 0
+    assert ds.count("patches.detections") == 24
+
+
+def iterate(paths, boxes, model):
+    return iter_patch_embeddings(paths, boxes, model, box_format="relative")
+
+
+def test_run_never_clobbers_another_tools_attribute(patched, xception_weights):
+    import fiftyone as fo
+
+    from xpatch_core import runs
+
+    ds = patched
+    lids = ds.values("patches.detections.id", unwind=True)
+    # as FiftyOne's compute_patch_embeddings leaves it: a declared vector attribute
+    ds.add_sample_field("patches.detections.embedding", fo.VectorField)
+    ds.set_label_values("patches.detections.embedding", {lid: np.ones(3, np.float32) for lid in lids})
+    with pytest.raises(ParameterError, match="no xpatch embedding run wrote"):
+        runs.run_embeddings(ds, "patches", weights=xception_weights)
+    assert all(v.shape == (3,) for v in ds.values("patches.detections.embedding", unwind=True))
+    done = runs.run_embeddings(ds, "patches", weights=xception_weights, overwrite=True)
+    assert done.processed == 6
+    assert all(v.shape == (2048,) for v in ds.values("patches.detections.embedding", unwind=True))
+    # an attribute declared with another type is never replaced
+    ds.add_sample_field("patches.detections.note", fo.StringField)
+    for overwrite in (False, True):
+        with pytest.raises(ParameterError, match="not a vector field"):
+            runs.run_embeddings(ds, "patches", attribute="note", weights=xception_weights, overwrite=overwrite)
+    for bad, match in ((dict(attribute="label"), "attribute"), (dict(attribute="a.b"), "attribute"),
+                       (dict(patches_field="saliency"), "fo.Detections"), (dict(pooling="max"), "pooling"),
+                       (dict(border="wrap"), "border"), (dict(batch_size=0), "batch_size")):
+        with pytest.raises(ParameterError, match=match):
+            runs.run_embeddings(ds, **{"patches_field": "patches", "attribute": "emb2", **bad})
+    assert "patches_emb2" not in ds.list_runs()
+
+
+def test_run_fails_bad_samples_alone(patched, xception_weights, tmp_path):
+    import fiftyone as fo
+
+    from xpatch_core import runs
+
+    ds = patched
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not really a jpeg")
+    ds.add_sample(fo.Sample(filepath=str(broken), patches=fo.Detections(detections=[
+        fo.Detection(label="p", bounding_box=[0.1, 0.1, 0.2, 0.2])])))
+    odd = ds.first()
+    odd.patches.detections[0].bounding_box = [0.5, 0.5, 0.0, 0.3]  # empty box
+    odd.patches.detections[1].bounding_box = [0.9, 0.9, 0.3, 0.3]  # partly outside: pooled inside
+    odd.save()
+    ds.add_sample(fo.Sample(filepath=odd.filepath, patches=fo.Detections(detections=[
+        fo.Detection(label="p", bounding_box=[1.2, 0.1, 0.2, 0.2])])))  # wholly outside
+    ds.add_sample(fo.Sample(filepath=odd.filepath))  # no patches: nothing to do
+    summary = runs.run_embeddings(ds, "patches", weights=xception_weights)
+    assert (summary.processed, summary.failed, summary.patches) == (6, 2, 23)
+    reasons = sorted(f["reason"] for f in summary.failures)
+    assert "not a recognised image" in reasons[1] or "cannot" in reasons[1]
+    assert reasons[0] == "no patch could be embedded: box lies wholly outside the image"
+    assert len(ds.match_tags("xpatch:patches.detections.embedding:failed")) == 2
+    vecs = ds.first().patches.detections
+    assert vecs[0].embedding is None and vecs[1].embedding.shape == (2048,)
+
+
+def test_embeddings_operator_on_the_real_database(patched, xception_weights):
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionError
+
+    ds = patched
+    op = foo.get_operator("@xpatch/xpatch/compute_patch_embeddings")
+    result = op(ds, "patches", weights=xception_weights, batch_size=4)
+    assert result.error is None
+    assert ds.count("patches.detections.embedding") == 24
+    from xpatch_core import runs
+
+    assert runs.get_run_info(ds, "patches_embedding")["results"]["processed"] == 6
+    for kwargs, match in ((dict(pooling="max"), "pooling"), (dict(batch_size=0), "batch_size"),
+                          (dict(model="nosuchnet"), "nosuchnet"), (dict(attribute="a b"), "attribute")):
+        with pytest.raises(ExecutionError, match=match):
+            op(ds, "patches", **{"weights": xception_weights, **kwargs}).raise_exceptions()

@@ -1,6 +1,7 @@
 """Curating patch datasets from patch embeddings, with FiftyOne Brain.
 
-Every function takes a FiftyOne collection with a ``fo.Detections`` patches
+Every function takes a FiftyOne collection (a dataset or a view of its
+images; a patches view stands for the images behind it) with a ``fo.Detections`` patches
 field whose detections carry an embedding attribute (``embedding`` by
 default: the convention of FiftyOne's ``compute_patch_embeddings``, and what
 :func:`xpatch_core.runs.run_embeddings` writes). Detections without an
@@ -137,10 +138,6 @@ class DiverseSelection:
 
 def _check_patches_field(sample_collection: Any, patches_field: str) -> None:
     import fiftyone as fo
-    import fiftyone.core.patches as fop
-
-    if isinstance(sample_collection, fop.PatchesView):
-        raise ParameterError("pass the images (the dataset or a view of its samples), not a patches view")
     if not isinstance(patches_field, str) or not patches_field:
         raise ParameterError(f"patches_field must be a field name, got {patches_field!r}")
     f = sample_collection.get_field(patches_field)
@@ -148,6 +145,13 @@ def _check_patches_field(sample_collection: Any, patches_field: str) -> None:
         raise ParameterError(f"collection has no field {patches_field!r}")
     if getattr(f, "document_type", None) is not fo.Detections:
         raise ParameterError(f"field {patches_field!r} is not a fo.Detections field")
+
+
+def _images(sample_collection: Any) -> Any:
+    """The images behind a collection (a patches view stands for its images)."""
+    from xpatch_core.runs import images_of
+
+    return images_of(sample_collection)
 
 
 def _dataset_of(sample_collection: Any) -> Any:
@@ -208,6 +212,7 @@ def load_patch_embeddings(
         ParameterError: if the field or attribute is missing or holds
             something else than vectors of one length
     """
+    sample_collection = _images(sample_collection)
     _check_patches_field(sample_collection, patches_field)
     _check_attribute(attribute)
     paths = ["id", f"{patches_field}.detections.id", f"{patches_field}.detections.{attribute}"]
@@ -306,6 +311,7 @@ def compute_similarity_index(
     Raises:
         ParameterError: if the field has no embeddings or the key is taken
     """
+    sample_collection = _images(sample_collection)
     import fiftyone.brain as fob
 
     key = _brain_key(brain_key, patches_field, "sim")
@@ -348,6 +354,7 @@ def compute_patch_map(
         ParameterError: for an unknown method, a missing package, no
             embeddings, or a key that is taken
     """
+    sample_collection = _images(sample_collection)
     import importlib.util
 
     import fiftyone.brain as fob
@@ -493,6 +500,7 @@ def tag_duplicates(
     Raises:
         ParameterError: for an invalid threshold, field or attribute
     """
+    sample_collection = _images(sample_collection)
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold < 2:
         raise ParameterError(f"threshold must be a cosine distance in [0, 2), got {threshold!r}")
     _check_tag(tag)
@@ -519,6 +527,7 @@ def clear_duplicates(sample_collection: Any, patches_field: str = EMBEDDINGS["pa
     Returns:
         the number of patches untagged
     """
+    sample_collection = _images(sample_collection)
     return _clear_tag(sample_collection, patches_field, tag)
 
 
@@ -592,6 +601,7 @@ def select_diverse(
         ParameterError: for an invalid count, seed or view name, or no
             embeddings
     """
+    sample_collection = _images(sample_collection)
     if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
         raise ParameterError(f"count must be an integer >= 1, got {count!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -635,6 +645,7 @@ def clear_diverse(sample_collection: Any, patches_field: str = EMBEDDINGS["patch
     Returns:
         the number of patches untagged
     """
+    sample_collection = _images(sample_collection)
     n = _clear_tag(sample_collection, patches_field, tag)
     dataset = _dataset_of(sample_collection)
     if view_name and dataset.has_saved_view(view_name):

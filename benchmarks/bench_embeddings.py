@@ -167,6 +167,40 @@ def within_image(emb: np.ndarray, owner: np.ndarray, classes: list[set], k: int 
     return float(np.mean(prec)), float(np.mean(chance)), len(prec)
 
 
+IOU_BINS = ((0.0, 0.0), (0.0, 0.2), (0.2, 0.4), (0.4, 0.7))
+
+
+def locality(emb: np.ndarray, owner: np.ndarray, boxes: list[np.ndarray]) -> list[float]:
+    """Median cosine distance between two patches of one image, by their IoU
+    (``IOU_BINS``: disjoint, then ``(lo, hi]``): how far the embedding tells
+    apart patches that share context but not (all) content."""
+    e = np.asarray(emb, np.float64)
+    e = e / np.linalg.norm(e, axis=1, keepdims=True)
+    ious, dists = [], []
+    for img in np.unique(owner):
+        rows = np.flatnonzero(owner == img)
+        b = np.asarray(boxes[img], np.float64)
+        ix = np.clip(np.minimum(b[:, None, 2], b[None, :, 2]) - np.maximum(b[:, None, 0], b[None, :, 0]), 0, None)
+        iy = np.clip(np.minimum(b[:, None, 3], b[None, :, 3]) - np.maximum(b[:, None, 1], b[None, :, 1]), 0, None)
+        area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+        inter = ix * iy
+        iou = inter / (area[:, None] + area[None, :] - inter)
+        d = 1 - e[rows] @ e[rows].T
+        upper = np.triu_indices(len(rows), 1)
+        ious.append(iou[upper])
+        dists.append(d[upper])
+    iou, d = np.concatenate(ious), np.concatenate(dists)
+    out = []
+    for lo, hi in IOU_BINS:
+        m = (iou == 0) if hi == 0 else ((iou > lo) & (iou <= hi))
+        out.append(float(np.median(d[m])) if m.any() else float("nan"))
+    return out
+
+
+def _bins() -> str:
+    return " ".join("IoU=0" if hi == 0 else f"{lo:.1f}-{hi:.1f}" for lo, hi in IOU_BINS)
+
+
 def explore(images: list[dict], sets: list, sm, owner, classes, batch: int) -> None:
     """Quality of every layer x pooling variant, one forward pass per batch."""
     import keras
@@ -204,11 +238,14 @@ def explore(images: list[dict], sets: list, sm, owner, classes, batch: int) -> N
                                                         axis=1)))
     print(f"\nexplore: {len(owner)} patches; p@{K}: neighbours from other images; within: p@{K_WITHIN} among "
           "the other patches of the same image")
-    print(f"{'layer(s)':22s} {'pooling':12s} {'dim':>5s} {'p@10':>6s} {'chance':>7s} {'within':>7s} {'chance':>7s}")
+    print(f"{'layer(s)':22s} {'pooling':12s} {'dim':>5s} {'p@10':>6s} {'chance':>7s} {'within':>7s} {'chance':>7s}"
+          f"  same-image distance by IoU ({_bins()})")
+    boxes = [ps.boxes for ps in sets]
     for name, pooling, e in variants:
         p, c, _ = precision_at_k(e, owner, classes)
         w, wc, _ = within_image(e, owner, classes)
-        print(f"{name:22s} {pooling:12s} {e.shape[1]:5d} {p:6.3f} {c:7.3f} {w:7.3f} {wc:7.3f}", flush=True)
+        loc = " ".join(f"{v:.3f}" for v in locality(e, owner, boxes))
+        print(f"{name:22s} {pooling:12s} {e.shape[1]:5d} {p:6.3f} {c:7.3f} {w:7.3f} {wc:7.3f}  {loc}", flush=True)
 
 
 def crop_model(sm):
@@ -344,7 +381,8 @@ def main() -> None:
     for k in ("xpatch", "per-crop"):
         p[k], chance, nq = precision_at_k(results[k], owner, classes)
         w, wchance, wq = within_image(results[k], owner, classes)
-        print(f"  {k:10s} {p[k]:.3f}   within {w:.3f}")
+        loc = " ".join(f"{v:.3f}" for v in locality(results[k], owner, boxes))
+        print(f"  {k:10s} {p[k]:.3f}   within {w:.3f}   same-image distance by IoU ({_bins()}): {loc}")
     print(f"  chance     {chance:.3f}   within {wchance:.3f}  ({nq} and {wq} queries)")
     print(f"  xpatch / per-crop: {p['xpatch'] / p['per-crop']:.2f}x (goal >= 0.9x)")
 

@@ -350,6 +350,8 @@ class TagDuplicatePatches(_CurationOperator):
         inputs.str("keep_by", default=CURATION["keep_by"], label="Keep the patch with the highest",
                    description="A numeric detection attribute; empty keeps the first in dataset order")
         inputs.str("tag", default=CURATION["duplicate_tag"], label="Tag")
+        inputs.bool("same_image", default=CURATION["same_image"], label="Also compare patches of the same image",
+                    description="Off: only patches of different images can be duplicates")
         inputs.bool("open_view", default=True, label="Show the duplicates when done")
 
     def execute(self, ctx: Any):
@@ -358,7 +360,8 @@ class TagDuplicatePatches(_CurationOperator):
         kwargs = _common(ctx)
         kwargs.update(threshold=number(ctx.params, "threshold", CURATION["duplicate_threshold"], lo=0.0, hi=1.999),
                       keep_by=_name(ctx.params, "keep_by", None, what="an attribute name"),
-                      tag=_tag(ctx.params, "tag", CURATION["duplicate_tag"]))
+                      tag=_tag(ctx.params, "tag", CURATION["duplicate_tag"]),
+                      same_image=_flag(ctx.params, "same_image", CURATION["same_image"]))
         open_view = _flag(ctx.params, "open_view", True)
         target = target_images(ctx)
         event = _step(ctx, 0.0, "comparing the patches")
@@ -377,7 +380,8 @@ class TagDuplicatePatches(_CurationOperator):
 
     def __call__(self, sample_collection: Any, patches_field: str = EMBEDDINGS["patches_field"],
                  threshold: float = CURATION["duplicate_threshold"], *, attribute: str = EMBEDDINGS["attribute"],
-                 keep_by: str | None = CURATION["keep_by"], tag: str = CURATION["duplicate_tag"]) -> Any:
+                 keep_by: str | None = CURATION["keep_by"], tag: str = CURATION["duplicate_tag"],
+                 same_image: bool = CURATION["same_image"]) -> Any:
         """Tags near-duplicates, as the App does.
 
         Args:
@@ -388,13 +392,14 @@ class TagDuplicatePatches(_CurationOperator):
             keep_by: a numeric detection attribute, highest kept; None for
                 dataset order
             tag: the label tag
+            same_image: also compare patches of the same image
 
         Returns:
             the :class:`fiftyone.operators.executor.ExecutionResult`
         """
         return self.call(sample_collection, {"patches_field": patches_field, "threshold": threshold,
                                              "attribute": attribute, "keep_by": keep_by or "", "tag": tag,
-                                             "open_view": False})
+                                             "same_image": same_image, "open_view": False})
 
 
 class ClearDuplicatePatches(_CurationOperator):

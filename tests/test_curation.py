@@ -42,6 +42,8 @@ def constructed(kitchen):
     (conf 0.1), B (conf 0.7), one detection without an embedding.
     Sample 1: X (conf 0.8), Y at 20 degrees from X (conf 0.6), Z at 40
     degrees from X, 20 from Y (conf 0.4), C (conf 0.3), D (conf 0.2).
+    Sample 2: B1 = B at 2 degrees (conf 0.6), the only near-duplicate across
+    images.
     """
     from xpatch_core.offline import kitchenware_images
 
@@ -50,14 +52,14 @@ def constructed(kitchen):
     A, B, X, C, D, T = (basis[:, k] for k in range(6))
     vecs = {
         "A": A, "A1": _rotate(A, 1, T), "A2": _rotate(A, 3, -T), "B": B,
-        "X": X, "Y": _rotate(X, 20, T), "Z": _rotate(X, 40, T), "C": C, "D": D,
+        "X": X, "Y": _rotate(X, 20, T), "Z": _rotate(X, 40, T), "C": C, "D": D, "B1": _rotate(B, 2, T),
     }
-    conf = {"A": 0.5, "A1": 0.9, "A2": 0.1, "B": 0.7, "X": 0.8, "Y": 0.6, "Z": 0.4, "C": 0.3, "D": 0.2}
+    conf = {"A": 0.5, "A1": 0.9, "A2": 0.1, "B": 0.7, "X": 0.8, "Y": 0.6, "Z": 0.4, "C": 0.3, "D": 0.2, "B1": 0.6}
     layout = [["A", "A1", "A2", "B", None], ["X", "Y", "Z", "C", "D"]]
     ds = fo.Dataset()
     paths = kitchenware_images()[:3]
     samples = []
-    for s, names in enumerate(layout + [[]]):
+    for s, names in enumerate(layout + [["B1"]]):
         dets = []
         for k, name in enumerate(names):
             d = fo.Detection(label=name or "none", bounding_box=[0.1 * k, 0.1, 0.1, 0.1],
@@ -78,41 +80,45 @@ def _tagged(ds, tag):
 
 def test_duplicates_keep_the_best_and_never_chain(constructed):
     ds, ids = constructed
-    # threshold between 3 and 20 degrees
+    # by default only patches of different images are compared: B1 (another image) is B's duplicate
     res = curation.tag_duplicates(ds, "patches", threshold=_dist(10))
-    assert res.patches == 9 and res.missing == 1
-    # A1 has the highest confidence of {A, A1, A2}: kept; X kept, Y is its duplicate, Z is
-    # 40 degrees from X: not chained through Y (20 degrees from Y, but Y was claimed)
-    assert _tagged(ds, "xpatch:duplicate") == {"A", "A2"}
-    groups = {ids_k: set(dups) for ids_k, dups, _ in res.groups}
-    assert groups == {ids["A1"]: {ids["A"], ids["A2"]}}
-    res = curation.tag_duplicates(ds, "patches", threshold=_dist(25))
-    assert _tagged(ds, "xpatch:duplicate") == {"A", "A2", "Y"}  # Z: 40 degrees from X, kept
-    assert {k for k, _, _ in res.groups} == {ids["A1"], ids["X"]}
+    assert res.patches == 10 and res.missing == 1
+    assert _tagged(ds, "xpatch:duplicate") == {"B1"}
+    assert [(k, set(v)) for k, v, _ in res.groups] == [(ids["B"], {ids["B1"]})]
+    # threshold between 3 and 20 degrees, same image allowed: A1 has the highest confidence of
+    # {A, A1, A2}: kept; X is 20 degrees from Y: not a duplicate at 10
+    res = curation.tag_duplicates(ds, "patches", threshold=_dist(10), same_image=True)
+    assert _tagged(ds, "xpatch:duplicate") == {"A", "A2", "B1"}
+    groups = {k: set(dups) for k, dups, _ in res.groups}
+    assert groups == {ids["A1"]: {ids["A"], ids["A2"]}, ids["B"]: {ids["B1"]}}
+    # at 25 degrees Y is X's duplicate, and Z, 40 degrees from X, is kept: not chained through Y
+    res = curation.tag_duplicates(ds, "patches", threshold=_dist(25), same_image=True)
+    assert _tagged(ds, "xpatch:duplicate") == {"A", "A2", "Y", "B1"}
+    assert [k for k, _, _ in res.groups] == [ids["A1"], ids["X"], ids["B"]]  # by decreasing confidence
     dists = dict(zip(res.groups[0][1], res.groups[0][2]))
     assert dists[ids["A"]] == pytest.approx(_dist(1), abs=1e-5)
     # keep_by=None keeps in collection order: A is first, so A1 and A2 are its duplicates
-    curation.tag_duplicates(ds, "patches", threshold=_dist(10), keep_by=None)
-    assert _tagged(ds, "xpatch:duplicate") == {"A1", "A2"}
+    curation.tag_duplicates(ds, "patches", threshold=_dist(10), keep_by=None, same_image=True)
+    assert _tagged(ds, "xpatch:duplicate") == {"A1", "A2", "B1"}
     # undo: nothing deleted, tags gone
-    assert curation.clear_duplicates(ds, "patches") == 2
+    assert curation.clear_duplicates(ds, "patches") == 3
     assert _tagged(ds, "xpatch:duplicate") == set()
-    assert ds.count("patches.detections") == 10
+    assert ds.count("patches.detections") == 11
 
 
 def test_duplicates_leave_other_tags_and_other_views_alone(constructed):
     ds, ids = constructed
     ds.select_labels(ids=[ids["A"]], fields="patches").tag_labels("mine", label_fields="patches")
     curation.tag_duplicates(ds, "patches", threshold=_dist(10))
-    assert _tagged(ds, "mine") == {"A"}
-    # a patches view stands for its images
+    assert _tagged(ds, "mine") == {"A"} and _tagged(ds, "xpatch:duplicate") == {"B1"}
+    # a patches view stands for its images (here sample 0); B1's tag, outside it, stays
     res = curation.tag_duplicates(ds.to_patches("patches").match(F("patches.label") == "A"), "patches",
-                                  threshold=_dist(10))
-    assert res.patches == 4 and _tagged(ds, "xpatch:duplicate") == {"A", "A2"}
-    # on a view of sample 1 only, sample 0's duplicate tags stay
+                                  threshold=_dist(10), same_image=True)
+    assert res.patches == 4 and _tagged(ds, "xpatch:duplicate") == {"A", "A2", "B1"}
+    # on a view of sample 1 only, the other samples' duplicate tags stay
     view = ds.skip(1).limit(1)
-    curation.tag_duplicates(view, "patches", threshold=_dist(25))
-    assert _tagged(ds, "xpatch:duplicate") == {"A", "A2", "Y"}
+    curation.tag_duplicates(view, "patches", threshold=_dist(25), same_image=True)
+    assert _tagged(ds, "xpatch:duplicate") == {"A", "A2", "Y", "B1"}
 
 
 def test_duplicate_parameters_fail_before_work(constructed):
@@ -120,6 +126,8 @@ def test_duplicate_parameters_fail_before_work(constructed):
     for bad in (-0.1, 2.0, float("nan"), "0.1", True):
         with pytest.raises(ParameterError):
             curation.tag_duplicates(ds, "patches", threshold=bad)
+    with pytest.raises(ParameterError, match="same_image"):
+        curation.tag_duplicates(ds, "patches", same_image="yes")
     with pytest.raises(ParameterError, match="no field"):
         curation.tag_duplicates(ds, "nope")
     with pytest.raises(ParameterError, match="compute patch embeddings"):
@@ -204,7 +212,7 @@ def test_patch_map_for_the_embeddings_panel(constructed):
     ds, ids = constructed
     res = curation.compute_patch_map(ds, "patches", method="pca")
     assert ds.has_brain_run("xpatch_patches_map")
-    assert res.points.shape == (9, 2) and np.isfinite(res.points).all()
+    assert res.points.shape == (10, 2) and np.isfinite(res.points).all()
     assert set(res.current_label_ids) == {v for k, v in ids.items() if k != "none"}
     with pytest.raises(ParameterError, match="exists"):
         curation.compute_patch_map(ds, "patches")
@@ -306,16 +314,18 @@ def test_curation_operators_on_the_real_database(constructed):
 
     ds, ids = constructed
     r = _op("tag_duplicate_patches")(ds, "patches", threshold=_dist(10))
-    assert r.error is None and _tagged(ds, "xpatch:duplicate") == {"A", "A2"}
+    assert r.error is None and _tagged(ds, "xpatch:duplicate") == {"B1"}
+    r = _op("tag_duplicate_patches")(ds, "patches", threshold=_dist(10), same_image=True)
+    assert r.error is None and _tagged(ds, "xpatch:duplicate") == {"A", "A2", "B1"}
     r = _op("clear_duplicate_patches")(ds, "patches")
     assert r.error is None and _tagged(ds, "xpatch:duplicate") == set()
     r = _op("select_diverse_patches")(ds, "patches", 3, seed=0, view_name="ops3")
     assert r.error is None and ds.has_saved_view("ops3") and len(_tagged(ds, "xpatch:diverse")) == 3
     r = _op("build_patch_similarity")(ds, "patches")
     assert r.error is None and ds.has_brain_run("xpatch_patches_sim")
-    assert ds.load_brain_results("xpatch_patches_sim").total_index_size == 9
+    assert ds.load_brain_results("xpatch_patches_sim").total_index_size == 10
     r = _op("compute_patch_map")(ds, "patches", method="pca", brain_key="opsmap")
-    assert r.error is None and ds.load_brain_results("opsmap").points.shape == (9, 2)
+    assert r.error is None and ds.load_brain_results("opsmap").points.shape == (10, 2)
     # every parameter is checked on the server; nothing changes on a refusal
     bad = [
         ("tag_duplicate_patches", dict(threshold=-1), "threshold"),

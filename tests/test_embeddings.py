@@ -26,14 +26,21 @@ def photo(kitchen):
 
 
 @pytest.fixture(scope="module")
-def feature_map(xception, photo):
-    """The backbone's map of the photo, through a plain Keras call."""
+def feature_maps(xception, photo):
+    """Both maps of the photo (``block14_sepconv2_act``, 10x10, and
+    ``block13_sepconv1_act``, 19x19), through a plain Keras call."""
     from xpatch_core.images import load_image
 
     h, w = xception.input_size
     d = load_image(photo, (w, h))
     x = xception.preprocess(d.array[None].copy())
-    return np.asarray(xception.backbone(x, training=False), np.float64)[0], d.size
+    coarse, fine = xception.fused(x, training=False)
+    return np.asarray(coarse, np.float64)[0], np.asarray(fine, np.float64)[0], d.size
+
+
+@pytest.fixture(scope="module")
+def feature_map(feature_maps):
+    return feature_maps[0], feature_maps[2]
 
 
 def _hand_align(F, box, size, ratio=2):
@@ -77,24 +84,29 @@ def _unit(v):
     return v / np.linalg.norm(v)
 
 
-def test_pooling_matches_hand_computed_vectors(xception, photo, feature_map):
-    F, size = feature_map
+def test_pooling_matches_hand_computed_vectors(xception, photo, feature_maps):
+    F, F2, size = feature_maps
     W, H = size
-    assert F.shape == (10, 10, 2048)
+    assert F.shape == (10, 10, 2048) and F2.shape == (19, 19, 728)
     aligned = [2 * W / 10, 3 * H / 10, 6 * W / 10, 6 * H / 10]  # cells rows 3-5, columns 2-5
     odd = [37.3, 81.9, 133.3, 160.2]
     boxes = np.array([aligned, odd])
     for pooling, hand in (("align", _hand_align), ("area", _hand_area)):
+        # the default: both layers, each unit length, concatenated, divided by sqrt(2)
         item = next(iter_patch_embeddings([photo], [boxes], xception, pooling=pooling))
         assert item.ok and item.valid.all() and item.image_size == size
+        assert item.embeddings.shape == (2, 2048 + 728)
         for k, box in enumerate(boxes):
-            expected = _unit(hand(F, box, size))
+            expected = np.concatenate([_unit(hand(F, box, size)), _unit(hand(F2, box, size))]) / math.sqrt(2)
             np.testing.assert_allclose(item.embeddings[k], expected, atol=2e-5)
         assert np.linalg.norm(item.embeddings, axis=1) == pytest.approx([1, 1], abs=1e-5)
+        one = next(iter_patch_embeddings([photo], [boxes], xception, pooling=pooling, fine_layer=None))
+        for k, box in enumerate(boxes):
+            np.testing.assert_allclose(one.embeddings[k], _unit(hand(F, box, size)), atol=2e-5)
     # the two poolings differ, so each comparison above tells them apart
     assert np.abs(_unit(_hand_align(F, odd, size)) - _unit(_hand_area(F, odd, size))).max() > 1e-3
     # on cell boundaries, area pooling is the plain mean of the covered cells
-    item = next(iter_patch_embeddings([photo], [boxes[:1]], xception, pooling="area"))
+    item = next(iter_patch_embeddings([photo], [boxes[:1]], xception, pooling="area", fine_layer=None))
     np.testing.assert_allclose(item.embeddings[0], _unit(F[3:6, 2:6].mean(axis=(0, 1))), atol=2e-5)
 
 
@@ -102,11 +114,11 @@ def test_a_box_smaller_than_a_cell_reads_one_sample_at_its_centre(xception, phot
     F, size = feature_map
     W, H = size
     tiny = [100, 70, 101, 71]
-    item = next(iter_patch_embeddings([photo], [[tiny]], xception))
+    item = next(iter_patch_embeddings([photo], [[tiny]], xception, fine_layer=None))
     assert item.valid.all()
     # one bilinear read at the pixel's centre
     np.testing.assert_allclose(item.embeddings[0], _unit(_hand_align(F, tiny, size, ratio=1)), atol=2e-5)
-    item = next(iter_patch_embeddings([photo], [[tiny]], xception, pooling="area"))
+    item = next(iter_patch_embeddings([photo], [[tiny]], xception, pooling="area", fine_layer=None))
     col, row = int(100.5 * 10 / W), int(70.5 * 10 / H)
     np.testing.assert_allclose(item.embeddings[0], _unit(F[row, col]), atol=2e-5)
 
@@ -137,7 +149,7 @@ def test_degenerate_boxes_fail_alone(xception, photo, feature_map):
     np.testing.assert_allclose(item.embeddings[0], item.embeddings[5])
     # no boxes at all: an empty array, not a failure
     item = next(iter_patch_embeddings([photo], [np.zeros((0, 4))], xception))
-    assert item.ok and item.embeddings.shape == (0, 2048)
+    assert item.ok and item.embeddings.shape == (0, 2048 + 728)
 
 
 def test_bad_images_and_bad_box_lists_fail_their_own_sample(xception, photo, tmp_path):
@@ -266,8 +278,9 @@ def test_run_stores_what_the_library_computes_and_resumes(patched, xception, xce
         item = next(iterate([path], [boxes], xception))
         np.testing.assert_allclose(np.stack(vecs), item.embeddings, atol=2e-5)
     info = runs.get_run_info(ds, "patches_embedding")
-    assert info["type"] == "embeddings" and info["config"]["layers"] == ["block14_sepconv2_act"]
-    assert info["config"]["dim"] == 2048 and info["results"]["patches"] == 16  # the last run that worked
+    assert info["type"] == "embeddings"
+    assert info["config"]["layers"] == ["block14_sepconv2_act", "block13_sepconv1_act"]
+    assert info["config"]["dim"] == 2048 + 728 and info["results"]["patches"] == 16  # the last run that worked
     # other parameters on the same attribute are refused; overwrite redoes every sample
     with pytest.raises(ParameterError, match="other parameters"):
         runs.run_embeddings(ds, "patches", weights=xception_weights, pooling="area")
@@ -300,7 +313,7 @@ def test_run_never_clobbers_another_tools_attribute(patched, xception_weights):
     assert all(v.shape == (3,) for v in ds.values("patches.detections.embedding", unwind=True))
     done = runs.run_embeddings(ds, "patches", weights=xception_weights, overwrite=True)
     assert done.processed == 6
-    assert all(v.shape == (2048,) for v in ds.values("patches.detections.embedding", unwind=True))
+    assert all(v.shape == (2776,) for v in ds.values("patches.detections.embedding", unwind=True))
     # an attribute declared with another type is never replaced
     ds.add_sample_field("patches.detections.note", fo.StringField)
     for overwrite in (False, True):
@@ -338,7 +351,7 @@ def test_run_fails_bad_samples_alone(patched, xception_weights, tmp_path):
     assert reasons[0] == "no patch could be embedded: box lies wholly outside the image"
     assert len(ds.match_tags("xpatch:patches.detections.embedding:failed")) == 2
     vecs = ds.first().patches.detections
-    assert vecs[0].embedding is None and vecs[1].embedding.shape == (2048,)
+    assert vecs[0].embedding is None and vecs[1].embedding.shape == (2776,)
 
 
 def test_embeddings_operator_on_the_real_database(patched, xception_weights):

@@ -381,8 +381,10 @@ def compute_patch_map(
                                      brain_key=key, method=method, num_dims=2, progress=progress, **kwargs)
 
 
-def _radius_pairs(emb: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All pairs ``i < j`` within ``threshold`` cosine distance, in blocks."""
+def _radius_pairs(emb: np.ndarray, threshold: float,
+                  owner: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All pairs ``i < j`` within ``threshold`` cosine distance, in blocks
+    (pairs with the same ``owner`` left out when given)."""
     n = emb.shape[0]
     block = max(1, _BLOCK_ENTRIES // max(n, 1))
     rows, cols, dists = [], [], []
@@ -391,6 +393,8 @@ def _radius_pairs(emb: np.ndarray, threshold: float) -> tuple[np.ndarray, np.nda
         sim = emb[s:s + block] @ emb.T
         i, j = np.nonzero(sim >= np.float32(1.0 - threshold))
         keep = j > i + s
+        if owner is not None:
+            keep &= owner[i + s] != owner[j]
         i, j = i[keep], j[keep]
         rows.append(i + s)
         cols.append(j)
@@ -404,8 +408,8 @@ def _radius_pairs(emb: np.ndarray, threshold: float) -> tuple[np.ndarray, np.nda
     return np.concatenate(rows), np.concatenate(cols), np.concatenate(dists)
 
 
-def duplicate_groups(embeddings: np.ndarray, threshold: float,
-                     priority: np.ndarray | None = None) -> list[tuple[int, list[int], list[float]]]:
+def duplicate_groups(embeddings: np.ndarray, threshold: float, priority: np.ndarray | None = None,
+                     owner: np.ndarray | None = None) -> list[tuple[int, list[int], list[float]]]:
     """Groups near-duplicates around kept representatives (pure NumPy).
 
     Patches are visited by decreasing ``priority`` (ties and ``None``: row
@@ -418,13 +422,16 @@ def duplicate_groups(embeddings: np.ndarray, threshold: float,
         embeddings: ``(n, d)`` L2-normalised rows
         threshold: cosine distance in ``[0, 2]``
         priority: ``(n,)`` values, higher kept first, or None
+        owner: ``(n,)`` group of each row (e.g. its image); rows of one
+            group are never each other's duplicates. None: any two rows may be
 
     Returns:
         ``(kept row, [duplicate rows], [distances])`` for every group with a
         duplicate, by kept order
     """
     n = embeddings.shape[0]
-    i, j, d = _radius_pairs(np.asarray(embeddings, np.float32), threshold)
+    i, j, d = _radius_pairs(np.asarray(embeddings, np.float32), threshold,
+                            None if owner is None else np.asarray(owner))
     order = np.arange(n) if priority is None else np.lexsort((np.arange(n), -np.asarray(priority, np.float64)))
     nbrs: dict[int, list[tuple[int, float]]] = {}
     for a, b, dist in zip(i.tolist(), j.tolist(), d.tolist()):
@@ -473,6 +480,7 @@ def tag_duplicates(
     attribute: str = EMBEDDINGS["attribute"],
     keep_by: str | None = CURATION["keep_by"],
     tag: str = CURATION["duplicate_tag"],
+    same_image: bool = CURATION["same_image"],
 ) -> DuplicateGroups:
     """Tags near-duplicate patches across the collection (never deletes).
 
@@ -482,7 +490,11 @@ def tag_duplicates(
     distance of it is tagged ``tag`` as its duplicate. Previous ``tag``
     label tags of the field in the collection are cleared first, so the tags
     always reflect the last call; :func:`clear_duplicates` removes them.
-    Patches of the same image count too.
+
+    By default only patches of different images are compared
+    (``same_image=False``): pooled embeddings make overlapping patches of
+    one image close (see ``docs/curation.md``), and the patch sampler
+    already controls their overlap.
 
     Args:
         sample_collection: a FiftyOne collection
@@ -493,6 +505,7 @@ def tag_duplicates(
             (default ``"confidence"``, the patch score), or None for
             collection order
         tag: the label tag for duplicates
+        same_image: also compare patches of the same image
 
     Returns:
         a :class:`DuplicateGroups`
@@ -504,9 +517,12 @@ def tag_duplicates(
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold < 2:
         raise ParameterError(f"threshold must be a cosine distance in [0, 2), got {threshold!r}")
     _check_tag(tag)
+    if not isinstance(same_image, bool):
+        raise ParameterError(f"same_image must be true or false, got {same_image!r}")
     table = load_patch_embeddings(sample_collection, patches_field, attribute, keep_by=keep_by)
     _nonempty(table, patches_field, attribute)
-    groups = duplicate_groups(table.embeddings, float(threshold), table.keys)
+    owner = None if same_image else np.unique(np.asarray(table.sample_ids), return_inverse=True)[1]
+    groups = duplicate_groups(table.embeddings, float(threshold), table.keys, owner)
     _clear_tag(sample_collection, patches_field, tag)
     dup_ids = [table.label_ids[b] for _, dups, _ in groups for b in dups]
     _tag_labels(sample_collection, patches_field, dup_ids, tag)

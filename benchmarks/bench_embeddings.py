@@ -20,9 +20,12 @@ Compared:
 -   **saliency**: :func:`xpatch_core.compute_saliency` (EigenCAM, the
     default) on the same images, model and batch size.
 
-Timing: ``--rounds`` interleaved rounds of saliency and xpatch (per-crop,
-16 forward passes per image, in the first ``--crop-rounds`` of them), the
-median of each; ratios come from the same run. Quality: for every patch whose
+Timing: ``--rounds`` rounds; each round splits the images into ``--chunks``
+chunks and times every variant on each chunk in turn (the order rotating),
+so that the variants share the machine's load; a variant's round time is
+the sum over its chunks. Per-crop (16 forward passes per image) runs in the
+first ``--crop-rounds`` rounds only. Ratios are taken within a round, then
+the median over rounds. Quality: for every patch whose
 centre lies in a non-crowd ground-truth box, precision@10 of its 10 nearest
 patches by cosine similarity **among the patches of other images** (patches
 of the same image are excluded: they share context and would inflate the
@@ -312,6 +315,8 @@ def main() -> None:
     parser.add_argument("--crop-rounds", type=int, default=1, help="of these, rounds that time per-crop too "
                         "(it costs 16 forward passes per image)")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--chunks", type=int, default=5, help="image chunks per round, each timed for every "
+                        "variant in turn, so that they share the machine's load")
     parser.add_argument("--explore", action="store_true")
     args = parser.parse_args()
     if not os.path.isfile(os.path.join(COCO, "annotations.json")):
@@ -319,11 +324,10 @@ def main() -> None:
     import tensorflow as tf
 
     import xpatch_core as xp
-    from xpatch_core.embeddings import iter_patch_embeddings, load_embedder
+    from xpatch_core.embeddings import load_embedder
     from xpatch_core.offline import extract_xception_weights
 
     images = load_coco(COCO, args.limit)
-    paths = [im["path"] for im in images]
     sm = xp.load_model("xception", weights=extract_xception_weights())
     sets = sample_boxes(images, sm, args.batch_size)
     owner, classes = patch_classes(images, sets)
@@ -335,47 +339,80 @@ def main() -> None:
     embedder = load_embedder(sm)
     boxes = [ps.boxes for ps in sets]
     ds = make_dataset(images, sets)
-    model = crop_model(sm)
-    ids = ds.values("id")
-    results = {}
-
-    def run_saliency():
-        xp.compute_saliency(paths, model=sm, batch_size=args.batch_size)
-
-    def run_xpatch():
-        results["xpatch"] = np.concatenate(
-            [it.embeddings for it in iter_patch_embeddings(paths, boxes, embedder, batch_size=args.batch_size)])
-
-    def run_crops():
-        got = ds.compute_patch_embeddings(model, "patches", batch_size=args.batch_size, progress=False)
-        results["per-crop"] = np.concatenate([got[i] for i in ids])
-
-    variants = {"saliency": run_saliency, "xpatch": run_xpatch, "per-crop": run_crops}
     try:
-        run_saliency()
-        run_xpatch()  # warm-up: tracing
-        model.embed_all([np.zeros((96, 96, 3), np.uint8)])
-        times = defaultdict(list)
-        for r in range(args.rounds):
-            for name, fn in variants.items():
-                if name == "per-crop" and r >= args.crop_rounds:
-                    continue
-                t = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t)
-                print(f"round {r + 1}: {name} {times[name][-1]:.1f} s", flush=True)
+        times, results = time_variants(ds, images, boxes, sm, embedder, args)
     finally:
         ds.delete()
-    med = {k: statistics.median(v) for k, v in times.items()}
+    report(times, results, images, boxes, owner, classes, embedder, args)
+
+
+def time_variants(ds, images: list[dict], boxes: list, sm, embedder, args) -> tuple[dict, dict]:
+    """Interleaved timing: each round runs the three variants chunk by chunk
+    (saliency, xpatch, per-crop on the same images, order rotating), so that
+    they share the machine's load; the round's time of a variant is the sum
+    over its chunks."""
+    import xpatch_core as xp
+    from xpatch_core.embeddings import iter_patch_embeddings
+
+    paths = [im["path"] for im in images]
+    ids = ds.values("id")
+    model = crop_model(sm)
+    bs = args.batch_size
+
+    def saliency(idx):
+        xp.compute_saliency([paths[i] for i in idx], model=sm, batch_size=bs)
+
+    def xpatch(idx):
+        items = iter_patch_embeddings([paths[i] for i in idx], [boxes[i] for i in idx], embedder, batch_size=bs)
+        return np.concatenate([it.embeddings for it in items])
+
+    def crops(idx):
+        view = ds.select([ids[i] for i in idx], ordered=True)
+        got = view.compute_patch_embeddings(model, "patches", batch_size=bs, progress=False)
+        return np.concatenate([got[ids[i]] for i in idx])
+
+    variants = {"saliency": saliency, "xpatch": xpatch, "per-crop": crops}
+    chunks = np.array_split(np.arange(len(images)), max(1, min(args.chunks, len(images))))
+    saliency(chunks[0])  # warm-up: tracing
+    xpatch(chunks[0])
+    model.embed_all([np.zeros((96, 96, 3), np.uint8)])
+    times: dict[str, list[float]] = defaultdict(list)
+    results: dict[str, np.ndarray] = {}
+    for r in range(args.rounds):
+        names = [n for n in variants if n != "per-crop" or r < args.crop_rounds]
+        spent = dict.fromkeys(names, 0.0)
+        outs = defaultdict(list)
+        for c, idx in enumerate(chunks):
+            for name in names[c % len(names):] + names[:c % len(names)]:
+                t = time.perf_counter()
+                out = variants[name](idx)
+                spent[name] += time.perf_counter() - t
+                if out is not None:
+                    outs[name].append(out)
+        for name in names:
+            times[name].append(spent[name])
+            if name not in results and outs[name]:
+                results[name] = np.concatenate(outs[name])
+        ratio = f", per-crop / xpatch {spent['per-crop'] / spent['xpatch']:.1f}x" if "per-crop" in spent else ""
+        print(f"round {r + 1}: " + ", ".join(f"{n} {spent[n]:.1f} s" for n in names)
+              + f"; xpatch / saliency {spent['xpatch'] / spent['saliency']:.2f}x{ratio}", flush=True)
+    return times, results
+
+
+def report(times, results, images, boxes, owner, classes, embedder, args) -> None:
+    """Prints the times, ratios and retrieval figures."""
+    n = len(images)
     print(f"\nxpatch embeddings: {embedder.describe()['layers']} pooling {embedder.pooling}"
           f"/{embedder.sampling_ratio}, dim {embedder.dim}")
-    print(f"time ({len(images)} images x 16 patches; median of {args.rounds} interleaved rounds, per-crop of "
-          f"{min(args.crop_rounds, args.rounds)}):")
-    for k in variants:
-        print(f"  {k:10s} {med[k]:7.1f} s  ({len(images) / med[k]:.2f} images/s)  rounds: "
-              + ", ".join(f"{t:.1f}" for t in times[k]))
-    print(f"  speed ratio per-crop / xpatch: {med['per-crop'] / med['xpatch']:.1f}x (goal >= 8x)")
-    print(f"  xpatch / saliency: {med['xpatch'] / med['saliency']:.2f}x (goal <= 1.15x)")
+    print(f"time ({n} images x 16 patches, {args.chunks} chunks per round, variants interleaved per chunk):")
+    for k, v in times.items():
+        med = statistics.median(v)
+        print(f"  {k:10s} median {med:7.1f} s  ({n / med:.2f} images/s)  rounds: " + ", ".join(f"{t:.1f}" for t in v))
+    crop = [c / x for c, x in zip(times["per-crop"], times["xpatch"])]
+    sal = [x / s for x, s in zip(times["xpatch"], times["saliency"])]
+    print(f"  speed ratio per-crop / xpatch (same rounds): {statistics.median(crop):.1f}x (goal >= 8x)")
+    print(f"  xpatch / saliency (median of rounds): {statistics.median(sal):.2f}x (goal <= 1.15x); rounds: "
+          + ", ".join(f"{v:.2f}" for v in sal))
     print(f"precision@{K} (neighbours from other images only) and within-image precision@{K_WITHIN}:")
     p = {}
     for k in ("xpatch", "per-crop"):

@@ -6,6 +6,7 @@
 | ``patches_ops`` | ``sample_patches`` |
 | ``run_ops`` | ``get_xpatch_run_info``, ``load_xpatch_run_view``, ``delete_xpatch_run`` |
 | ``export_ops`` | ``export_patches``, ``evaluate_patches`` |
+| ``dataset_ops`` | ``make_patch_dataset`` |
 | ``curation_ops`` | ``compute_patch_embeddings``, ``build_patch_similarity``, ``tag_duplicate_patches``, ``clear_duplicate_patches``, ``select_diverse_patches``, ``compute_patch_map`` |
 
 Importing this package never imports TensorFlow.
@@ -18,19 +19,14 @@ from typing import Any
 from . import (
     common,  # noqa: F401 - first: puts a downloaded copy's library on the path
     curation_ops,
+    dataset_ops,
+    export_ops,
     patches_ops,
     run_ops,
     saliency_ops,
 )
 
-_MODULES = [saliency_ops, patches_ops, run_ops, curation_ops]
-
-try:
-    from . import export_ops
-
-    _MODULES.append(export_ops)
-except ImportError:  # pragma: no cover - export operators not present
-    pass
+_MODULES = [saliency_ops, patches_ops, run_ops, export_ops, dataset_ops, curation_ops]
 
 
 def register(p: Any) -> None:

@@ -38,6 +38,29 @@ def uri(name: str) -> str:
     return f"{PLUGIN}/{name}"
 
 
+def api_view_target(sample_collection: Any) -> str:
+    """The view target of a Python API call on a collection: the current
+    view when it has stages, else the dataset (the only target FiftyOne
+    offers then, on every version).
+
+    Args:
+        sample_collection: the collection the call was given
+
+    Returns:
+        ``"CURRENT_VIEW"`` or ``"DATASET"``
+    """
+    return "CURRENT_VIEW" if sample_collection.view()._stages else "DATASET"
+
+
+def offer_view_target(ctx: Any, inputs: Any) -> None:
+    """Offers the view-target choice (dataset / current view / selection) in
+    a form: resolving the target adds FiftyOne's own input on versions that
+    add it automatically; older ones get ``inputs.view_target``."""
+    ctx.target_view()
+    if not hasattr(foo.Operator, "_ensure_view_target") and hasattr(inputs, "view_target"):
+        inputs.view_target(ctx)
+
+
 def target_images(ctx: Any) -> Any:
     """The images the operator should process: the chosen view target
     (dataset, current view or selection), with patches mapped to images."""
@@ -72,29 +95,49 @@ def relay(ctx: Any, gen: Any):
     Returns:
         the generator's return value
     """
-    while True:
-        try:
-            p = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        event = progress_event(ctx, p)
-        if event is not None:
-            yield event
+    try:
+        while True:
+            try:
+                p = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            event = progress_event(ctx, p)
+            if event is not None:
+                yield event
+    finally:
+        # the App server closes an operator's generator when the browser goes away:
+        # close the run now, at the chunk boundary it stopped at (it records
+        # "interrupted" and releases its lock), rather than whenever it is collected
+        gen.close()
 
 
-def long_running_config(name: str, label: str, description: str) -> Any:
+def _accepted(cls: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """The options a FiftyOne class of the installed version accepts (newer
+    options, such as distributed execution, are dropped on older versions)."""
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return options
+    return {k: v for k, v in options.items() if k in params}
+
+
+def long_running_config(name: str, label: str, description: str, *, distributed: bool = True) -> Any:
     """The config of a long operator: a dynamic form, progress from a
-    generator, run now or in the background.
+    generator, run now or in the background, and split over the tasks of a
+    distributed execution where FiftyOne offers it.
 
     Args:
         name: the operator name
         label: its label in the App
         description: one line for the operator browser
+        distributed: whether the operator honours distributed execution
+            (:func:`plugin.dispatch.distributed_task`)
 
     Returns:
         a :class:`fiftyone.operators.OperatorConfig`
     """
-    return foo.OperatorConfig(
+    return foo.OperatorConfig(**_accepted(foo.OperatorConfig, dict(
         name=name,
         label=label,
         description=description,
@@ -102,15 +145,162 @@ def long_running_config(name: str, label: str, description: str) -> Any:
         execute_as_generator=True,
         allow_immediate_execution=True,
         allow_delegated_execution=True,
-    )
+        allow_distributed_execution=distributed,
+    )))
+
+
+def execution_options(**options: Any) -> Any:
+    """A :class:`fiftyone.operators.executor.ExecutionOptions` with the
+    options the installed FiftyOne knows."""
+    from fiftyone.operators.executor import ExecutionOptions
+
+    return ExecutionOptions(**_accepted(ExecutionOptions, options))
+
+
+_PLANS: dict[str, tuple[float, Any]] = {}
+_PLAN_TTL = 10.0
 
 
 class DelegableOperator(foo.Operator):
-    """Base of the operators that may run in the background: the caller (or
-    the Python API's ``delegate=``) chooses."""
+    """Base of the operators that may run in the background.
+
+    The Python API's ``delegate=`` forces the choice; in the App, the form
+    shows the run's plan (:meth:`plan`: samples to process, an estimate of
+    the time) and background execution is pre-selected when the plan
+    recommends it (``SCALE`` in :mod:`xpatch_core.defaults`). Subclasses
+    that run a library run set :attr:`run_kind` and implement
+    :meth:`run_kwargs`.
+    """
+
+    #: The kind of library run (``"saliency"``, ``"patches"``), or None.
+    run_kind: str | None = None
+
+    def run_kwargs(self, ctx: Any) -> dict[str, Any]:
+        """The run's keyword arguments, validated from ``ctx.params``."""
+        raise NotImplementedError
 
     def resolve_delegation(self, ctx: Any) -> bool | None:
         return ctx.params.get("delegate", None)
+
+    def plan(self, ctx: Any) -> Any:
+        """The run's :class:`xpatch_core.runs.RunPlan` for the form's current
+        parameters and target, or None (no kind, or parameters not valid
+        yet); kept a few seconds, as the App asks for the form and the
+        execution options separately."""
+        if self.run_kind is None or ctx.dataset is None:
+            return None
+        import json
+        import time
+
+        from xpatch_core.runs import plan_run, run_kind
+
+        try:
+            kwargs = self.run_kwargs(ctx)
+            key = json.dumps([self.uri, ctx.dataset_name, ctx.request_params.get("view"),
+                              ctx.request_params.get("view_target"), ctx.selected, kwargs,
+                              ctx.params.get("view_target")], sort_keys=True, default=str)
+            hit = _PLANS.get(key)
+            if hit is not None and time.monotonic() - hit[0] < _PLAN_TTL:
+                return hit[1]
+            plan = plan_run(run_kind(self.run_kind, **kwargs), target_images(ctx))
+        except Exception:  # noqa: BLE001 - the form shows the parameter errors itself
+            return None
+        _PLANS[key] = (time.monotonic(), plan)
+        return plan
+
+    def resolve_execution_options(self, ctx: Any) -> Any:
+        """Immediate or delegated (background) execution, background
+        pre-selected when the plan recommends it; distributed execution
+        declared with a recommended number of tasks."""
+        from xpatch_core.defaults import SCALE
+
+        forced = self.resolve_delegation(ctx)
+        plan = None if forced is not None else self.plan(ctx)
+        options = {
+            "allow_immediate_execution": True if forced is None else not forced,
+            "allow_delegated_execution": True if forced is None else bool(forced),
+            "default_choice_to_delegated": bool(plan is not None and plan.background),
+            "allow_distributed_execution": True,  # honoured by plugin.dispatch; FiftyOne decides if offered
+            "min_distributed_tasks": int(SCALE["min_tasks"]),
+            "max_distributed_tasks": int(SCALE["max_tasks"]),
+            "recommended_distributed_tasks": plan.tasks if plan is not None else None,
+        }
+        return execution_options(**options)
+
+
+def result_output(ctx: Any, title: str, lines: list[str], steps: list[tuple[str, str, dict[str, Any]]]) -> Any:
+    """Shows an operator's result in the App: a short text (counts,
+    failures, where things were written) and one button per next step.
+
+    Args:
+        ctx: the execution context
+        title: the first line (bold)
+        lines: more lines
+        steps: ``(label, operator name, params)`` of each next step; the
+            button opens that operator's form, filled with ``params``
+
+    Returns:
+        the ``show_output`` trigger to yield
+    """
+    outputs = types.Object()
+    outputs.str("result", label="Result", view=types.MarkdownView())
+    for k, (label, name, params) in enumerate(steps):
+        outputs.btn(f"next_{k}", label=label, on_click=uri(name), prompt=True, params=params)
+    text = "\n\n".join([f"**{title}**", *lines])
+    return ctx.ops.show_output(types.Property(outputs).to_json(), {"result": text})
+
+
+def run_result_lines(summary: Any, what: str) -> tuple[str, list[str]]:
+    """The result of a library run for people: a title and the details.
+
+    Args:
+        summary: the run's :class:`xpatch_core.runs.RunSummary`
+        what: what a processed sample gets (``"heatmaps"``, ``"patches"``)
+
+    Returns:
+        ``(title, lines)``
+    """
+    from xpatch_core.runs.estimate import duration
+
+    if summary.status == "nothing to do":
+        return (f"Nothing to do: all {summary.total:,} samples already have {what} in '{summary.field}'", [])
+    if summary.status == "queued":
+        return (f"Run '{summary.run_key}' is queued as shards", [
+            "Start workers with `fiftyone delegated launch`; see its progress with *xpatch: get run info*."])
+    title = f"{what.capitalize()} in '{summary.field}'"
+    lines = [f"{summary.processed:,} processed, {summary.skipped:,} already done, {summary.failed:,} failed"
+             + (f", {summary.vanished:,} deleted during the run" if summary.vanished else "")
+             + (f"; {summary.patches:,} patches" if summary.patches else "")
+             + (f"; {duration(summary.elapsed)} at {summary.images_per_s:.1f} samples/s" if summary.processed else "")
+             + "."]
+    if summary.failed:
+        shown = summary.failures[:5]
+        lines.append("Failed (tagged `xpatch:" + summary.field + ":failed`): " + "; ".join(
+            f"{os.path.basename(f.get('filepath') or f['id'])}: {f['reason']}" for f in shown)
+            + (f"; and {summary.failed - len(shown):,} more" if summary.failed > len(shown) else ""))
+    return title, lines
+
+
+def plan_notice(op: DelegableOperator, ctx: Any, inputs: Any) -> Any:
+    """Shows the run's plan at the top of a form: the samples it will
+    process and those already done, the estimated time and where it comes
+    from, and the recommendation to schedule it.
+
+    Args:
+        op: the operator
+        ctx: the execution context
+        inputs: the form
+
+    Returns:
+        the :class:`xpatch_core.runs.RunPlan`, or None
+    """
+    plan = op.plan(ctx)
+    if plan is None:
+        return None
+    lines = plan.lines()
+    kind = types.Warning if plan.background else types.Notice
+    inputs.view("plan", kind(label=lines[0], description=" ".join(lines[1:])))
+    return plan
 
 
 def execute_run(ctx: Any, iter_run: Any, kwargs: dict[str, Any], operator_uri: str):

@@ -169,9 +169,9 @@ def embedding_params(params: dict) -> dict[str, Any]:
         raise ParameterError(f"unknown model {choice!r}")
     pooling = text(params, "pooling", EMBEDDINGS["pooling"])
     border = text(params, "border", EMBEDDINGS["border"])
-    for name, value in (("pooling", pooling), ("border", border)):
-        if value not in CHOICES[name]:
-            raise ParameterError(f"{name} must be one of {', '.join(CHOICES[name])}, got {value!r}")
+    for name, key, value in (("pooling", "pooling", pooling), ("border", "embedding_border", border)):
+        if value not in CHOICES[key]:
+            raise ParameterError(f"{name} must be one of {', '.join(CHOICES[key])}, got {value!r}")
     fine = text(params, "fine_layer", EMBEDDINGS["fine_layer"] or "none")
     attribute = _name(params, "attribute", EMBEDDINGS["attribute"], what="an attribute name")
     patches_field = _name(params, "patches_field", EMBEDDINGS["patches_field"], what="a field name")
@@ -230,7 +230,7 @@ class ComputePatchEmbeddings(DelegableOperator):
                    description="'none', 'auto' (the saliency fusion layer) or a layer name")
         inputs.enum("pooling", list(CHOICES["pooling"]), default=EMBEDDINGS["pooling"], label="Pooling",
                     description="align: RoI Align (bilinear samples); area: area-weighted cells")
-        inputs.enum("border", list(CHOICES["border"]), default=EMBEDDINGS["border"], label="Boxes outside the image",
+        inputs.enum("border", list(CHOICES["embedding_border"]), default=EMBEDDINGS["border"], label="Boxes outside the image",
                     description="pad / clip: pool the part inside; error: skip such patches")
         inputs.int("batch_size", default=EMBEDDINGS["batch_size"], min=1, max=1024, label="Batch size")
         inputs.bool("overwrite", default=False, label="Recompute (and replace an attribute of another tool)")

@@ -6,7 +6,18 @@ import json
 import os
 from typing import Any
 
-from .common import DelegableOperator, fields_of, foo, long_running_config, number, relay, text, types
+from .common import (
+    DelegableOperator,
+    api_view_target,
+    fields_of,
+    foo,
+    long_running_config,
+    number,
+    relay,
+    result_output,
+    text,
+    types,
+)
 
 #: Detection attributes written by patch runs, offered as class sources.
 PATCH_ATTRS = ["rank", "scale", "aspect_ratio", "flagged", "degenerate", "width_px", "height_px", "seed"]
@@ -186,14 +197,8 @@ class ExportPatches(DelegableOperator):
     def _stream(self, ctx: Any, gen: Any):
         report = yield from relay(ctx, gen)
         if not ctx.delegated:
-            outputs = types.Object()
-            outputs.str("summary", label="Export", view=types.MarkdownView())
-            outputs.obj("report", label="Report", view=types.JSONView())
-            summary = report.summary().replace("\n", "\n\n")
-            yield ctx.ops.show_output(
-                outputs=types.Property(outputs).to_json(),
-                results={"summary": summary, "report": _report_for_app(report.to_dict())},
-            )
+            first, *rest = report.summary().splitlines()
+            yield result_output(ctx, first[0].upper() + first[1:], rest, [])
 
     def __call__(self, sample_collection: Any, export_dir: str, format: str = "imagefolder",
                  field: str | None = None, label_attr: str | None = None, pad: float = 0.0,
@@ -221,7 +226,7 @@ class ExportPatches(DelegableOperator):
         params: dict[str, Any] = {
             "export_dir": export_dir, "format": format, "pad": pad, "square": square, "overwrite": overwrite,
             "class_source": "attribute" if label_attr else "label", "delegate": delegate,
-            "view_target": "CURRENT_VIEW", "return_report": not delegate,
+            "view_target": api_view_target(sample_collection), "return_report": not delegate,
         }
         if field is not None:
             params["field"] = field
@@ -350,7 +355,7 @@ class EvaluatePatches(foo.Operator):
             ``result["evaluation"]`` holds every figure
         """
         params: dict[str, Any] = {"patches_field": patches_field, "gt_field": gt_field, "radius": radius,
-                                  "store": store, "view_target": "CURRENT_VIEW"}
+                                  "store": store, "view_target": api_view_target(sample_collection)}
         if heatmap_field is not None:
             params["heatmap_field"] = heatmap_field
         ctx = {"view": sample_collection.view(), "params": params}

@@ -8,6 +8,7 @@ from xpatch_core.defaults import CHOICES, PATCHES
 
 from .common import (
     DelegableOperator,
+    api_view_target,
     execute_run,
     field_name_input,
     fields_of,
@@ -15,6 +16,10 @@ from .common import (
     long_running_config,
     number,
     number_list,
+    offer_view_target,
+    plan_notice,
+    result_output,
+    run_result_lines,
     shards_input,
     text,
     types,
@@ -65,7 +70,7 @@ def patch_params(params: dict) -> dict[str, Any]:
     return {
         "heatmap_field": text(params, "heatmap_field", PATCHES["heatmap_field"]),
         "field": text(params, "field", PATCHES["field"]),
-        "n": number(params, "n", PATCHES["n"], kind=int, lo=1, hi=100_000),
+        "n": number(params, "n", PATCHES["n"], kind=int, lo=1, hi=PATCHES["max_n"]),
         "size": size,
         "scales": number_list(params, "scales", PATCHES["scales"]),
         "aspect_ratios": number_list(params, "aspect_ratios", PATCHES["aspect_ratios"]),
@@ -87,6 +92,8 @@ class SamplePatches(DelegableOperator):
     """Draws saliency-weighted patch boxes from a heatmap field into a
     ``fo.Detections`` field, then opens the patches view sorted by score."""
 
+    run_kind = "patches"
+
     @property
     def config(self) -> foo.OperatorConfig:
         return long_running_config(
@@ -94,16 +101,29 @@ class SamplePatches(DelegableOperator):
             "Saliency-weighted patch boxes as fo.Detections, opened as a patches view",
         )
 
+    def run_kwargs(self, ctx: Any) -> dict[str, Any]:
+        """The run's keyword arguments (:func:`patch_params`), with the form's
+        default heatmap field (the dataset's first) when none is chosen yet."""
+        import fiftyone as fo
+
+        params = dict(ctx.params)
+        if not params.get("heatmap_field"):
+            heatmaps = fields_of(ctx, fo.Heatmap)
+            if heatmaps:
+                params["heatmap_field"] = heatmaps[0]
+        return patch_params(params)
+
     def resolve_input(self, ctx: Any) -> types.Property:
         import fiftyone as fo
 
         inputs = types.Object()
-        ctx.target_view()
+        offer_view_target(ctx, inputs)
         heatmaps = fields_of(ctx, fo.Heatmap)
         if not heatmaps:
             inputs.view("noheat", types.Error(label="No heatmap field",
                                               description="Run 'Compute saliency' first"))
             return types.Property(inputs, invalid=True)
+        plan_notice(self, ctx, inputs)
         inputs.enum("heatmap_field", heatmaps, default=heatmaps[0], required=True, label="Heatmap field")
         field_name_input(ctx, inputs, "field", PATCHES["field"], "patches", "Patches field")
         inputs.int("n", default=PATCHES["n"], min=1, label="Patches per image")
@@ -161,9 +181,21 @@ class SamplePatches(DelegableOperator):
 
         kwargs = patch_params(ctx.params)
         summary = yield from execute_run(ctx, runs.iter_run_patches, kwargs, self.uri)
-        if not ctx.delegated:
-            if ctx.params.get("open_view", True) and summary.patches:
-                yield ctx.ops.set_view(view=patches_view(ctx.dataset, kwargs["field"]))
+        if ctx.delegated:
+            return
+        title, lines = run_result_lines(summary, "patches")
+        opened = ctx.params.get("open_view", True) and summary.status != "queued" and ctx.dataset.count(
+            f"{kwargs['field']}.detections")
+        if opened:
+            yield ctx.ops.set_view(view=patches_view(ctx.dataset, kwargs["field"]))
+            lines.append(f"The patches view of '{kwargs['field']}' is open, best scores first.")
+        steps = [] if summary.status == "queued" else [
+            ("Export these patches", "export_patches", {"field": kwargs["field"]}),
+            ("Evaluate them against ground truth", "evaluate_patches", {"patches_field": kwargs["field"]}),
+        ]
+        if not opened and summary.status != "queued":
+            steps.insert(0, ("Open the patches view", "load_xpatch_run_view", {"run_key": summary.run_key}))
+        yield result_output(ctx, title, lines, steps)
 
     def __call__(self, sample_collection: Any, heatmap_field: str = PATCHES["heatmap_field"],
                  field: str = PATCHES["field"], n: int = PATCHES["n"], size: int | float = PATCHES["size"], *,
@@ -206,7 +238,7 @@ class SamplePatches(DelegableOperator):
             "heatmap_field": heatmap_field, "field": field, "n": n, "scales": ",".join(map(str, scales)),
             "aspect_ratios": ",".join(map(str, aspect_ratios)), "temperature": temperature, "epsilon": epsilon,
             "mode": mode, "score": score, "border": border, "seed": seed, "overwrite": overwrite, "open_view": False,
-            "delegate": delegate, "view_target": "CURRENT_VIEW", "num_shards": num_shards,
+            "delegate": delegate, "view_target": api_view_target(sample_collection), "num_shards": num_shards,
         }
         if isinstance(size, float):
             params.update(size_mode="fraction", size_fraction=size)

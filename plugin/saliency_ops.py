@@ -4,16 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from xpatch_core.defaults import MODEL_MENU, SALIENCY, gradient_methods, method_choices
+from xpatch_core.defaults import CHOICES, MODEL_MENU, SALIENCY
+from xpatch_core.saliency import gradient_methods, method_choices
 
 from .common import (
     DelegableOperator,
+    api_view_target,
     execute_run,
     field_name_input,
     fields_of,
     foo,
     long_running_config,
     number,
+    offer_view_target,
+    plan_notice,
+    result_output,
+    run_result_lines,
     shards_input,
     text,
     types,
@@ -77,6 +83,12 @@ def saliency_params(params: dict) -> dict[str, Any]:
     map_dir = text(params, "map_dir") if storage == "png" else None
     if storage == "png" and not map_dir:
         raise ParameterError("give a folder for the heatmap PNGs")
+    precision = text(params, "precision", SALIENCY["precision"])
+    if precision not in CHOICES["precision"]:
+        raise ParameterError(f"unknown precision {precision!r}")
+    map_resolution = text(params, "map_resolution", SALIENCY["map_resolution"])
+    if map_resolution not in CHOICES["map_resolution"]:
+        raise ParameterError(f"unknown map resolution {map_resolution!r}")
     overwrite = params.get("overwrite", False)
     if not isinstance(overwrite, bool):
         raise ParameterError("overwrite must be true or false")
@@ -92,6 +104,8 @@ def saliency_params(params: dict) -> dict[str, Any]:
         "batch_size": number(params, "batch_size", SALIENCY["batch_size"], kind=int, lo=1, hi=1024),
         "class_names": [c.strip() for c in class_names.split(",")] if class_names else None,
         "map_dir": map_dir,
+        "map_resolution": map_resolution,
+        "precision": precision,
         "overwrite": overwrite,
     }
 
@@ -101,6 +115,8 @@ class ComputeSaliency(DelegableOperator):
     stores them as ``fo.Heatmap`` fields (a FiftyOne run keyed by the field).
     """
 
+    run_kind = "saliency"
+
     @property
     def config(self) -> foo.OperatorConfig:
         return long_running_config(
@@ -108,9 +124,14 @@ class ComputeSaliency(DelegableOperator):
             "Saliency heatmaps from a Keras CNN (Xception by default)",
         )
 
+    def run_kwargs(self, ctx: Any) -> dict[str, Any]:
+        """The run's keyword arguments (:func:`saliency_params`)."""
+        return saliency_params(ctx.params)
+
     def resolve_input(self, ctx: Any) -> types.Property:
         inputs = types.Object()
-        ctx.target_view()  # offers dataset / current view / selected samples
+        offer_view_target(ctx, inputs)  # dataset / current view / selected samples
+        plan_notice(self, ctx, inputs)
         model_choices = types.Dropdown(label="Model")
         for value, label in _MODEL_CHOICES:
             model_choices.add_choice(value, label=label)
@@ -156,6 +177,17 @@ class ComputeSaliency(DelegableOperator):
                    description="activation/EigenCAM: multiply by a finer layer's map; 'auto' = "
                                "block13_sepconv1_act for Xception (chosen by the quality benchmark), "
                                "'none' = off")
+        res = types.RadioGroup()
+        res.add_choice("standard", label="Standard (the image squashed to the network's input)")
+        res.add_choice("high", label="Sharper: add a pass at a higher resolution keeping the aspect ratio "
+                                     "(about 4x the time)")
+        inputs.enum("map_resolution", res.values(), default=SALIENCY["map_resolution"], label="Map resolution",
+                    view=res)
+        prec = types.Dropdown(label="Precision")
+        for value, label in (("auto", "Auto: bfloat16 where the hardware has it"), ("float32", "float32"),
+                             ("mixed_bfloat16", "bfloat16 (mixed)")):
+            prec.add_choice(value, label=label)
+        inputs.enum("precision", prec.values(), default=SALIENCY["precision"], view=prec)
         inputs.int("batch_size", default=SALIENCY["batch_size"], label="Batch size", min=1, max=1024)
         field_name_input(ctx, inputs, "field", SALIENCY["field"], "saliency", "Heatmap field")
         storage = types.RadioGroup()
@@ -171,15 +203,18 @@ class ComputeSaliency(DelegableOperator):
     def execute(self, ctx: Any):
         from xpatch_core import runs
 
-        summary = yield from execute_run(ctx, runs.iter_run_saliency, saliency_params(ctx.params), self.uri)
+        kwargs = saliency_params(ctx.params)
+        summary = yield from execute_run(ctx, runs.iter_run_saliency, kwargs, self.uri)
         if not ctx.delegated:
-            yield _summary_output(ctx, summary)
+            yield _summary_output(ctx, summary, kwargs.get("map_dir"))
 
     def __call__(self, sample_collection: Any, field: str = SALIENCY["field"], model: str = SALIENCY["model"],
                  method: str = SALIENCY["method"], *, target: str | None = None, target_field: str | None = None,
                  weights: str | None = None, layer: str | None = None, batch_size: int = SALIENCY["batch_size"],
                  class_names: list[str] | None = None, map_dir: str | None = None,
-                 overwrite: bool = False, delegate: bool = False, num_shards: int = 1) -> Any:
+                 map_resolution: str = SALIENCY["map_resolution"], precision: str = SALIENCY["precision"],
+                 overwrite: bool = False,
+                 delegate: bool = False, num_shards: int = 1) -> Any:
         """Computes saliency heatmaps, as the App does.
 
         Args:
@@ -195,6 +230,9 @@ class ComputeSaliency(DelegableOperator):
             batch_size: images per model call
             class_names: a saved model's class names
             map_dir: write 8-bit PNG heatmaps under this folder
+            map_resolution: ``"standard"`` or ``"high"`` (sharper maps, about
+                4x the time)
+            precision: ``"auto"``, ``"float32"`` or ``"mixed_bfloat16"``
             overwrite: recompute samples that have a heatmap
             delegate: schedule as a delegated (background) operation
             num_shards: split the run into this many delegated operations
@@ -209,8 +247,9 @@ class ComputeSaliency(DelegableOperator):
 
         params: dict[str, Any] = {"field": field, "method": method, "batch_size": batch_size,
                                   "layer": layer, "weights": weights, "overwrite": overwrite,
-                                  "delegate": delegate, "view_target": "CURRENT_VIEW",
-                                  "num_shards": num_shards}
+                                  "delegate": delegate, "view_target": api_view_target(sample_collection),
+                                  "num_shards": num_shards, "map_resolution": map_resolution,
+                                  "precision": precision}
         if is_application(model):
             params["model"] = model if model in dict(_MODEL_CHOICES) else "other"
             params["model_name"] = model
@@ -228,17 +267,13 @@ class ComputeSaliency(DelegableOperator):
         return foo.execute_operator(self.uri, ctx, request_delegation=delegate)
 
 
-def _summary_output(ctx: Any, summary: Any) -> Any:
-    """Shows the run summary in the App."""
-    outputs = types.Object()
-    outputs.str("message", label="Result")
-    lines = [
-        f"{summary.processed} processed, {summary.skipped} already done, {summary.failed} failed "
-        f"({summary.images_per_s:.1f} images/s)",
-    ]
-    for f in summary.failures[:10]:
-        lines.append(f"failed: {f.get('filepath', f['id'])}: {f['reason']}")
-    return ctx.ops.show_output(types.Property(outputs).to_json(), {"message": "\n".join(lines)})
+def _summary_output(ctx: Any, summary: Any, map_dir: str | None) -> Any:
+    """Shows the run's result in the App, with the next step."""
+    title, lines = run_result_lines(summary, "heatmaps")
+    if map_dir and summary.processed:
+        lines.append(f"Heatmap PNGs written to `{map_dir}`.")
+    steps = [("Sample patches from these heatmaps", "sample_patches", {"heatmap_field": summary.field})]
+    return result_output(ctx, title, lines, steps if summary.status != "queued" else [])
 
 
 def register(p: Any) -> None:

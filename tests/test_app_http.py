@@ -92,6 +92,8 @@ def test_compute_saliency_streams_progress_then_reload(app, dataset, kitchen):
     fractions = [m["body"]["params"]["progress"] for m in messages if m["body"]["operator_uri"] == "set_progress"]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
 
+    (shown,) = [m["body"]["params"] for m in messages if m["body"]["operator_uri"] == "show_output"]
+    assert shown["results"]["result"].startswith("**Heatmaps in 'saliency'**\n\n18 processed, 0 already done, 0 failed")
     dataset.reload()
     assert dataset.count("saliency") == len(dataset) == 18
     from xpatch_core.runs import get_run_info, read_heatmap
@@ -127,3 +129,51 @@ def test_sample_patches_streams_a_patches_view(app, dataset):
     assert isinstance(view, fop.PatchesView) and len(view) == n
     scores = view.values("patches.confidence")
     assert scores == sorted(scores, reverse=True)
+
+
+def test_a_closed_browser_stops_a_foreground_run_at_a_chunk_and_it_resumes(app):
+    """The App server closes the operator's generator when the request goes
+    away: the run records "interrupted" at the chunk it reached, releases its
+    lock and keeps what it wrote; running it again resumes."""
+    import time
+
+    import fiftyone as fo
+    import numpy as np
+
+    from xpatch_core.runs import get_run_info
+    from xpatch_core.runs.locks import collection as locks
+
+    rng = np.random.default_rng(0)
+    ds = fo.Dataset(f"xpatch-app-http-close-{os.getpid()}", persistent=True, overwrite=True)
+    ds.add_samples([fo.Sample(filepath=f"/nonexistent/xpatch-close/{i:05d}.jpg",
+                              hm=fo.Heatmap(map=rng.random((24, 24)).astype(np.float32), range=[0.0, 1.0],
+                                            width=320, height=240)) for i in range(4000)], progress=False)
+    try:
+        params = {"heatmap_field": "hm", "field": "pp", "n": 16, "size_mode": "pixels", "size": 32, "seed": 1,
+                  "mode": "random", "open_view": False}
+        lines = stream(f"{app.url}/operators/execute/generator", request_body(ds.name, "sample_patches", params))
+        for m in lines:
+            body = m.get("body") or {}
+            if body.get("operator_uri") == "set_progress" and 0 < body["params"]["progress"] < 1:
+                break  # the first chunk is written
+        lines.close()  # the browser tab goes away: the connection closes
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            ds.reload()  # the server process writes the run record
+            if "pp" in ds.list_runs() and get_run_info(ds, "pp")["results"].get("status") != "running":
+                break
+            time.sleep(0.5)
+        res = get_run_info(ds, "pp")["results"]
+        assert res["status"] == "interrupted", res
+        written = ds.count("pp")
+        assert 0 < written < len(ds) and written % 256 == 0 and res["processed"] == written
+        assert locks().count_documents({"dataset": ds.name}) == 0
+        messages = list(stream(f"{app.url}/operators/execute/generator",
+                               request_body(ds.name, "sample_patches", params)))
+        _check_success(messages)
+        ds.reload()
+        res = get_run_info(ds, "pp")["results"]
+        assert (res["status"], res["skipped"], res["processed"]) == ("completed", written, len(ds) - written)
+        assert ds.count("pp") == len(ds)
+    finally:
+        ds.delete()

@@ -265,7 +265,7 @@ def test_operator_forms_and_app_output(coco_patches, tmp_path):
     events = list(export.execute(_Ctx(pv, {"export_dir": str(tmp_path / "app"), "format": "imagefolder"})))
     assert events[0][0] == "progress" and events[-1][0] == "output"
     results = events[-1][2]
-    assert results["report"]["exported"] == N_IMAGES and "exported 5 of 5 patches" in results["summary"]
+    assert f"Exported {N_IMAGES} of {N_IMAGES} patches" in results["result"] and str(tmp_path / "app") in results["result"]
     evaluate = foo.get_operator("@xpatch/xpatch/evaluate_patches")
     form = json.dumps(evaluate.resolve_input(_Ctx(ds, {})).to_json())
     assert "gt_field" in form and "ground_truth" in form and "radius" in form

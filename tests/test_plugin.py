@@ -14,6 +14,7 @@ from fiftyone.operators.executor import ExecutionError
 
 from xpatch_core import runs
 from xpatch_core.errors import ParameterError, XpatchError
+from xpatch_core.heatmaps import decode_network_map, display_size
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPERATORS = ["compute_saliency", "sample_patches", "get_xpatch_run_info", "load_xpatch_run_view",
@@ -74,8 +75,10 @@ def test_compute_and_sample_through_operators(photos_ds, xception_weights):
     assert schema["saliency"].document_type is fo.Heatmap
     assert ds.count("saliency") == len(ds)
     for hm in ds.values("saliency"):
-        assert hm.map.shape == (19, 19) and hm.map.dtype == np.float32
-        assert list(hm.range) == [0.0, 1.0] and hm.map.min() >= 0.0 and hm.map.max() <= 1.0
+        # stored at display size (issue 14), the network's 19x19 map kept as provenance
+        assert (hm.map.shape[1], hm.map.shape[0]) == display_size((hm.width, hm.height))
+        assert hm.map.dtype == np.uint8 and list(hm.range) == [0, 255] and hm.map.max() == 255
+        assert decode_network_map(hm.network_map).shape == (19, 19)
         assert hm.width > 0 and hm.height > 0 and hm.method == "eigencam"
     info = runs.get_run_info(ds, "saliency")
     cfg = info["config"]
@@ -138,7 +141,7 @@ def test_png_storage_and_delete_removes_fields_and_files(photos_ds, xception_wei
     for hm in ds.values("heat"):
         assert hm.map is None and os.path.isfile(hm.map_path) and list(hm.range) == [0, 255]
         m = runs.read_heatmap(hm)
-        assert m.shape == (19, 19) and m.max() == pytest.approx(1.0)
+        assert (m.shape[1], m.shape[0]) == display_size((hm.width, hm.height)) and m.max() == pytest.approx(1.0)
     runs.run_patches(ds, "heat", "boxes", n=4, size=0.2)
     _op("delete_xpatch_run")(ds, run_key="heat")
     assert "heat" not in ds.get_field_schema() and not os.path.exists(maps / "heat")

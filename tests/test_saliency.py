@@ -36,7 +36,10 @@ def photos():
 @pytest.mark.parametrize("fuse", ["auto", None])
 @pytest.mark.parametrize("method", ["activation", "eigencam"])
 def test_real_xception_peaks_on_object(xception_weights, photos, method, fuse):
-    model = xp.load_model("xception", weights=xception_weights, fuse_layer=fuse)
+    # float32: the fused activation map of "chelsea" has a near tie (0.98 vs 1.0) between the cat's
+    # face and the top-right corner, which bfloat16 flips; tests/test_models.py measures bf16 vs
+    # float32 maps on the COCO subset (correlation, patch hit rate)
+    model = xp.load_model("xception", weights=xception_weights, fuse_layer=fuse, precision="float32")
     names = list(photos)
     maps = xp.compute_saliency([photos[n] for n in names], model=model, method=method)
     grid = (19, 19) if fuse == "auto" else (10, 10)
@@ -146,7 +149,7 @@ def test_gradcam_uses_logits_not_softmax():
     import keras
 
     model = _nested_model()
-    sm = xp.load_model(model, cache=False)
+    sm = xp.load_model(model, cache=False, precision="float32")  # compared with the float32 model
     x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
     pre = sm.preprocess(x)
     logits = np.asarray(sm.head(sm.backbone(pre)))
@@ -257,18 +260,35 @@ def test_paths_pil_and_arrays_give_the_same_map(kitchen_model, tmp_path):
     np.testing.assert_allclose(maps[0], maps[2], atol=1e-5)
 
 
-def test_mixed_bfloat16_mode_gives_float32_maps():
+def test_mixed_bfloat16_backbone_float32_head_and_gradients():
+    import tensorflow as tf
+
     sm = xp.load_model("mobilenetv2", weights="random", precision="mixed_bfloat16", cache=False)
-    assert sm.source["precision"] == "mixed_bfloat16"
-    assert "bfloat16" in str(sm.backbone.outputs[0].dtype)
-    x = np.random.default_rng(1).uniform(0, 255, (224, 224, 3)).astype(np.float32)
-    items = xp.compute_saliency([x], model=sm, method="gradcam", return_items=True)
+    assert sm.source["precision"] == "mixed_bfloat16" and sm.source["precision_requested"] == "mixed_bfloat16"
+    policies = {op.name: op.dtype_policy.name for op in sm.backbone.operations if op.weights}
+    assert set(policies.values()) == {"mixed_bfloat16"}, "every backbone layer with weights computes in bf16"
+    target = sm.backbone.outputs[0]._keras_history[0]
+    assert target.dtype_policy.name == "float32", "the target layer's activations are float32"
+    assert {op.dtype_policy.name for op in sm.head.operations if op.weights} == {"float32"}
+    x = np.random.default_rng(1).uniform(-1, 1, (2, 224, 224, 3)).astype(np.float32)
+    feats = sm.backbone(x)
+    assert feats.dtype == tf.float32
+    with tf.GradientTape() as tape:
+        tape.watch(feats)
+        logits = sm.head(feats)
+        score = tf.reduce_sum(logits[:, 3])
+    assert logits.dtype == tf.float32 and tape.gradient(score, feats).dtype == tf.float32
+    items = xp.compute_saliency([x[0] * 127 + 128], model=sm, method="gradcam", return_items=True)
     assert items[0].map.dtype == np.float32 and items[0].map.shape == (7, 7)
-    full = xp.load_model("mobilenetv2", weights="random", cache=False)
-    assert "float32" in str(full.backbone.outputs[0].dtype)
+    full = xp.load_model("mobilenetv2", weights="random", precision="float32", cache=False)
+    assert {op.dtype_policy.name for op in full.backbone.operations if op.weights} == {"float32"}
+    alias = xp.load_model("mobilenetv2", weights="random", precision="bfloat16", cache=False)
+    assert alias.source["precision"] == "mixed_bfloat16" and alias.source["precision_requested"] == "bfloat16"
+    with pytest.raises(ParameterError, match="precision"):
+        xp.load_model("mobilenetv2", weights="random", precision="float16", cache=False)
 
 
-def test_fusion_is_the_product_of_the_two_layer_maps(xception_weights, photos):
+def test_fusion_is_the_geometric_mean_of_the_two_layer_maps(xception_weights, photos):
     fused = xp.load_model("xception", weights=xception_weights)
     assert fused.fuse_layer == "block13_sepconv1_act" and fused.target_layer == "block14_sepconv2_act"
     coarse = xp.load_model("xception", weights=xception_weights, fuse_layer=None)
@@ -279,9 +299,12 @@ def test_fusion_is_the_product_of_the_two_layer_maps(xception_weights, photos):
     a = xp.compute_saliency(images, model=coarse, method="eigencam")
     b = xp.compute_saliency(images, model=fine, method="eigencam")
     for g, ma, mb in zip(got, a, b):
-        prod = xp.upsample(ma, mb.shape) * mb
-        expected = (prod - prod.min()) / (prod.max() - prod.min())
-        np.testing.assert_allclose(g, expected, atol=1e-4)
+        geo = np.sqrt(xp.upsample(ma, mb.shape) * mb)
+        expected = (geo - geo.min()) / (geo.max() - geo.min())
+        np.testing.assert_allclose(g, expected, atol=1e-3)
+        # the same ranking as the product of the two maps (what the sampler's temperature sharpens)
+        prod = (xp.upsample(ma, mb.shape) * mb).ravel()
+        assert np.corrcoef(np.argsort(np.argsort(prod)), np.argsort(np.argsort(g.ravel())))[0, 1] > 0.99
 
 
 def test_fusion_rules():
@@ -304,3 +327,102 @@ def test_eigencam_block_iteration_matches_full_eigendecomposition(xception, phot
         got, _ = normalize_maps(EigenCAM(xception).combine(acts, None))
         ref, _ = normalize_maps(eigencam_reference(acts))
         np.testing.assert_allclose(got, ref, atol=1e-3)
+
+
+# -- other input sizes and map_resolution="high" ------------------------------------
+
+
+def test_backbone_for_other_sizes(xception, kitchen_model):
+    sized = xception.backbone_for(448, 597)
+    assert sized.input_size == (448, 597) and sized.feature_shape == (14, 19, 2048)
+    assert [tuple(t.shape[1:3]) for t in sized.fused.outputs] == [(14, 19), (28, 37)]
+    assert xception.backbone_for(448, 597) is sized, "cached per size"
+    assert xception.backbone_for(299, 299) is xception
+    # a saved classifier's nested backbone, with its pooling head, takes another size
+    k = kitchen_model.backbone_for(224, 300)
+    assert k.feature_shape[:2] == (7, 10) and k.head is not None
+    x = np.random.default_rng(0).uniform(0, 255, (2, 224, 300, 3)).astype(np.float32)
+    maps, _, info = METHODS["gradcam"](k).run_batch(k.preprocess(x))
+    assert maps.shape == (2, 7, 10) and info["predicted"].shape == (2,)
+    with pytest.raises(ParameterError, match="at least 32"):
+        xception.backbone_for(16, 300)
+
+
+def test_backbone_for_refuses_what_the_layers_cannot_take():
+    import keras
+
+    inp = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(4, 3, strides=2, activation="relu", name="c1")(inp)
+    x = keras.layers.Reshape((15, 15, 4), name="fixed")(x)
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="c2")(x)
+    y = keras.layers.Dense(3)(keras.layers.Flatten()(x))
+    sm = xp.load_model(keras.Model(inp, y), cache=False)
+    with pytest.raises(ModelError, match="cannot take a 64x64 input"):
+        sm.backbone_for(64, 64)
+    flat = xp.load_model(keras.Model(inp, keras.layers.Dense(3)(keras.layers.Flatten()(
+        keras.layers.Conv2D(4, 3, name="c")(inp)))), cache=False)
+    sized = flat.backbone_for(48, 40)
+    assert sized.feature_shape[:2] == (46, 38) and not sized.has_head and "does not take" in sized.source["head_error"]
+    with pytest.raises(ModelError, match="any size"):
+        xp.compute_saliency([np.zeros((40, 40, 3))], model=flat, method="gradcam", map_resolution="high")
+    with pytest.raises(ParameterError, match="map_resolution"):
+        xp.compute_saliency([np.zeros((40, 40, 3))], model=flat, map_resolution="ultra")
+
+
+def test_high_resolution_maps_peak_on_objects_in_input_order(xception, photos, tmp_path):
+    from PIL import Image
+
+    tall = np.ascontiguousarray(np.rot90(photos["rocket"]))  # landscape -> portrait
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    images = [photos["chelsea"], str(broken), photos["coffee"], photos["rocket"], tall]
+    items = xp.compute_saliency(images, model=xception, return_items=True, on_error="none", batch_size=2,
+                                map_resolution="high")
+    assert [it.index for it in items] == list(range(5)) and items[1].error and items[1].map is None
+    for it, name in zip([items[0], items[2], items[3]], ["chelsea", "coffee", "rocket"]):
+        assert it.map.shape[0] > 19 and it.map.min() == 0.0 and it.map.max() == 1.0
+        h, w = photos[name].shape[:2]
+        assert it.image_size == (w, h) and abs(it.map.shape[1] / it.map.shape[0] - w / h) < 0.5
+        x, y = _peak_xy(it.map, w, h)
+        x0, y0, x1, y1 = OBJECTS[name]
+        assert x0 <= x < x1 and y0 <= y < y1, f"high-resolution peak of {name} at {(x, y)} is off the object"
+    assert items[4].map.shape[0] > items[4].map.shape[1], "a portrait image gets a portrait grid"
+    # bucketing and windows do not change a map: batched equals one at a time
+    single = [xp.compute_saliency([im], model=xception, map_resolution="high")[0] for im in (images[0], images[4])]
+    np.testing.assert_allclose(single[0], items[0].map, atol=1e-4)
+    np.testing.assert_allclose(single[1], items[4].map, atol=1e-4)
+    Image.fromarray(photos["coffee"]).save(tmp_path / "coffee.png")
+    same = xp.compute_saliency([str(tmp_path / "coffee.png")], model=xception, map_resolution="high")[0]
+    np.testing.assert_allclose(same, items[2].map, atol=1e-4)
+
+
+def test_high_resolution_gradcam_on_a_pooling_head(kitchen_model):
+    from xpatch_core.offline import kitchenware_images
+
+    images = kitchenware_images()[:3]
+    std = xp.compute_saliency(images, model=kitchen_model, method="gradcam", return_items=True)
+    high = xp.compute_saliency(images, model=kitchen_model, method="gradcam", return_items=True,
+                               map_resolution="high")
+    for a, b in zip(std, high):
+        assert b.predicted == a.predicted and b.target == a.target
+        assert b.map.shape[0] * b.map.shape[1] > a.map.shape[0] * a.map.shape[1]
+
+
+def test_decoding_pipeline_prefetch_and_callable_size(monkeypatch):
+    from xpatch_core import settings
+    from xpatch_core.images import iter_decoded_batches
+
+    rng = np.random.default_rng(0)
+    arrays = [rng.uniform(0, 255, (h, w, 3)).astype(np.uint8) for h, w in ((40, 60), (60, 40), (50, 50))] * 3
+    seen = []
+    batches = list(iter_decoded_batches(arrays, lambda s: seen.append(s) or (s[0] // 2, s[1] // 2), 2,
+                                        workers=3, prefetch=3))
+    assert [len(b) for b in batches] == [2, 2, 2, 2, 1]
+    flat = [d for b in batches for _, _, d in b]
+    assert [d.array.shape[:2] for d in flat[:3]] == [(20, 30), (30, 20), (25, 25)] and len(seen) == 9
+    with pytest.raises(ParameterError, match="prefetch"):
+        list(iter_decoded_batches(arrays, None, 2, prefetch=0))
+    monkeypatch.delenv("XPATCH_DECODE_WORKERS", raising=False)
+    assert settings.decode_workers() == min(16, settings.usable_cores())
+    monkeypatch.setenv("XPATCH_DECODE_WORKERS", "5")
+    assert settings.decode_workers() == 5

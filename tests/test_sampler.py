@@ -587,19 +587,20 @@ class _ConstGen:
 
 @pytest.mark.parametrize("full", [False, True])
 def test_extreme_uniforms_never_pick_zero_weight_cells(monkeypatch, full):
-    import xpatch_core.sampler as sampler
+    import xpatch_core.sampler.core as core
+    from xpatch_core.sampler.seeding import seeded_rng
 
     W, H, p = 30, 10, 3
     m = np.array([[0.0, 2.0, 0.0]])
     if full:
         m = full_res(m, W, H)
-    lo = sampler._rng(0, 0).random()  # the real generator still works
+    lo = seeded_rng(0, 0).random()  # the real generator still works
     assert 0 <= lo < 1
-    monkeypatch.setattr(sampler, "_rng", lambda seed, key_hash: _ConstGen(0.0))
+    monkeypatch.setattr(core, "seeded_rng", lambda seed, key_hash: _ConstGen(0.0))
     r = sample_patches(m, (W, H), 5, p)
     # u = 0 with side="right" skips the zero-weight first cell: centre x = 10
     assert np.all(r.boxes[:, 0] == 10 - p // 2)
-    monkeypatch.setattr(sampler, "_rng", lambda seed, key_hash: _ConstGen(1.0 - 2.0**-53))
+    monkeypatch.setattr(core, "seeded_rng", lambda seed, key_hash: _ConstGen(1.0 - 2.0**-53))
     r = sample_patches(m, (W, H), 5, p)
     # u -> total never runs into the trailing zero-weight cell: centre x = 19
     assert np.all(r.boxes[:, 0] == 19 - p // 2)
@@ -657,3 +658,113 @@ def test_imports_only_numpy():
     )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
+
+
+# ---------------------------------------------------------------------------
+# border="drop": shapes larger than the image are left out for that image
+
+
+def test_drop_leaves_out_oversized_shapes():
+    m = np.random.default_rng(4).random((6, 8))
+    W, H = 120, 48
+    # shapes 40x40 (fits) and 80x80 (taller than the image)
+    for mode in ("random", "topk", "grid"):
+        r = sample_patches(m, (W, H), 30, 40, scales=(1.0, 2.0), border="drop", mode=mode, key="d")
+        assert r.dropped_shapes == (1,) and r.shapes.tolist() == [[40, 40], [80, 80]]
+        assert len(r) >= 1 and np.all(r.scale_idx == 0) and np.all(r.aspect_idx == 0)
+        assert np.all(r.boxes[:, 2] - r.boxes[:, 0] == 40) and np.all(r.boxes[:, 3] - r.boxes[:, 1] == 40)
+        assert r.boxes[:, :2].min() >= 0 and r.boxes[:, 2].max() <= W and r.boxes[:, 3].max() <= H
+        assert not r.flags.any() and not r.degenerate
+        assert "80x80" in r.reason and "scale 2" in r.reason and "120x48" in r.reason
+        np.testing.assert_allclose(r.probs, expected_probs(m, W, H, 40, 40)[r.boxes[:, 1], r.boxes[:, 0]])
+    # the grid holds only the fitting shape's tiles: x at 0, 40, 80 and y at 0, 8 (flush)
+    r = sample_patches(m, (W, H), None, 40, scales=(1.0, 2.0), border="drop", mode="grid")
+    assert sorted(map(tuple, r.boxes[:, :2].tolist())) == [(x, y) for x in (0, 40, 80) for y in (0, 8)]
+    # the same image with border="error" is refused
+    with pytest.raises(ParameterError, match=r"80x80 is larger than the image 120x48"):
+        sample_patches(m, (W, H), 30, 40, scales=(1.0, 2.0), border="error")
+
+
+def test_drop_keeps_full_shape_indices_and_aspects():
+    m = np.random.default_rng(5).random((10, 10))
+    # size 32: scale 3 gives 96x96 (too big for 64x64), scale 1 gives 32x32
+    r = sample_patches(m, (64, 64), 20, 32, scales=(3.0, 1.0), border="drop", key="k")
+    assert r.dropped_shapes == (0,) and len(r) == 20
+    assert np.all(r.scale_idx == 1) and np.all(r.aspect_idx == 0)
+    assert np.all(r.boxes[:, 2] - r.boxes[:, 0] == 32)
+    # aspect ratio 4 gives 80x20, wider than a 70x60 image; aspect 1 gives 40x40
+    r = sample_patches(m, (70, 60), 50, 40, aspect_ratios=(1.0, 4.0, 0.25), border="drop", mode="topk")
+    np.testing.assert_array_equal(r.shapes, [[40, 40], [80, 20], [20, 80]])
+    assert r.dropped_shapes == (1, 2) and set(r.aspect_idx.tolist()) == {0}
+    assert "80x20 (scale 1, aspect ratio 4)" in r.reason and "20x80 (scale 1, aspect ratio 0.25)" in r.reason
+
+
+def test_drop_draws_uniformly_among_fitting_shapes():
+    m = np.array([[1.0, 3.0], [2.0, 0.5]])
+    W, H = 9, 7
+    # size 2 at scales 1, 2, 4: 2x2, 4x4 fit, 8x8 is taller than 7
+    r = sample_patches(m, (W, H), 30000, 2, scales=(1.0, 2.0, 4.0), border="drop", key="u")
+    assert r.dropped_shapes == (2,)
+    counts = np.bincount(r.scale_idx, minlength=3)
+    assert counts[2] == 0
+    assert chi2_pvalue(counts[:2], np.full(2, 0.5)) > 1e-4
+    for s, p in ((0, 2), (1, 4)):
+        sub = r.boxes[r.scale_idx == s]
+        assert chi2_pvalue(position_counts_of(sub, W, H, p), expected_probs(m, W, H, p, p)) > 1e-4
+
+
+def position_counts_of(boxes: np.ndarray, W: int, H: int, p: int) -> np.ndarray:
+    c = np.zeros((H - p + 1, W - p + 1), dtype=np.int64)
+    np.add.at(c, (boxes[:, 1], boxes[:, 0]), 1)
+    return c
+
+
+def test_drop_with_no_fitting_shape_raises_before_work():
+    with pytest.raises(ParameterError, match=r"patch 100x100 is larger than the image 64x48, and so is every"):
+        sample_patches(None, (64, 48), 5, 100, scales=(1.0, 2.0), border="drop")
+    with pytest.raises(ParameterError, match=r"patch 100x100 is larger than the image 64x48; use"):
+        sample_patches(None, (64, 48), 5, 100, border="drop")
+
+
+def test_every_border_choice_is_accepted():
+    from xpatch_core.defaults import CHOICES, PATCHES
+
+    assert "drop" in CHOICES["border"] and PATCHES["border"] in CHOICES["border"]
+    for border in CHOICES["border"]:
+        r = sample_patches(np.ones((3, 3)) + np.eye(3), (30, 20), 4, 8, border=border, key=border)
+        assert len(r) == 4 and r.dropped_shapes == ()
+
+
+@given(
+    scene=scenes(),
+    mode=st.sampled_from(["random", "topk", "grid"]),
+    scales=st.lists(st.sampled_from([0.5, 1.0, 1.5, 2.0, 3.0]), min_size=1, max_size=3),
+    aspects=st.lists(st.sampled_from([0.25, 0.5, 1.0, 2.0, 4.0]), min_size=1, max_size=3),
+    replace=st.booleans(),
+    max_iou=st.sampled_from([None, 0.3]),
+)
+@SETTINGS
+def test_drop_property(scene, mode, scales, aspects, replace, max_iou):
+    m, W, H, size = scene
+    kw = dict(scales=scales, aspect_ratios=aspects, mode=mode, replace=replace, max_iou=max_iou,
+              key="p", max_tries=500, score="mean")
+    shapes = box_shapes((W, H), size, scales, aspects)
+    fits = (shapes[:, 0] <= W) & (shapes[:, 1] <= H)
+    if not fits.any():
+        with pytest.raises(ParameterError, match="larger than the image"):
+            sample_patches(m, (W, H), 20, size, border="drop", **kw)
+        return
+    r = sample_patches(m, (W, H), 20, size, border="drop", **kw)
+    assert r.dropped_shapes == tuple(np.flatnonzero(~fits).tolist())
+    k = r.scale_idx * len(aspects) + r.aspect_idx
+    assert len(r) >= 1 and np.all(fits[k])  # only fitting shapes appear
+    np.testing.assert_array_equal(r.boxes[:, 2:] - r.boxes[:, :2], shapes[k])
+    assert r.boxes[:, :2].min() >= 0 and r.boxes[:, 2].max() <= W and r.boxes[:, 3].max() <= H
+    assert not r.flags.any()
+    if fits.all():  # every shape fits: exactly what border="error" gives
+        e = sample_patches(m, (W, H), 20, size, border="error", **kw)
+        for f in ("boxes", "rel_boxes", "scores", "probs", "scale_idx", "aspect_idx", "flags", "shapes"):
+            np.testing.assert_array_equal(getattr(r, f), getattr(e, f))
+        assert (r.n_draws, r.reason, r.degenerate) == (e.n_draws, e.reason, e.degenerate)
+    else:
+        assert f"left out box shapes larger than the image {W}x{H}" in r.reason

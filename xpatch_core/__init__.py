@@ -11,6 +11,7 @@ loaded on first use of the functions that need them.
 | :func:`load_image` | :mod:`xpatch_core.images` |
 | :func:`run_saliency`, :func:`run_patches` | :mod:`xpatch_core.runs` (FiftyOne) |
 | :func:`export_patches` | :mod:`xpatch_core.export` (FiftyOne) |
+| :func:`make_patch_dataset`, :func:`iter_make_patch_dataset` | :mod:`xpatch_core.patch_dataset` (FiftyOne) |
 | :func:`evaluate_patches` | :mod:`xpatch_core.metrics` (FiftyOne) |
 """
 
@@ -34,6 +35,8 @@ _LAZY = {
     "PatchSet": "xpatch_core.sampler",
     "load_image": "xpatch_core.images",
     "export_patches": "xpatch_core.export",
+    "make_patch_dataset": "xpatch_core.patch_dataset",
+    "iter_make_patch_dataset": "xpatch_core.patch_dataset",
     "evaluate_patches": "xpatch_core.metrics",
     "run_saliency": "xpatch_core.runs",
     "run_patches": "xpatch_core.runs",

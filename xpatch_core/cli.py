@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -113,9 +114,18 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fuse-layer", default=SALIENCY["fuse_layer"],
                    help="finer layer fused with the target layer for activation/eigencam ('auto': "
                         "block13_sepconv1_act for Xception; 'none' to turn off)")
+    g.add_argument("--map-resolution", choices=CHOICES["map_resolution"], default=SALIENCY["map_resolution"],
+                   help="'high': sharper maps from a second pass keeping the image's aspect ratio at a higher "
+                        "resolution (about 4x the time); default standard")
     g.add_argument("--class-names", default=None, help="comma-separated class names of a saved classifier")
     g.add_argument("--batch-size", type=_positive_int, default=SALIENCY["batch_size"],
                    help=f"images per model call (default {SALIENCY['batch_size']})")
+    g.add_argument("--precision", choices=CHOICES["precision"], default=SALIENCY["precision"],
+                   help="'auto' (default): bfloat16 where the hardware has it (CPUs with AMX or AVX-512 BF16, "
+                        "NVIDIA GPUs of compute capability 8.0+), float32 elsewhere")
+    g.add_argument("--custom-objects", default=None, metavar="MODULE",
+                   help="a Python module defining the custom layers of a saved model (imported; its Keras "
+                        "classes are passed to Keras)")
     g.add_argument("--allow-unsafe-model", action="store_true",
                    help="load a saved model with Keras' safe mode OFF (only for files you trust)")
 
@@ -199,11 +209,45 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("runs", help="list a dataset's xpatch runs and their status")
     info.add_argument("dataset", help="dataset name")
+
+    from xpatch_core.defaults import PATCH_DATASET
+
+    pds = sub.add_parser(
+        "patch-dataset", help="make a dataset of patch crops with the ground truth carried in",
+        description="Write every patch of DATASET's patches field as an image under --out and make a new "
+                    "FiftyOne dataset NAME with one sample per patch: provenance, a class, and the ground "
+                    "truth of --gt-field clipped to the patch (boxes kept by SAHI's min area ratio). Run it "
+                    "again to add only new patches. --export writes the result with FiftyOne's exporters "
+                    "(imagefolder, fiftyone-classification, coco, yolov5, fiftyone).")
+    pds.add_argument("dataset", metavar="DATASET", help="the source dataset")
+    pds.add_argument("--patches-field", default=None, help="its patches field (default: its only patch run)")
+    pds.add_argument("--name", required=True, help="the patch dataset's name (new, or one to extend)")
+    pds.add_argument("--out", required=True, help="folder for the crops (new, empty, or this dataset's)")
+    pds.add_argument("--gt-field", default=None, help="Detections, Segmentation or Classification field to carry")
+    pds.add_argument("--min-area-ratio", type=_unit, default=PATCH_DATASET["min_area_ratio"],
+                     help="keep a box when this share of its area lies in the patch (default 0.1, as SAHI)")
+    pds.add_argument("--min-coverage", type=_unit, default=PATCH_DATASET["min_coverage"],
+                     help="share of the patch a class must cover to be its class (default 0.5)")
+    pds.add_argument("--background", default=PATCH_DATASET["background_label"],
+                     help="class of patches no class covers enough (default background)")
+    pds.add_argument("--image-format", choices=("auto", "jpg", "png"), default=PATCH_DATASET["image_format"],
+                     help="crop format (default auto: JPEG for JPEG sources, same quality; else PNG)")
+    pds.add_argument("--export", action="append", default=[], metavar="FORMAT:DIR",
+                     help="export the patch dataset (repeatable)")
     return parser
 
 
-def _list_images(folder: str, recursive: bool) -> tuple[list[str], int]:
-    paths, other = [], 0
+def _utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:  # a name that is not UTF-8 (surrogate-escaped): the database stores text
+        return False
+    return True
+
+
+def _list_images(folder: str, recursive: bool) -> tuple[list[str], int, list[str]]:
+    """Returns ``(image paths, other files, image paths that are not valid UTF-8)``."""
+    paths, other, unnamed = [], 0, []
     walker = os.walk(folder) if recursive else [(folder, [], os.listdir(folder))]
     for root, _dirs, files in walker:
         for f in sorted(files):
@@ -211,10 +255,10 @@ def _list_images(folder: str, recursive: bool) -> tuple[list[str], int]:
                 continue
             full = os.path.join(root, f)
             if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS:
-                paths.append(os.path.abspath(full))
+                (paths if _utf8(full) else unnamed).append(os.path.abspath(full))
             elif os.path.isfile(full):
                 other += 1
-    return sorted(paths), other
+    return sorted(paths), other, unnamed
 
 
 def _ingest(name: str, paths: list[str]) -> tuple[Any, int]:
@@ -248,7 +292,9 @@ def _print_failures(failures: list[dict[str, str]], limit: int = 20) -> None:
 
 
 def _sheet_path(args: argparse.Namespace) -> str:
-    return args.contact_sheet or f"xpatch-{args.dataset}.png"
+    # the default is a plain file name in the current folder, whatever the dataset's name holds
+    safe = re.sub(r"[^\w.-]+", "_", args.dataset).strip("._")[:100] or "dataset"
+    return args.contact_sheet or f"xpatch-{safe}.png"
 
 
 def _check_before_work(args: argparse.Namespace) -> None:
@@ -257,24 +303,31 @@ def _check_before_work(args: argparse.Namespace) -> None:
     points to."""
     import fiftyone as fo
 
-    from xpatch_core.paths import check_disjoint, check_not_holding
-    from xpatch_core.runs import validate_field_name
+    from xpatch_core.paths import check_apart, check_disjoint, check_not_holding, real
+    from xpatch_core.runs import check_patch_parameters, validate_field_name
     from xpatch_core.runs.collections import stored_folders
 
     if args.heatmap_field == args.patches_field:
         raise UsageError("--heatmap-field and --patches-field must differ")
+    check_patch_parameters(args.num_patches, args.size, **_patch_kwargs(args))
     outputs = {
         "--map-dir": os.path.join(args.map_dir, args.heatmap_field) if args.map_dir else None,
         "--export": args.export[1] if args.export else None,
         "--contact-sheet": _sheet_path(args),
     }
+    if os.path.isdir(outputs["--contact-sheet"]):
+        raise UsageError(f"--contact-sheet {real(outputs['--contact-sheet'])} is a folder: give a .png file path")
     check_disjoint(outputs, {"IMAGES_DIR": getattr(args, "images_dir", None)})
     if fo.dataset_exists(args.dataset):
         existing = fo.load_dataset(args.dataset)
         validate_field_name(existing, args.heatmap_field, "saliency")
         validate_field_name(existing, args.patches_field, "patches")
+        stored = stored_folders(existing)
         if args.export:
-            check_not_holding(args.export[1], "--export", stored_folders(existing))
+            check_not_holding(args.export[1], "--export", stored)
+        check_apart(outputs["--contact-sheet"], "--contact-sheet", stored)
+        if outputs["--map-dir"]:  # the field's own folder is where its earlier maps are
+            check_apart(outputs["--map-dir"], "--map-dir", [p for p in stored if p != real(outputs["--map-dir"])])
 
 
 def _saliency_step(ds: Any, args: argparse.Namespace, class_names: list[str] | None) -> Any:
@@ -285,26 +338,31 @@ def _saliency_step(ds: Any, args: argparse.Namespace, class_names: list[str] | N
         target=args.target, weights=args.weights, layer=args.layer,
         fuse_layer=None if str(args.fuse_layer).lower() == "none" else args.fuse_layer, batch_size=args.batch_size,
         class_names=class_names, map_dir=args.map_dir, overwrite=args.overwrite,
+        map_resolution=getattr(args, "map_resolution", SALIENCY["map_resolution"]),
+        precision=getattr(args, "precision", SALIENCY["precision"]),
+        custom_objects=getattr(args, "custom_objects", None),
         allow_unsafe=getattr(args, "allow_unsafe_model", False), progress=True,
     )
     _print_summary("saliency", sal)
     return sal
 
 
-def _patch_step(ds: Any, args: argparse.Namespace) -> Any:
-    from xpatch_core.errors import XpatchError
-    from xpatch_core.runs import run_patches
-
-    patch_kwargs = dict(
+def _patch_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(
         scales=args.scales, aspect_ratios=args.aspect_ratios,
         max_iou=None if args.no_nms or args.min_distance is not None else args.max_iou,
         min_distance=args.min_distance, temperature=args.temperature, epsilon=args.epsilon,
         score=args.score, mode=args.mode, border=args.border, seed=args.seed, label=args.label,
-        overwrite=args.overwrite,
     )
+
+
+def _patch_step(ds: Any, args: argparse.Namespace) -> Any:
+    from xpatch_core.errors import XpatchError
+    from xpatch_core.runs import run_patches
+
     try:
         pat = run_patches(ds, args.heatmap_field, args.patches_field, args.num_patches, args.size,
-                          progress=True, **patch_kwargs)
+                          progress=True, overwrite=args.overwrite, **_patch_kwargs(args))
     except XpatchError as e:
         raise UsageError(str(e)) from e
     _print_summary("patches", pat)
@@ -346,6 +404,10 @@ def _run_job(args: argparse.Namespace, images: list[str] | None = None, class_na
         print("error: no image could be processed", file=sys.stderr)
         return 1
     pat = _patch_step(ds, args)
+    if pat.processed == 0 and pat.skipped == 0 and pat.failed:
+        _print_failures(sal.failures + pat.failures)
+        print("error: no image could be given patches", file=sys.stderr)
+        return 1
     elapsed = time.perf_counter() - t0
     failures = sal.failures + pat.failures
     n_patches = ds.count(f"{args.patches_field}.detections")
@@ -364,7 +426,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"folder not found: {folder}")
     if not os.path.isdir(folder):
         raise UsageError(f"not a folder: {folder}")
-    images, other = _list_images(folder, args.recursive)
+    images, other, unnamed = _list_images(folder, args.recursive)
+    if unnamed:
+        shown = ", ".join(repr(p.encode("utf-8", "surrogateescape"))[1:] for p in unnamed[:3])
+        print(f"skipped {len(unnamed)} images whose file names are not valid UTF-8 (rename them): {shown}"
+              f"{' ...' if len(unnamed) > 3 else ''}")
     if not images:
         raise UsageError(f"no images in {folder} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}"
                          f"{'; ' + str(other) + ' other files ignored' if other else ''}"
@@ -470,6 +536,31 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_patch_dataset(args: argparse.Namespace) -> int:
+    import fiftyone as fo
+
+    from xpatch_core.patch_dataset import export_patch_dataset, iter_make_patch_dataset, parse_export
+    from xpatch_core.runs import drive
+
+    exports = [parse_export(e) for e in args.export]
+    if not fo.dataset_exists(args.dataset):
+        raise UsageError(f"dataset not found: {args.dataset}")
+    gen = iter_make_patch_dataset(fo.load_dataset(args.dataset), args.patches_field, args.name, args.out,
+                                  args.gt_field, args.min_area_ratio, min_coverage=args.min_coverage,
+                                  background_label=args.background, image_format=args.image_format)
+    report = drive(gen, True)
+    print(report.summary())
+    if report.total == 0:
+        print("xpatch: no patch could be made", file=sys.stderr)
+        return 1
+    for fmt, folder in exports:
+        done = export_patch_dataset(report.dataset, folder, fmt)
+        print(f"exported {done['samples']} samples as {fmt} ({done['label_field'] or 'all fields'}) "
+              f"to {done['export_dir']}: {done['files']} files")
+    print(f"open it: fiftyone app launch {report.name}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the ``xpatch`` command.
 
@@ -483,6 +574,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in ("run", "demo", "runs"):
+        from xpatch_core.quiet import quiet_third_party
+
+        quiet_third_party()
     try:
         if args.command == "run":
             return _cmd_run(args)
@@ -492,6 +587,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_plugin_install(args)
         if args.command == "runs":
             return _cmd_runs(args)
+        if args.command == "patch-dataset":
+            return _cmd_patch_dataset(args)
         parser.print_help()
         return 2
     except UsageError as e:

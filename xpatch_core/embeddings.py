@@ -240,9 +240,9 @@ def pool_boxes(features: np.ndarray, boxes: np.ndarray, image_size: tuple[int, i
     return weights @ f.reshape(h * w, c)
 
 
-def _check_choice(name: str, value: Any) -> None:
-    if value not in CHOICES[name]:
-        raise ParameterError(f"{name} must be one of {', '.join(CHOICES[name])}, got {value!r}")
+def _check_choice(key: str, value: Any, name: str | None = None) -> None:
+    if value not in CHOICES[key]:
+        raise ParameterError(f"{name or key} must be one of {', '.join(CHOICES[key])}, got {value!r}")
 
 
 class PatchEmbedder:
@@ -495,7 +495,7 @@ def iter_patch_embeddings(
         ModelError: if the model has no spatial layer to pool
         ParameterError: for invalid parameters, before any image is read
     """
-    _check_choice("border", border)
+    _check_choice("embedding_border", border, "border")
     if box_format not in ("xyxy", "relative"):
         raise ParameterError(f"box_format must be 'xyxy' or 'relative', got {box_format!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:

@@ -330,6 +330,19 @@ def _class_value(det: Any, label_attr: str | None) -> tuple[str | None, str | No
     return None, f"no class: {what} is a {type(v).__name__}, not a text or number"
 
 
+def _checked(det: Any, label_attr: str | None) -> tuple[str | None, str | None]:
+    """Returns ``(class text, skip reason)`` of a patch whose box must be four
+    finite numbers with a positive width and height (labels written by
+    another tool may hold anything)."""
+    try:
+        box = [float(v) for v in det.bounding_box]
+    except (TypeError, ValueError):
+        box = []
+    if len(box) != 4 or not np.isfinite(box).all() or box[2] <= 0 or box[3] <= 0:
+        return None, "invalid box: not four finite numbers with a positive width and height"
+    return _class_value(det, label_attr)
+
+
 def _snapped(det: Any, width: int, height: int) -> Any:
     """A copy of a detection whose box FiftyOne's cropper maps to the intended
     whole pixels.
@@ -437,7 +450,7 @@ def _export_imagefolder(images: Any, field_name: str, kept: set[str] | None, roo
             total += len(dets)
             keep = []
             for d in dets:
-                text, reason = _class_value(d, label_attr)
+                text, reason = _checked(d, label_attr)
                 if reason is not None:
                     report._skip(reason, 1, [{"id": d.id, "sample_id": sid}])
                     continue
@@ -520,7 +533,7 @@ def _export_coco(images: Any, field_name: str, kept: set[str] | None, root: str,
                 total += len(dets)
                 out = []
                 for d in dets:
-                    text, reason = _class_value(d, label_attr)
+                    text, reason = _checked(d, label_attr)
                     if reason is not None:
                         report._skip(reason, 1, [{"id": d.id, "sample_id": sid}])
                         continue

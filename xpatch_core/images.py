@@ -5,11 +5,13 @@ Everything here uses Pillow and NumPy only.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import os
 import re
+import stat
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +20,10 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 from xpatch_core import settings
-from xpatch_core.errors import ImageDecodeError
+from xpatch_core.errors import ImageDecodeError, ParameterError
+
+#: Batches of images decoded ahead of the model (:func:`iter_decoded_batches`).
+DECODE_PREFETCH = 2
 
 #: Default refusal limit for decoded pixels (width * height). A decompression
 #: bomb is refused from its header, before any pixel is decoded.
@@ -62,9 +67,12 @@ def _open(src: Any, max_pixels: int) -> Image.Image:
     else:
         path = os.fspath(src)
         if not os.path.exists(path):
-            raise ImageDecodeError(name, "file not found")
+            raise ImageDecodeError(name, "broken symbolic link (its target is missing, or it loops)"
+                                   if os.path.islink(path) else "file not found")
         if os.path.isdir(path):
             raise ImageDecodeError(name, "is a directory, not an image file")
+        if not stat.S_ISREG(os.stat(path).st_mode):  # opening a named pipe would wait for a writer
+            raise ImageDecodeError(name, "not a regular file (a named pipe, socket or device)")
         if os.path.getsize(path) == 0:
             raise ImageDecodeError(name, "empty file (0 bytes)")
         try:
@@ -154,7 +162,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 def load_image(
     src: Any,
-    size: tuple[int, int] | None = None,
+    size: tuple[int, int] | Callable[[tuple[int, int]], tuple[int, int]] | None = None,
     *,
     max_pixels: int | None = None,
 ) -> DecodedImage:
@@ -167,7 +175,8 @@ def load_image(
     Args:
         src: a path, a Pillow image or an ``(H, W)``, ``(H, W, 1|3|4)`` array
             (uint8 or float in ``[0, 255]``)
-        size: ``(width, height)`` to resize to, or None for the original size
+        size: ``(width, height)`` to resize to, a function from the displayed
+            ``(width, height)`` to that size, or None for the original size
         max_pixels: the pixel limit; defaults to :data:`DEFAULT_MAX_PIXELS`
 
     Returns:
@@ -179,10 +188,15 @@ def load_image(
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
     name = _name(src)
     if isinstance(src, np.ndarray):
+        if callable(size):
+            a = np.asarray(src)
+            size = size((a.shape[1], a.shape[0])) if a.ndim >= 2 else None
         return _from_array(src, size)
     img = _open(src, limit)
     try:
         display = _display_size(img)
+        if callable(size):
+            size = tuple(size(display))
         if size is not None and img.format == "JPEG" and img.mode in ("RGB", "L", "CMYK"):
             # Decode at a reduced DCT scale when much larger than needed.
             tw, th = size
@@ -254,7 +268,7 @@ def image_size(path: str | os.PathLike, *, max_pixels: int | None = None) -> tup
     return _display_size(img)
 
 
-def _decode_one(index: int, src: Any, size: tuple[int, int] | None,
+def _decode_one(index: int, src: Any, size: Any,
                 max_pixels: int | None) -> DecodedImage | ImageDecodeError:
     try:
         return load_image(src, size, max_pixels=max_pixels)
@@ -266,44 +280,59 @@ def _decode_one(index: int, src: Any, size: tuple[int, int] | None,
 
 def iter_decoded_batches(
     sources: Iterable[Any],
-    size: tuple[int, int] | None,
+    size: tuple[int, int] | Callable[[tuple[int, int]], tuple[int, int]] | None,
     batch_size: int,
     *,
     workers: int | None = None,
     max_pixels: int | None = None,
+    prefetch: int | None = None,
 ) -> Iterator[list[tuple[int, Any, DecodedImage | ImageDecodeError]]]:
-    """Decodes images in batches on a thread pool, one batch ahead.
+    """Decodes images in batches on a thread pool, ahead of their use.
 
-    While the caller works on one batch (a model call), the next one is
-    decoded, so at most two batches are in memory. A bad image comes back
-    as an :class:`ImageDecodeError` in its place and does not stop the
-    others.
+    While the caller works on one batch (a model call), the next
+    ``prefetch`` batches are decoded, so at most ``prefetch + 1`` batches
+    are in memory. A bad image comes back as an :class:`ImageDecodeError`
+    in its place and does not stop the others.
 
     Args:
         sources: paths, Pillow images or arrays (read lazily)
-        size: ``(width, height)`` to resize to, or None
+        size: ``(width, height)`` to resize to, a function from an image's
+            displayed ``(width, height)`` to the size to resize it to (e.g.
+            to keep its aspect ratio), or None
         batch_size: images per batch
-        workers: decoding threads (default ``XPATCH_DECODE_WORKERS``, 2)
+        workers: decoding threads (default ``XPATCH_DECODE_WORKERS``: the
+            usable cores, at most 16)
         max_pixels: the pixel limit (default :data:`DEFAULT_MAX_PIXELS`)
+        prefetch: batches decoded ahead (default ``DECODE_PREFETCH``, 2)
 
     Returns:
         an iterator of batches, each a list of ``(index, source, decoded
         image or error)`` in input order
     """
+    ahead = DECODE_PREFETCH if prefetch is None else int(prefetch)
+    if ahead < 1:
+        raise ParameterError(f"prefetch must be >= 1, got {prefetch!r}")
     it = enumerate(sources)
-    with ThreadPoolExecutor(max_workers=workers or settings.decode_workers(),
-                            thread_name_prefix="xpatch-decode") as pool:
+    pool = ThreadPoolExecutor(max_workers=workers or settings.decode_workers(), thread_name_prefix="xpatch-decode")
 
-        def submit() -> list[tuple[int, Any, Any]] | None:
-            chunk = list(itertools.islice(it, batch_size))
-            if not chunk:
-                return None
-            return [(i, src, pool.submit(_decode_one, i, src, size, max_pixels)) for i, src in chunk]
+    def submit() -> list[tuple[int, Any, Any]] | None:
+        chunk = list(itertools.islice(it, batch_size))
+        if not chunk:
+            return None
+        return [(i, src, pool.submit(_decode_one, i, src, size, max_pixels)) for i, src in chunk]
 
-        pending = submit()
-        while pending is not None:
-            current, pending = pending, submit()
+    try:
+        queue: collections.deque = collections.deque()
+        while len(queue) < ahead and (nxt := submit()) is not None:
+            queue.append(nxt)
+        while queue:
+            current = queue.popleft()
+            if (nxt := submit()) is not None:
+                queue.append(nxt)
             yield [(i, src, fut.result()) for i, src, fut in current]
+    finally:
+        # a consumer that stops early does not wait for the batches decoded ahead
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False

@@ -10,8 +10,24 @@ Supported models:
 -   any ``keras.applications`` CNN by name (``"xception"``, ``"resnet50"``,
     ``"efficientnetb0"``, ``"mobilenetv2"``, ...), each with its own
     preprocessing, with ImageNet weights from Keras' cache or a weights file
--   a user's saved classifier (``.keras`` or ``.h5``), loaded with Keras' safe
-    mode, including a backbone nested as a sub-model
+-   a user's saved classifier (``.keras`` or ``.h5``), checked before it is
+    deserialised (:mod:`xpatch_core.model_files`) and loaded with Keras' safe
+    mode, including a backbone nested as a sub-model; custom layers come from
+    ``custom_objects`` (a dict or a module path)
+-   a Keras model in memory (never modified: copied when its precision must
+    change)
+
+Precision: ``"auto"`` (the default) computes the backbone in bfloat16 where
+the hardware has it natively and in float32 elsewhere
+(:func:`xpatch_core.hardware.auto_precision`); the target layer and the head
+always compute in float32, so features, logits and gradients are float32.
+The same mechanism (each layer's Keras dtype policy, weights kept in float32)
+serves applications, saved models and nested backbones.
+
+Loaded models are kept per process in a bounded cache
+(:mod:`xpatch_core.model_cache`), keyed by the arguments and by the identity
+of the files loaded (size, mtime, inode and SHA-256), so that a model
+retrained and saved to the same path is loaded again.
 """
 
 from __future__ import annotations
@@ -21,14 +37,34 @@ import json
 import os
 import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from xpatch_core import settings
 from xpatch_core._tfsetup import setup_tensorflow
+from xpatch_core.defaults import SALIENCY
 from xpatch_core.errors import ModelError, ParameterError
+from xpatch_core.hardware import resolve_precision
+from xpatch_core.model_cache import ModelCache, parameter_bytes
+from xpatch_core.model_files import (
+    FileIdentity,
+    check_weights_file,
+    file_identity,
+    load_saved_model,
+)
+from xpatch_core.model_graph import (
+    apply_precision_plan,
+    find_target_layer,
+    is_model,
+    layer_candidates,
+    precision_plan,
+    resolve_layer,
+    split_model,
+    trace,
+)
 
 # name -> (constructor, preprocessing module, default input size)
 _APPLICATIONS: dict[str, tuple[str, str, int]] = {
@@ -78,8 +114,7 @@ _APPLICATIONS: dict[str, tuple[str, str, int]] = {
 #: that application's own preprocessing.
 PREPROCESS_MODES = ("auto", "tf", "caffe", "torch", "none", "unit")
 
-_CACHE: dict[tuple, SaliencyModel] = {}
-_CACHE_LOCK = threading.Lock()
+_CACHE = ModelCache()
 
 
 def _norm(name: str) -> str:
@@ -198,6 +233,78 @@ class SaliencyModel:
         shape = self.backbone.outputs[0].shape
         return int(shape[1]), int(shape[2]), int(shape[3])
 
+    def backbone_for(self, height: int, width: int) -> SaliencyModel:
+        """This model at another input size, with the same layers and weights.
+
+        The split (backbone, fused layers, head or joint model) is re-traced
+        on a new ``keras.Input`` of that size; the result is cached per size
+        (the model's own size returns the model itself). Convolutional
+        backbones, ``keras.applications`` models and a saved classifier's
+        nested backbone take any size their layers accept. A classifier head
+        is kept where it accepts features of the new size (a pooling head);
+        otherwise ``head`` and ``joint`` are None and
+        ``source["head_error"]`` says why, so gradient methods refuse it.
+
+        Args:
+            height: input height in pixels (>= 32)
+            width: input width in pixels (>= 32)
+
+        Returns:
+            a :class:`SaliencyModel` for ``(height, width)`` inputs
+
+        Raises:
+            ParameterError: for a size under 32 pixels
+            ModelError: if the backbone's layers cannot take that size
+        """
+        import dataclasses
+
+        import keras
+
+        h, w = int(height), int(width)
+        if min(h, w) < 32:
+            raise ParameterError(f"input size must be at least 32x32, got {h}x{w}")
+        if (h, w) == tuple(self.input_size):
+            return self
+        with self.lock:
+            cached = self._compiled.get(("size", h, w))
+        if cached is not None:
+            return cached
+        inp = keras.Input((h, w, 3), dtype=self.backbone.inputs[0].dtype, name="xpatch_input")
+        try:
+            if self.fused is not None:
+                feat, fine = trace(self.fused, inp, [], strip=False)[0]
+                fused = keras.Model(inp, [feat, fine], name="xpatch_fused")
+            else:
+                feat = trace(self.backbone, inp, [], strip=False)[0]
+                fused = None
+            for t in fused.outputs if fused is not None else [feat]:
+                if None in t.shape[1:3] or min(t.shape[1:3]) < 1:
+                    raise ValueError(f"features of shape {tuple(t.shape)}")
+        except Exception as e:  # noqa: BLE001 - any layer that cannot take the size
+            raise ModelError(
+                f"model {self.name!r} cannot take a {h}x{w} input (its layers up to {self.target_layer!r} "
+                f"were built for {self.input_size[0]}x{self.input_size[1]}: {type(e).__name__}: {e})"
+            ) from e
+        backbone = keras.Model(inp, feat, name="xpatch_backbone")
+        head = joint = None
+        source = dict(self.source, input_size=[h, w], feature_shape=[int(d) for d in feat.shape[1:]])
+        try:
+            if self.head is not None:
+                fin = keras.Input(tuple(feat.shape[1:]), dtype=feat.dtype, name="xpatch_features")
+                head = keras.Model(fin, trace(self.head, fin, [], strip=False)[0], name="xpatch_head")
+            elif self.joint is not None:
+                joint = keras.Model(inp, trace(self.joint, inp, [], strip=False)[0], name="xpatch_joint")
+        except Exception as e:  # noqa: BLE001 - e.g. a Flatten + Dense head
+            head = joint = None
+            source["head_error"] = (f"the classifier head of {self.name!r} does not take "
+                                    f"{tuple(feat.shape[1:3])} features ({type(e).__name__})")
+        sized = dataclasses.replace(
+            self, backbone=backbone, head=head, joint=joint, fused=fused, input_size=(h, w),
+            source=source, _compiled={}, lock=threading.Lock(),
+        )
+        with self.lock:
+            return self._compiled.setdefault(("size", h, w), sized)
+
     def class_index(self, target: int | str) -> int:
         """Resolves a class index or name to an index.
 
@@ -266,219 +373,12 @@ def _imagenet_class_names(model: SaliencyModel | None = None) -> list[str]:
     return names
 
 
-def _as_functional(m: Any) -> Any:
-    import keras
-
-    if isinstance(m, keras.Sequential):
-        f = getattr(m, "_functional", None)
-        if f is None:
-            raise ModelError(f"Sequential model {m.name!r} has no defined input; build it with keras.Input")
-        return f
-    if not hasattr(m, "_run_through_graph"):
-        raise ModelError(
-            f"model {getattr(m, 'name', m)!r} is a subclassed model; only functional and "
-            "Sequential models (and ones nesting them) expose their layers"
-        )
-    return m
-
-
-def _is_model(layer: Any) -> bool:
-    import keras
-
-    return isinstance(layer, keras.Model)
-
-
-def _layer_candidates(model: Any, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
-    """All layers, depth first in graph order, with their paths."""
-    out = []
-    for layer in model.layers:
-        path = prefix + (layer.name,)
-        if _is_model(layer):
-            out.extend(_layer_candidates(layer, path))
-        out.append((path, layer))
-    return out
-
-
-def _output_shape(layer: Any) -> tuple | None:
-    try:
-        return tuple(layer.output.shape)
-    except Exception:  # noqa: BLE001 - shared or unbuilt layers have no single output
-        return None
-
-
-def find_target_layer(model: Any) -> str:
-    """Finds the last layer with a 4-D output and spatial size > 1.
-
-    Looks inside nested sub-models.
-
-    Args:
-        model: a Keras model
-
-    Returns:
-        the layer's path, ``"outer/inner"`` for nested layers
-
-    Raises:
-        ModelError: if no such layer exists
-    """
-    import keras
-
-    best = None
-    for path, layer in _layer_candidates(model):
-        if _is_model(layer) or isinstance(layer, keras.layers.InputLayer):
-            continue
-        shape = _output_shape(layer)
-        if shape is None or len(shape) != 4:
-            continue
-        h, w = shape[1], shape[2]
-        if (h is None or h > 1) and (w is None or w > 1):
-            best = path
-    if best is None:
-        raise ModelError(f"model {model.name!r} has no layer with a 4-D spatial output to explain")
-    return "/".join(best)
-
-
-def resolve_layer(model: Any, layer: str | Sequence[str]) -> tuple[str, ...]:
-    """Resolves a layer override to a path of names.
-
-    Args:
-        model: a Keras model
-        layer: ``"name"`` (searched in nested sub-models too), a path
-            ``"outer/inner"``, or a sequence of names; names may contain dots
-
-    Returns:
-        the path as a tuple of names
-
-    Raises:
-        ModelError: if the layer is unknown, ambiguous or not 4-D
-    """
-    candidates = _layer_candidates(model)
-    by_path = {p: lyr for p, lyr in candidates}
-    if isinstance(layer, str):
-        path = tuple(layer.split("/")) if "/" in layer else None
-        if path is None:
-            matches = [p for p in by_path if p[-1] == layer]
-            if len(matches) > 1:
-                raise ModelError(
-                    f"layer name {layer!r} is ambiguous: {', '.join('/'.join(m) for m in matches)}"
-                )
-            path = matches[0] if matches else (layer,)
-    else:
-        path = tuple(layer)
-    if path not in by_path:
-        names = ["/".join(p) for p in by_path]
-        close = difflib.get_close_matches("/".join(path), names, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ModelError(f"model {model.name!r} has no layer {'/'.join(path)!r}{hint}")
-    target = by_path[path]
-    shape = _output_shape(target)
-    if _is_model(target) or shape is None or len(shape) != 4:
-        raise ModelError(f"layer {'/'.join(path)!r} has output shape {shape}; a 4-D (N, H, W, C) layer is needed")
-    return path
-
-
-def _linear_version(op: Any) -> Any:
-    """Returns a callable computing ``op``'s pre-softmax output."""
-    import keras
-
-    act = getattr(op, "activation", None)
-    act_name = getattr(act, "__name__", "")
-    if isinstance(op, keras.layers.Softmax) or (
-        isinstance(op, keras.layers.Activation) and act_name in ("softmax", "sigmoid")
-    ):
-        return lambda x, *a, **k: x
-    if act_name in ("softmax", "sigmoid") and isinstance(op, keras.layers.Layer) and not _is_model(op):
-        cfg = op.get_config()
-        cfg["activation"] = "linear"
-        cfg["name"] = f"{op.name}_logits"
-        new = op.__class__.from_config(cfg)
-        new.build(op.input.shape)
-        new.set_weights(op.get_weights())
-        return new
-    return op
-
-
-def _trace(model: Any, inputs: Any, paths: Sequence[tuple[str, ...]], strip: bool) -> tuple[Any, list[Any]]:
-    """Re-runs a functional graph on new symbolic inputs.
-
-    Returns the outputs (with a final softmax removed when ``strip``) and the
-    tensors of the layers at ``paths`` (None for a path not on the graph).
-    """
-    model = _as_functional(model)
-    captured: list[Any] = [None] * len(paths)
-    out_ops = {id(t._keras_history[0]) for t in model.outputs} if strip else set()
-
-    def operation_fn(op: Any) -> Any:
-        matching = [(i, p) for i, p in enumerate(paths) if p and p[0] == op.name]
-        if matching:
-            leaves = [i for i, p in matching if len(p) == 1]
-            deeper = [(i, p[1:]) for i, p in matching if len(p) > 1]
-            if deeper:
-
-                def descend(*args: Any, **kwargs: Any) -> Any:
-                    out, feats = _trace(op, args[0], [p for _, p in deeper], strip=id(op) in out_ops)
-                    for (i, _), feat in zip(deeper, feats):
-                        captured[i] = feat
-                    return out
-
-                return descend
-            fn = _linear_version(op) if id(op) in out_ops else op
-
-            def capture(*args: Any, **kwargs: Any) -> Any:
-                out = fn(*args, **kwargs)
-                for i in leaves:
-                    captured[i] = out
-                return out
-
-            return capture
-        if id(op) in out_ops:
-            if _is_model(op):
-                return lambda *a, **k: _trace(op, a[0], [], strip=True)[0]
-            return _linear_version(op)
-        return op
-
-    outputs = model._run_through_graph(inputs, operation_fn=operation_fn)
-    return outputs, captured
-
-
-def _split(
-    keras_model: Any, path: tuple[str, ...], fuse_path: tuple[str, ...] | None = None
-) -> tuple[Any, Any, Any, Any, Any, dict]:
-    """Builds backbone, head, joint and fused models around the target layer."""
-    import keras
-
-    model = _as_functional(keras_model)
-    if len(model.inputs) != 1:
-        raise ModelError(f"model {model.name!r} has {len(model.inputs)} inputs; one image input is needed")
-    shape = tuple(model.inputs[0].shape[1:])
-    new_input = keras.Input(shape=shape, dtype=model.inputs[0].dtype, name="xpatch_input")
-    paths = [path] if fuse_path is None else [path, fuse_path]
-    outputs, feats = _trace(model, new_input, paths, strip=True)
-    feat = feats[0]
-    if feat is None:
-        raise ModelError(f"layer {'/'.join(path)!r} is not on the path from the input to the output")
-    if fuse_path is not None and feats[1] is None:
-        raise ModelError(f"layer {'/'.join(fuse_path)!r} is not on the path from the input to the output")
-    if isinstance(outputs, (list, tuple)):
-        if len(outputs) != 1:
-            raise ModelError(f"model {model.name!r} has {len(outputs)} outputs; one is needed")
-        outputs = outputs[0]
-    info: dict[str, Any] = {}
-    backbone = keras.Model(new_input, feat, name="xpatch_backbone")
-    fused = keras.Model(new_input, [feat, feats[1]], name="xpatch_fused") if fuse_path is not None else None
-    head = joint = None
-    if len(outputs.shape) == 2 and outputs is not feat:
-        info["num_classes"] = int(outputs.shape[-1])
-        try:
-            head = keras.Model(feat, outputs, name="xpatch_head")
-        except Exception:  # noqa: BLE001 - head depends on tensors before the target
-            joint = keras.Model(new_input, [feat, outputs], name="xpatch_joint")
-    return model, backbone, head, joint, fused, info
 
 
 def _resolve_weights(name: str, weights: str | None) -> tuple[str, str]:
     """Returns ``(weights, source)`` for an application."""
     if weights is None:
-        env = os.environ.get("XPATCH_WEIGHTS")
+        env = settings.weights_file()
         if env and _norm(name) == "xception":
             return env, "env:XPATCH_WEIGHTS"
         return "imagenet", "keras:imagenet"
@@ -489,53 +389,48 @@ def _resolve_weights(name: str, weights: str | None) -> tuple[str, str]:
     return weights, "file"
 
 
+def _construct(ctor: Any, size: tuple[int, int], default: int, w: str) -> tuple[Any, list[str]]:
+    """Builds an application with or without its top; returns the model (or
+    None) and the errors of the forms tried."""
+    errors = []
+    tops = (True, False) if w != "random" else (True,)
+    for include_top in tops:
+        if include_top and size != (default, default) and w != "random":
+            continue
+        try:
+            kw = {"input_shape": (size[0], size[1], 3), "include_top": include_top,
+                  "weights": None if w == "random" else w}
+            if include_top:
+                kw["classifier_activation"] = None
+            with warnings.catch_warnings():
+                # Weights saved from a nested sub-model carry an empty container group.
+                warnings.filterwarnings("ignore", message="Skipping nested container")
+                return ctor(**kw), errors
+        except Exception as e:  # noqa: BLE001 - try the other form of the weights file
+            errors.append(f"include_top={include_top}: {e}")
+    return None, errors
+
+
 def _build_application(
-    name: str,
-    weights: str | None,
-    input_size: tuple[int, int] | None,
-    precision: str,
+    name: str, weights: str | None, input_size: tuple[int, int] | None
 ) -> tuple[Any, dict]:
+    """Builds a ``keras.applications`` model in float32 with its weights."""
     import keras
 
-    key = _norm(name)
-    ctor_name, module, default = _APPLICATIONS[key]
-    ctor = getattr(keras.applications, ctor_name)
+    ctor_name, module, default = _APPLICATIONS[_norm(name)]
     w, source = _resolve_weights(name, weights)
-    if source in ("file", "env:XPATCH_WEIGHTS") and not os.path.isfile(w):
-        raise ModelError(f"weights file not found: {w}")
+    if source in ("file", "env:XPATCH_WEIGHTS"):
+        check_weights_file(w)
     size = tuple(input_size) if input_size else (default, default)
-    kwargs = {"input_shape": (size[0], size[1], 3)}
-    previous = keras.config.dtype_policy()
-    if precision != "float32":
-        keras.config.set_dtype_policy(precision)
-    try:
-        model = None
-        errors = []
-        tops = (True, False) if w != "random" else (True,)
-        for include_top in tops:
-            if include_top and size != (default, default) and w != "random":
-                continue
-            try:
-                kw = dict(kwargs, include_top=include_top, weights=None if w == "random" else w)
-                if include_top:
-                    kw["classifier_activation"] = None
-                with warnings.catch_warnings():
-                    # Weights saved from a nested sub-model carry an empty container group.
-                    warnings.filterwarnings("ignore", message="Skipping nested container")
-                    model = ctor(**kw)
-                break
-            except Exception as e:  # noqa: BLE001 - try the other form of the weights file
-                errors.append(f"include_top={include_top}: {e}")
-        if model is None:
-            if source == "keras:imagenet":
-                raise ModelError(
-                    f"could not load ImageNet weights for {ctor_name}: Keras could not download them "
-                    "(no internet?). Pass weights=PATH to a weights file, or place Keras' file in "
-                    f"~/.keras/models/. Details: {'; '.join(errors)}"
-                )
-            raise ModelError(f"could not load {ctor_name} weights from {w}: {'; '.join(errors)}")
-    finally:
-        keras.config.set_dtype_policy(previous)
+    model, errors = _construct(getattr(keras.applications, ctor_name), size, default, w)
+    if model is None:
+        if source == "keras:imagenet":
+            raise ModelError(
+                f"could not load ImageNet weights for {ctor_name}: Keras could not download them "
+                "(no internet?). Pass weights=PATH to a weights file, or place Keras' file in "
+                f"~/.keras/models/. Details: {'; '.join(errors)}"
+            )
+        raise ModelError(f"could not load {ctor_name} weights from {w}: {'; '.join(errors)}")
     info = {
         "kind": "application",
         "model": ctor_name,
@@ -547,49 +442,235 @@ def _build_application(
     return model, info
 
 
-def _load_saved(path: str, safe_mode: bool) -> Any:
-    import keras
-
-    if not os.path.isfile(path):
-        raise ModelError(f"model file not found: {path}")
-    try:
-        return keras.models.load_model(path, compile=False, safe_mode=safe_mode)
-    except Exception as e:  # noqa: BLE001
-        msg = str(e)
-        if "safe_mode" in msg or "Lambda" in msg or "unsafe" in msg.lower():
-            raise ModelError(
-                f"refused to load {path}: it contains code (e.g. a Lambda layer) that Keras' safe "
-                "mode will not deserialize. Only if you trust this file, load it with "
-                "allow_unsafe=True (CLI: --allow-unsafe-model)."
-            ) from e
-        raise ModelError(f"could not load model {path}: {msg}") from e
-
-
 def _guess_preprocess(model: Any) -> str:
     import keras
 
-    for _path, layer in _layer_candidates(model)[:8]:
+    for _path, layer in layer_candidates(model)[:8]:
         if isinstance(layer, (keras.layers.Rescaling, keras.layers.Normalization)):
             return "none"
-    for _path, layer in _layer_candidates(model):
-        if _is_model(layer):
+    for _path, layer in layer_candidates(model):
+        if is_model(layer):
             key = _norm(layer.name.split("_1.")[0])
             if key in _APPLICATIONS:
                 return key
     return "tf"
 
 
+@dataclass
+class _Request:
+    """The normalised arguments of one :func:`load_model` call."""
+
+    model: Any
+    weights: str | None
+    layer: str | tuple[str, ...] | None
+    fuse_layer: str | None
+    input_size: tuple[int, int] | None
+    class_names: list[str] | None
+    preprocess: str | Callable[[np.ndarray], np.ndarray]
+    precision: str
+    precision_requested: str
+    precision_reason: str
+    allow_unsafe: bool
+    custom_objects: Any
+    identity: FileIdentity | None = None
+
+
+def _request(model: Any, weights: str | None, layer: Any, fuse_layer: str | None, input_size: Any,
+             class_names: Sequence[str] | None, preprocess: Any, precision: str, allow_unsafe: bool,
+             custom_objects: Any) -> _Request:
+    """Validates and normalises the arguments (no TensorFlow, no file reads)."""
+    resolved, reason = resolve_precision(precision)
+    if isinstance(input_size, (int, np.integer)):
+        input_size = (int(input_size), int(input_size))
+    if input_size is not None and (len(input_size) != 2 or min(input_size) < 8):
+        raise ParameterError(f"input_size must be >= 8 pixels, got {input_size!r}")
+    if isinstance(layer, str) and not layer.strip():
+        layer = None
+    if isinstance(layer, (list, tuple)):
+        layer = tuple(layer)
+    if custom_objects is not None and not isinstance(custom_objects, (str, Mapping, list, tuple)):
+        raise ParameterError(f"custom_objects must be a dict or a module path, got {type(custom_objects).__name__}")
+    return _Request(model, weights, layer, fuse_layer, tuple(input_size) if input_size else None,
+                    [str(c) for c in class_names] if class_names is not None else None, preprocess,
+                    resolved, precision, reason, bool(allow_unsafe), custom_objects)
+
+
+def _identify_files(req: _Request) -> None:
+    """Hashes the file the request loads (a saved model, or an application's
+    weights file), once."""
+    if not isinstance(req.model, str):
+        return
+    if is_application(req.model):
+        w, source = _resolve_weights(req.model, req.weights)
+        if source in ("file", "env:XPATCH_WEIGHTS"):
+            check_weights_file(w)
+            req.identity = file_identity(w)
+        return
+    if os.path.splitext(req.model)[1].lower() not in (".keras", ".h5", ".hdf5"):
+        raise ModelError(
+            f"unknown model {req.model!r}: not a keras.applications name (e.g. "
+            f"{', '.join(['xception', 'resnet50', 'efficientnetb0', 'mobilenetv2'])}) "
+            "nor a .keras/.h5 file"
+        )
+    req.identity = file_identity(req.model)
+
+
+def _cache_key(req: _Request) -> tuple | None:
+    """The cache key, or None when the request is not cacheable."""
+    if not isinstance(req.model, str) or (callable(req.preprocess) and not isinstance(req.preprocess, str)):
+        return None
+    custom = req.custom_objects
+    if isinstance(custom, Mapping):
+        custom = tuple(sorted((str(k), id(v)) for k, v in custom.items()))
+    elif isinstance(custom, list):
+        custom = tuple(custom)
+    ident = req.identity
+    return (
+        req.model if ident is None or is_application(req.model) else ident.path,
+        req.weights if ident is None else None,
+        None if ident is None else (ident.size, ident.mtime_ns, ident.inode, ident.sha256),
+        req.layer, req.fuse_layer, req.input_size,
+        tuple(req.class_names) if req.class_names else None,
+        req.preprocess, req.precision, req.allow_unsafe, custom,
+    )
+
+
+def _load_keras(req: _Request) -> tuple[Any, dict, str, str, bool]:
+    """Loads the Keras model; returns ``(model, info, preprocess mode,
+    name, in_memory)``."""
+    import keras
+
+    model = req.model
+    if isinstance(model, str) and is_application(model):
+        keras_model, info = _build_application(model, req.weights, req.input_size)
+        if req.identity is not None:
+            info["weights_sha256"] = req.identity.sha256
+        return keras_model, info, info["preprocess"], _norm(model), False
+    if isinstance(model, str):
+        keras_model = load_saved_model(model, req.identity, safe_mode=not req.allow_unsafe,
+                                       custom_objects=req.custom_objects)
+        info = {"kind": "saved", "model": req.identity.path, "weights": "embedded",
+                "weights_source": "file", "safe_mode": not req.allow_unsafe,
+                "sha256": req.identity.sha256, "file_size": req.identity.size}
+        return keras_model, info, _guess_preprocess(keras_model), os.path.basename(model), False
+    if isinstance(model, keras.Model):
+        info = {"kind": "in-memory", "model": model.name, "weights": "in-memory", "weights_source": "memory"}
+        return model, info, _guess_preprocess(model), model.name, True
+    raise ModelError(f"model must be a name, a path or a Keras model, got {type(model).__name__}")
+
+
+def _copy_model(keras_model: Any) -> Any:
+    """A copy of an in-memory model with the same weights (the user's model
+    is never modified)."""
+    import keras
+
+    try:
+        copy = keras.models.clone_model(keras_model, recursive=True)
+        copy.set_weights(keras_model.get_weights())
+    except Exception as e:  # noqa: BLE001 - a model that cannot be cloned keeps float32
+        raise ModelError(f"model {keras_model.name!r} could not be copied to change its precision ({e}); "
+                         "pass precision='float32'") from e
+    return copy
+
+
+def _split(keras_model: Any, req: _Request, info: dict, in_memory: bool) -> tuple[tuple, tuple | None, tuple]:
+    """Resolves the target and fuse layers, splits the model, and sets each
+    layer's precision; returns ``(path, fuse_path, parts)``."""
+    path = resolve_layer(keras_model, req.layer) if req.layer else tuple(find_target_layer(keras_model).split("/"))
+    fuse_layer = req.fuse_layer
+    if fuse_layer == "auto":
+        auto = info.get("model") == "Xception" and not req.layer
+        fuse_layer = "block13_sepconv1_act" if auto else None
+    fuse_path = resolve_layer(keras_model, fuse_layer) if fuse_layer else None
+    parts = split_model(keras_model, path, fuse_path)
+    plan = precision_plan(*parts[1:5], req.precision)
+    if plan and in_memory:
+        try:
+            parts = split_model(_copy_model(keras_model), path, fuse_path)
+        except ModelError:
+            if req.precision_requested != "auto":
+                raise
+            req.precision, req.precision_reason = "float32", "the in-memory model could not be copied"
+        plan = precision_plan(*parts[1:5], req.precision)
+    apply_precision_plan(plan)
+    return path, fuse_path, parts
+
+
+def _input_size(backbone: Any, name: str, input_size: tuple[int, int] | None) -> tuple[int, int]:
+    in_shape = tuple(backbone.inputs[0].shape[1:3])
+    if None in in_shape:
+        if input_size is None:
+            raise ParameterError(f"model {name!r} accepts any input size; pass input_size=")
+        return tuple(input_size)
+    size = (int(in_shape[0]), int(in_shape[1]))
+    if input_size is not None and tuple(input_size) != size:
+        raise ParameterError(f"model {name!r} takes {size} inputs; input_size={input_size} differs")
+    return size
+
+
+def _assemble(req: _Request, keras_model: Any, info: dict, pre_mode: str, name: str,
+              in_memory: bool) -> SaliencyModel:
+    """Splits the loaded model and builds the :class:`SaliencyModel`."""
+    if req.preprocess == "auto":
+        preprocess_fn, pre_name = _preprocess_fn(pre_mode), pre_mode
+    elif callable(req.preprocess):
+        preprocess_fn, pre_name = req.preprocess, getattr(req.preprocess, "__name__", "callable")
+    else:
+        preprocess_fn, pre_name = _preprocess_fn(req.preprocess), req.preprocess
+    path, fuse_path, (full, backbone, head, joint, fused, split_info) = _split(keras_model, req, info, in_memory)
+    if fused is not None:
+        coarse, fine = fused.outputs[0].shape[1:3], fused.outputs[1].shape[1:3]
+        if None in (*coarse, *fine) or fine[0] < coarse[0] or fine[1] < coarse[1]:
+            raise ModelError(f"fuse layer {'/'.join(fuse_path)!r} ({fine}) must be at least as fine as the "
+                             f"target layer ({coarse})")
+    size = _input_size(backbone, name, req.input_size)
+    info.update(split_info)
+    info.update({
+        "name": name, "layer": "/".join(path), "input_size": list(size), "preprocess": pre_name,
+        "precision": req.precision, "precision_requested": req.precision_requested,
+        "precision_reason": req.precision_reason,
+        "fuse_layer": "/".join(fuse_path) if fuse_path else None,
+        "fuse_explicit": req.fuse_layer not in (None, "auto", ""),
+        "has_head": head is not None or joint is not None, "head_split": head is not None,
+        "feature_shape": [int(d) for d in backbone.outputs[0].shape[1:]],
+    })
+    n = info.get("num_classes")
+    if req.class_names is not None and n is not None and len(req.class_names) != n:
+        raise ParameterError(f"{len(req.class_names)} class names given for a model with {n} classes")
+    sm = SaliencyModel(
+        name=name, keras_model=full, backbone=backbone, head=head, joint=joint, target_layer="/".join(path),
+        fuse_layer="/".join(fuse_path) if fuse_path else None, fused=fused, input_size=size,
+        preprocess=preprocess_fn, source=info, _class_names=list(req.class_names) if req.class_names else None,
+    )
+    if info.get("include_top") and n == 1000 and not req.class_names:
+        sm._class_loader = lambda: _imagenet_class_names(sm)
+    return sm
+
+
+def _check_loaded(model: SaliencyModel, layer: Any) -> SaliencyModel:
+    """Returns an already loaded model if it explains the requested layer."""
+    if layer is not None and not (isinstance(layer, str) and not layer.strip()):
+        wanted = "/".join(resolve_layer(model.keras_model, layer))  # ModelError if unknown
+        if wanted != model.target_layer:
+            raise ModelError(
+                f"model {model.name!r} is already loaded for layer {model.target_layer!r}; to explain "
+                f"layer {wanted!r}, load it with load_model(..., layer={wanted!r}) or pass its name or path"
+            )
+    return model
+
+
 def load_model(
-    model: str | Any = "xception",
+    model: str | Any = SALIENCY["model"],
     *,
     weights: str | None = None,
     layer: str | Sequence[str] | None = None,
-    fuse_layer: str | None = "auto",
+    fuse_layer: str | None = SALIENCY["fuse_layer"],
     input_size: int | tuple[int, int] | None = None,
     class_names: Sequence[str] | None = None,
     preprocess: str | Callable[[np.ndarray], np.ndarray] = "auto",
-    precision: str = "float32",
+    precision: str = SALIENCY["precision"],
     allow_unsafe: bool = False,
+    custom_objects: Mapping[str, Any] | str | Sequence[str] | None = None,
     cache: bool = True,
 ) -> SaliencyModel:
     """Loads a classifier for saliency.
@@ -616,158 +697,72 @@ def load_model(
             loaded for applications)
         preprocess: ``"auto"``, a mode from :data:`PREPROCESS_MODES`, an
             application name, or a callable on RGB ``[0, 255]`` batches
-        precision: ``"float32"``, ``"bfloat16"`` or ``"mixed_bfloat16"``
-            (applications only)
+        precision: ``"auto"`` (bfloat16 where the hardware computes it
+            natively, see :func:`xpatch_core.hardware.auto_precision`),
+            ``"float32"``, or ``"mixed_bfloat16"`` (``"bfloat16"`` is an
+            alias); the backbone computes in it, the target layer and the
+            head in float32. ``source["precision"]`` says what was used
         allow_unsafe: load saved models with Keras' safe mode off; only for
             files you trust
+        custom_objects: classes a saved model needs beyond Keras' own: a
+            dict of name to class, or a module path (``"my_pkg.layers"``) or
+            list of them, imported to collect their Keras classes (only
+            modules you trust)
         cache: reuse a model already loaded in this process with the same
-            arguments
+            arguments from unchanged files, and keep this one (see
+            :mod:`xpatch_core.model_cache`)
 
     Returns:
         a :class:`SaliencyModel`
 
     Raises:
-        ModelError: if the model cannot be loaded or has no usable layer
+        ModelError: if the model cannot be loaded, fails a file check, needs
+            custom objects, or has no usable layer
         ParameterError: for invalid arguments
     """
     if isinstance(model, SaliencyModel):
-        if layer is not None and not (isinstance(layer, str) and not layer.strip()):
-            wanted = "/".join(resolve_layer(model.keras_model, layer))  # ModelError if unknown
-            if wanted != model.target_layer:
-                raise ModelError(
-                    f"model {model.name!r} is already loaded for layer {model.target_layer!r}; to explain "
-                    f"layer {wanted!r}, load it with load_model(..., layer={wanted!r}) or pass its name or path"
-                )
-        return model
-    if precision not in ("float32", "bfloat16", "mixed_bfloat16"):
-        raise ParameterError(f"precision must be float32, bfloat16 or mixed_bfloat16, got {precision!r}")
-    if isinstance(input_size, (int, np.integer)):
-        input_size = (int(input_size), int(input_size))
-    if input_size is not None and (len(input_size) != 2 or min(input_size) < 8):
-        raise ParameterError(f"input_size must be >= 8 pixels, got {input_size!r}")
-    if isinstance(layer, str) and not layer.strip():
-        layer = None
-    key = None
-    if cache and isinstance(model, str) and (not callable(preprocess) or isinstance(preprocess, str)):
-        key = (
-            model,
-            weights,
-            os.environ.get("XPATCH_WEIGHTS") if weights is None else None,
-            tuple(layer) if isinstance(layer, (list, tuple)) else layer,
-            fuse_layer,
-            tuple(input_size) if input_size else None,
-            tuple(class_names) if class_names else None,
-            preprocess,
-            precision,
-            allow_unsafe,
-        )
-        with _CACHE_LOCK:
-            if key in _CACHE:
-                return _CACHE[key]
-
-    setup_tensorflow()
-    import keras
-
-    class_loader = None
-    if isinstance(model, str) and is_application(model):
-        keras_model, info = _build_application(model, weights, input_size, precision)
-        pre_mode = info["preprocess"]
-        name = _norm(model)
-        if info["include_top"] and int(keras_model.outputs[0].shape[-1]) == 1000 and not class_names:
-            class_loader = _imagenet_class_names
-    elif isinstance(model, str):
-        if os.path.splitext(model)[1].lower() not in (".keras", ".h5", ".hdf5"):
-            raise ModelError(
-                f"unknown model {model!r}: not a keras.applications name (e.g. "
-                f"{', '.join(['xception', 'resnet50', 'efficientnetb0', 'mobilenetv2'])}) "
-                "nor a .keras/.h5 file"
-            )
-        if precision != "float32":
-            raise ParameterError("bfloat16 precision is available for keras.applications models only")
-        keras_model = _load_saved(model, safe_mode=not allow_unsafe)
-        name = os.path.basename(model)
-        pre_mode = _guess_preprocess(keras_model)
-        info = {"kind": "saved", "model": os.path.abspath(model), "weights": "embedded",
-                "weights_source": "file", "safe_mode": not allow_unsafe}
-    elif isinstance(model, keras.Model):
-        keras_model = model
-        name = model.name
-        pre_mode = _guess_preprocess(keras_model)
-        info = {"kind": "in-memory", "model": model.name, "weights": "in-memory", "weights_source": "memory"}
-    else:
-        raise ModelError(f"model must be a name, a path or a Keras model, got {type(model).__name__}")
-
-    if preprocess == "auto":
-        preprocess_fn, pre_name = _preprocess_fn(pre_mode), pre_mode
-    elif callable(preprocess):
-        preprocess_fn, pre_name = preprocess, getattr(preprocess, "__name__", "callable")
-    else:
-        preprocess_fn, pre_name = _preprocess_fn(preprocess), preprocess
-
-    path = resolve_layer(keras_model, layer) if layer else tuple(find_target_layer(keras_model).split("/"))
-    fuse_explicit = fuse_layer not in (None, "auto", "")
-    if fuse_layer == "auto":
-        auto = info.get("model") == "Xception" and not layer
-        fuse_layer = "block13_sepconv1_act" if auto else None
-    fuse_path = resolve_layer(keras_model, fuse_layer) if fuse_layer else None
-    full, backbone, head, joint, fused, split_info = _split(keras_model, path, fuse_path)
-    if fused is not None:
-        coarse, fine = fused.outputs[0].shape[1:3], fused.outputs[1].shape[1:3]
-        if None in (*coarse, *fine) or fine[0] < coarse[0] or fine[1] < coarse[1]:
-            raise ModelError(f"fuse layer {'/'.join(fuse_path)!r} ({fine}) must be at least as fine as the "
-                             f"target layer ({coarse})")
-    in_shape = tuple(backbone.inputs[0].shape[1:3])
-    if None in in_shape:
-        if input_size is None:
-            raise ParameterError(f"model {name!r} accepts any input size; pass input_size=")
-        size = tuple(input_size)
-    else:
-        size = (int(in_shape[0]), int(in_shape[1]))
-        if input_size is not None and tuple(input_size) != size:
-            raise ParameterError(f"model {name!r} takes {size} inputs; input_size={input_size} differs")
-    info.update(split_info)
-    info.update(
-        {
-            "name": name,
-            "layer": "/".join(path),
-            "input_size": list(size),
-            "preprocess": pre_name,
-            "precision": precision,
-            "fuse_layer": "/".join(fuse_path) if fuse_path else None,
-            "fuse_explicit": bool(fuse_explicit),
-            "has_head": head is not None or joint is not None,
-            "head_split": head is not None,
-            "feature_shape": [int(d) for d in backbone.outputs[0].shape[1:]],
-        }
-    )
-    if class_names is not None:
-        class_names = [str(c) for c in class_names]
-        n = info.get("num_classes")
-        if n is not None and len(class_names) != n:
-            raise ParameterError(f"{len(class_names)} class names given for a model with {n} classes")
-    sm = SaliencyModel(
-        name=name,
-        keras_model=full,
-        backbone=backbone,
-        head=head,
-        joint=joint,
-        target_layer="/".join(path),
-        fuse_layer="/".join(fuse_path) if fuse_path else None,
-        fused=fused,
-        input_size=size,
-        preprocess=preprocess_fn,
-        source=info,
-        _class_names=list(class_names) if class_names else None,
-    )
-    if class_loader is not None:
-        sm._class_loader = lambda: _imagenet_class_names(sm)
+        return _check_loaded(model, layer)
+    req = _request(model, weights, layer, fuse_layer, input_size, class_names, preprocess, precision,
+                   allow_unsafe, custom_objects)
+    _identify_files(req)
+    key = _cache_key(req) if cache else None
     if key is not None:
-        with _CACHE_LOCK:
-            _CACHE[key] = sm
+        hit = _CACHE.get(key)
+        if hit is not None:
+            return hit
+    setup_tensorflow()
+    keras_model, info, pre_mode, name, in_memory = _load_keras(req)
+    sm = _assemble(req, keras_model, info, pre_mode, name, in_memory)
+    if key is not None:
+        paths = (req.identity.path,) if req.identity is not None else ()
+        _CACHE.put(key, sm, parameter_bytes(sm.keras_model), name, paths)
     return sm
 
 
 def clear_cache() -> None:
     """Forgets the models loaded in this process."""
-    with _CACHE_LOCK:
-        _CACHE.clear()
+    _CACHE.clear()
+
+
+def cached_models() -> list[dict[str, Any]]:
+    """The models this process keeps loaded, least recently used first.
+
+    Returns:
+        one dict per model: ``name``, ``megabytes`` (parameter memory
+        estimate) and ``paths`` (the files it was loaded from)
+    """
+    return [{"name": e.name, "megabytes": round(e.nbytes / (1 << 20), 1), "paths": list(e.paths)}
+            for e in _CACHE.entries()]
+
+
+__all__ = [
+    "PREPROCESS_MODES",
+    "SaliencyModel",
+    "cached_models",
+    "clear_cache",
+    "find_target_layer",
+    "is_application",
+    "list_applications",
+    "load_model",
+    "resolve_layer",
+]

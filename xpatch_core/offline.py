@@ -15,6 +15,8 @@ import importlib.util
 import os
 from dataclasses import dataclass
 
+from xpatch_core import settings
+
 #: The kitchenware classifier's classes, in output order.
 KITCHENWARE_CLASSES = ["cup", "fork", "glass", "knife", "plate", "spoon"]
 
@@ -87,7 +89,7 @@ def default_cache_dir() -> str:
     Returns:
         a folder path
     """
-    return os.environ.get("XPATCH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "xpatch")
+    return settings.cache_dir()
 
 
 def extract_xception_weights(dest: str | None = None) -> str:

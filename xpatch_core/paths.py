@@ -89,4 +89,21 @@ def check_not_holding(folder: Any, what: str, protected: Iterable[str]) -> None:
                                  "choose a folder of its own")
 
 
-__all__ = ["check_disjoint", "check_not_holding", "contains", "real"]
+def check_apart(path: Any, what: str, protected: Iterable[str]) -> None:
+    """Refuses an output that equals, holds or sits inside a protected folder.
+
+    Args:
+        path: the output (a file or a folder)
+        what: its name for the message
+        protected: folders that stored fields point into
+
+    Raises:
+        ParameterError: for the first protected folder it overlaps
+    """
+    for p in protected:
+        if contains(p, path) or contains(path, p):
+            raise ParameterError(f"{what} {real(path)} overlaps {p}, a folder of files the dataset points to "
+                                 "(its images or label files); write it elsewhere")
+
+
+__all__ = ["check_apart", "check_disjoint", "check_not_holding", "contains", "real"]

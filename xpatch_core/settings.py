@@ -7,20 +7,29 @@ used (not at import), so a worker can change them between runs:
 | --- | --- | --- |
 | ``XPATCH_WEIGHTS`` | weights file for the default Xception | unset (Keras' cache) |
 | ``XPATCH_BATCH_SIZE`` | overrides a run's batch size on this worker | unset |
-| ``XPATCH_DECODE_WORKERS`` | image decoding threads | 2 |
+| ``XPATCH_DECODE_WORKERS`` | image decoding threads | the usable cores, at most 16 |
 | ``XPATCH_WRITE_CHUNK`` | samples per bulk database write | 64 |
 | ``XPATCH_LOCK_TTL`` | seconds after which a silent lock or shard counts as dead | 120 |
 | ``XPATCH_MAX_PIXELS`` | images with more pixels are refused from the header | 178,956,970 |
 | ``XPATCH_CACHE`` | where offline material is extracted | ``~/.cache/xpatch`` |
+| ``XPATCH_RATES`` | this machine's measured run speeds (for time estimates) | ``<XPATCH_CACHE>/rates.json`` |
 | ``XPATCH_TF_INTRA_THREADS`` / ``XPATCH_TF_INTER_THREADS`` | TensorFlow's thread pools | TensorFlow's |
 | ``XPATCH_GPU_MEMORY_GROWTH`` | ``1`` lets GPU memory grow as needed | 1 |
 | ``XPATCH_TF_VERBOSE`` | ``1`` shows TensorFlow's start-up logs | 0 |
+| ``XPATCH_MODEL_CACHE`` | models kept loaded per process (0: none) | 3 |
+| ``XPATCH_MODEL_CACHE_MB`` | parameter memory of the kept models, in MiB | 2048 |
+
+Read here too, because they decide what hardware xpatch uses:
+``CUDA_VISIBLE_DEVICES`` (``""`` or ``-1`` hides the GPUs) and
+``TF_ENABLE_ONEDNN_OPTS`` (``0`` turns TensorFlow's oneDNN CPU kernels, and
+so native bfloat16 on the CPU, off).
 """
 
 from __future__ import annotations
 
 import os
 
+from xpatch_core.defaults import MODEL_CACHE
 from xpatch_core.errors import ParameterError
 
 
@@ -60,9 +69,18 @@ def batch_size_override() -> int | None:
     return _int("XPATCH_BATCH_SIZE", None)
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity, else the count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 def decode_workers() -> int:
-    """``XPATCH_DECODE_WORKERS``: decoding threads (default 2)."""
-    return _int("XPATCH_DECODE_WORKERS", 2)
+    """``XPATCH_DECODE_WORKERS``: decoding threads (default: the usable
+    cores, at most 16; Pillow decodes and resizes without the GIL)."""
+    return _int("XPATCH_DECODE_WORKERS", min(16, usable_cores()))
 
 
 def write_chunk() -> int:
@@ -85,6 +103,12 @@ def cache_dir() -> str:
     return os.environ.get("XPATCH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "xpatch")
 
 
+def rates_file() -> str:
+    """``XPATCH_RATES``: the file of this machine's measured run speeds
+    (default ``rates.json`` in :func:`cache_dir`)."""
+    return os.environ.get("XPATCH_RATES") or os.path.join(cache_dir(), "rates.json")
+
+
 def tf_threads() -> tuple[int | None, int | None]:
     """``XPATCH_TF_INTRA_THREADS`` and ``XPATCH_TF_INTER_THREADS``, or None."""
     return _int("XPATCH_TF_INTRA_THREADS", None), _int("XPATCH_TF_INTER_THREADS", None)
@@ -100,15 +124,48 @@ def tf_verbose() -> bool:
     return os.environ.get("XPATCH_TF_VERBOSE") == "1"
 
 
+def model_cache_count() -> int:
+    """``XPATCH_MODEL_CACHE``: models kept loaded per process (default 3)."""
+    return _int("XPATCH_MODEL_CACHE", MODEL_CACHE["count"], lo=0)
+
+
+def model_cache_bytes() -> int:
+    """``XPATCH_MODEL_CACHE_MB``: parameter bytes of the kept models (2 GiB)."""
+    return _int("XPATCH_MODEL_CACHE_MB", MODEL_CACHE["megabytes"], lo=0) << 20
+
+
+def gpus_hidden() -> bool:
+    """Whether ``CUDA_VISIBLE_DEVICES`` hides every GPU (``""`` or ``-1``)."""
+    value = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return value is not None and value.strip() in ("", "-1")
+
+
+def onednn_disabled() -> bool:
+    """Whether ``TF_ENABLE_ONEDNN_OPTS=0`` turns TensorFlow's oneDNN CPU kernels off."""
+    return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "").strip() == "0"
+
+
+def set_tf_log_level() -> None:
+    """Sets ``TF_CPP_MIN_LOG_LEVEL`` to 2 (TensorFlow's info logs off) unless set."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
 __all__ = [
     "batch_size_override",
     "cache_dir",
     "decode_workers",
     "gpu_memory_growth",
+    "gpus_hidden",
     "lock_ttl",
     "max_pixels",
+    "rates_file",
+    "model_cache_bytes",
+    "model_cache_count",
+    "onednn_disabled",
+    "set_tf_log_level",
     "tf_threads",
     "tf_verbose",
+    "usable_cores",
     "weights_file",
     "write_chunk",
 ]

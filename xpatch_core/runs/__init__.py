@@ -19,6 +19,8 @@ kinds of run share one lifecycle (:mod:`~xpatch_core.runs.lifecycle`); see
 | :mod:`~xpatch_core.runs.embeddings_run` | embedding runs (each detection's ``embedding``) |
 | :mod:`~xpatch_core.runs.manage` | run info, views, deletion |
 | :mod:`~xpatch_core.runs.shards` | sharded runs over delegated operations |
+| :mod:`~xpatch_core.runs.estimate` | before a run: samples to process, estimated time, advice |
+| :mod:`~xpatch_core.runs.rates` | speeds measured on this machine |
 
 The functions come in pairs: ``iter_*`` generators yield
 :class:`Progress` events and return a :class:`RunSummary` (for the App's
@@ -37,10 +39,11 @@ from xpatch_core.runs.collections import (
     validate_field_name,
 )
 from xpatch_core.runs.embeddings_run import iter_run_embeddings, run_embeddings
-from xpatch_core.runs.lifecycle import LocalRecorder, Outcome, RunKind, execute
+from xpatch_core.runs.estimate import RunPlan, count_todo, plan_run, run_kind
+from xpatch_core.runs.lifecycle import LocalRecorder, Outcome, RunKind, execute, select_todo
 from xpatch_core.runs.locks import acquire_lock, release_lock
 from xpatch_core.runs.manage import delete_run, failures_of, get_run_info, load_run_view, patches_view
-from xpatch_core.runs.patches_run import detection_son, iter_run_patches, run_patches
+from xpatch_core.runs.patches_run import check_patch_parameters, detection_son, iter_run_patches, run_patches
 from xpatch_core.runs.progress import Progress, RunSummary, drive
 from xpatch_core.runs.records import list_runs, update_run_results
 from xpatch_core.runs.saliency_run import iter_run_saliency, run_saliency
@@ -52,9 +55,12 @@ __all__ = [
     "Outcome",
     "Progress",
     "RunKind",
+    "RunPlan",
     "RunSummary",
     "acquire_lock",
     "check_image_collection",
+    "check_patch_parameters",
+    "count_todo",
     "delete_run",
     "detection_son",
     "drive",
@@ -68,11 +74,14 @@ __all__ = [
     "list_runs",
     "load_run_view",
     "patches_view",
+    "plan_run",
     "read_heatmap",
     "release_lock",
     "run_embeddings",
     "run_patches",
+    "run_kind",
     "run_saliency",
+    "select_todo",
     "update_run_results",
     "validate_field_name",
 ]

@@ -52,10 +52,11 @@ def chunks(seq: Sequence[Any], n: int) -> Iterable[Sequence[Any]]:
 
 
 def is_patches_view(sample_collection: Any) -> bool:
-    """Whether a collection is a patches view (of any kind)."""
+    """Whether a collection is a patches view (of any kind, evaluation
+    patches included)."""
     import fiftyone.core.patches as fop
 
-    return isinstance(sample_collection, fop.PatchesView)
+    return isinstance(sample_collection, (fop.PatchesView, fop.EvaluationPatchesView))
 
 
 def images_of(sample_collection: Any) -> Any:
@@ -139,6 +140,11 @@ def restrict(sample_collection: Any, id_range: Sequence[Any] | None) -> Any:
 def check_image_collection(sample_collection: Any) -> None:
     """Refuses collections whose samples are not images.
 
+    A new empty dataset (no media type yet) is accepted: there is nothing
+    to do. A view of a grouped dataset is refused even when it shows image
+    slices: a run reads and writes through the dataset, which shows one
+    slice at a time, so the other slices' samples would be lost.
+
     Args:
         sample_collection: a FiftyOne collection
 
@@ -146,11 +152,16 @@ def check_image_collection(sample_collection: Any) -> None:
         ParameterError: for video, 3D, point-cloud or grouped collections
     """
     media = sample_collection.media_type
+    if media is None and not len(sample_collection):
+        return
+    hint = ("select an image slice and clone it into an image dataset: "
+            "dataset.select_group_slices('<slice>').clone()")
     if media != "image":
-        raise ParameterError(
-            f"xpatch works on image datasets; this collection's media type is {media!r} "
-            "(select an image slice or an image dataset)"
-        )
+        raise ParameterError(f"xpatch works on image datasets; this collection's media type is {media!r} "
+                             f"({hint if media == 'group' else 'select an image slice or an image dataset'})")
+    if sample_collection._dataset.media_type == "group":
+        raise ParameterError(f"xpatch works on image datasets; this collection is a view of the grouped dataset "
+                             f"{sample_collection._dataset.name!r}, whose slices a run cannot write ({hint})")
 
 
 def image_view(sample_collection: Any) -> Any:
@@ -224,7 +235,10 @@ def select_patches(sample_collection: Any, field_name: str | None, *, runs_of_fi
             raise ParameterError("give the patches field" + (f" (one of {', '.join(fields)})" if fields else ""))
         field_name = fields[0]
     require_field(sample_collection._dataset, field_name, fo.Detections, "patches_field")
-    return PatchSelection(sample_collection, field_name, None)
+    images = sample_collection
+    if field_name not in sample_collection.get_field_schema(flat=True):  # the view hides the field
+        images = sample_collection._dataset.select(sample_collection.values("id"), ordered=True)
+    return PatchSelection(images, field_name, None)
 
 
 def require_field(dataset: Any, name: Any, doc_type: Any, what: str) -> str:
@@ -260,7 +274,10 @@ def validate_field_name(sample_collection: Any, name: str, kind: str, *, run_key
 
     A name is accepted if it is a new identifier, or the field of an earlier
     xpatch run of the same kind (which is then resumed or overwritten). A
-    field of another type, or one not written by xpatch, is never clobbered.
+    field of another type, or one not written by xpatch, is never clobbered;
+    nor is the record of a run key held by another run (another tool's run,
+    an xpatch run of another kind, or of another field), ``overwrite`` or
+    not.
 
     Args:
         sample_collection: a FiftyOne collection
@@ -277,7 +294,7 @@ def validate_field_name(sample_collection: Any, name: str, kind: str, *, run_key
     """
     import fiftyone as fo
 
-    from xpatch_core.runs.records import run_type
+    from xpatch_core.runs.records import run_config, run_type
 
     if not is_identifier(name):
         raise ParameterError(
@@ -285,16 +302,22 @@ def validate_field_name(sample_collection: Any, name: str, kind: str, *, run_key
         )
     if name in _RESERVED:
         raise ParameterError(f"{name!r} is a built-in field name")
+    if run_key is not None and not is_identifier(run_key):
+        raise ParameterError(f"invalid run key {run_key!r}")
     dataset = sample_collection._dataset
+    key = run_key or name
+    if key in dataset.list_runs():  # a run key belongs to one run: of this kind, for this field
+        owner = run_config(dataset, key).get("field") if run_type(dataset, key) == kind else None
+        if owner != name:
+            whose = f"the xpatch run of field {owner!r}" if owner else "another kind of run or another tool"
+            raise ParameterError(f"run key {key!r} belongs to {whose}; xpatch will not overwrite it: "
+                                 "choose another run key")
     schema = dataset.get_field_schema(flat=True)
     if name not in schema:
-        if run_key is not None and not is_identifier(run_key):
-            raise ParameterError(f"invalid run key {run_key!r}")
         return False
     expected = fo.Heatmap if kind == "saliency" else fo.Detections
     fld = schema[name]
     doc_type = getattr(fld, "document_type", None)
-    key = run_key or name
     if doc_type is not expected:
         raise ParameterError(
             f"field {name!r} already exists with type {type(fld).__name__}"
@@ -337,7 +360,8 @@ def filepaths(dataset: Any, ids: Sequence[str]) -> dict[str, str]:
 
 
 def ensure_metadata(dataset: Any, ids: Sequence[str]) -> int:
-    """Computes the metadata (image size) of the samples that lack it.
+    """Computes the metadata (image size) of the samples that lack it (or
+    whose stored size is not a positive number).
 
     Args:
         dataset: the dataset
@@ -348,10 +372,13 @@ def ensure_metadata(dataset: Any, ids: Sequence[str]) -> int:
     """
     if not ids:
         return 0
-    missing = dataset.select(list(ids)).exists("metadata.width", False)
+    from fiftyone import ViewField as F
+
+    # missing, or written by something else with a size that is not positive
+    missing = dataset.select(list(ids)).match(~((F("metadata.width") > 0) & (F("metadata.height") > 0)))
     n = len(missing)
     if n:
-        missing.compute_metadata(overwrite=False, skip_failures=True, warn_failures=False, progress=False)
+        missing.compute_metadata(overwrite=True, skip_failures=True, warn_failures=False, progress=False)
     return n
 
 
@@ -386,6 +413,36 @@ def stored_folders(sample_collection: Any) -> list[str]:
     return sorted({real(f) for f in folders})
 
 
+def datasets_pointing_into(folder: str, exclude: Any = None) -> list[str]:
+    """The datasets whose heatmaps are files in ``folder``: any dataset with a
+    top-level ``fo.Heatmap`` field whose ``map_path`` lies in it (a clone, a
+    clone of a view, or a dataset sharing a heatmap folder), whether or not
+    it holds an xpatch run record. Generated views (patches) are left out.
+
+    Args:
+        folder: a real folder path
+        exclude: a dataset to leave out (the caller's)
+
+    Returns:
+        a sorted list of dataset names
+    """
+    import fiftyone.core.odm as foo
+
+    heat = "fiftyone.core.labels.Heatmap"
+    db = foo.get_db_conn()
+    prefix = {"$regex": "^" + re.escape(folder.rstrip(os.sep) + os.sep)}
+    query: dict[str, Any] = {"sample_fields.embedded_doc_type": heat, "sample_collection_name": {"$regex": "^samples[.]"}}
+    if exclude is not None:
+        query["_id"] = {"$ne": exclude._doc.id}
+    names = []
+    for doc in db.datasets.find(query, {"name": 1, "sample_collection_name": 1, "sample_fields": 1}):
+        fields = [f["name"] for f in doc.get("sample_fields") or [] if f.get("embedded_doc_type") == heat]
+        samples = db[doc["sample_collection_name"]]
+        if any(samples.find_one({f"{f}.map_path": prefix}, {"_id": 1}) for f in fields):
+            names.append(doc["name"])
+    return sorted(names)
+
+
 def tag_failed(dataset: Any, field_name: str, ok_ids: Sequence[str], failed_ids: Sequence[str]) -> None:
     """Tags the samples that failed in a run and untags those that now succeeded.
 
@@ -410,6 +467,7 @@ __all__ = [
     "check_image_collection",
     "check_range",
     "chunks",
+    "datasets_pointing_into",
     "done_ids",
     "ensure_metadata",
     "field_exists",

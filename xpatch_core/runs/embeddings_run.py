@@ -124,9 +124,10 @@ class EmbeddingsRun(RunKind):
                                  f"one of {', '.join(sorted(_DETECTION_FIELDS))}), got {self.attribute!r}")
         if not colls.is_identifier(self.run_key):
             raise ParameterError(f"invalid run key {self.run_key!r}")
-        for name, value in (("pooling", self.pooling), ("border", self.border)):
-            if value not in CHOICES[name]:
-                raise ParameterError(f"{name} must be one of {', '.join(CHOICES[name])}, got {value!r}")
+        for name, key, value in (("pooling", "pooling", self.pooling),
+                                 ("border", "embedding_border", self.border)):
+            if value not in CHOICES[key]:
+                raise ParameterError(f"{name} must be one of {', '.join(CHOICES[key])}, got {value!r}")
         self.batch_size = settings.batch_size_override() or self.batch_size
         for name in ("batch_size", "sampling_ratio"):
             v = getattr(self, name)
@@ -160,6 +161,11 @@ class EmbeddingsRun(RunKind):
                 "model": _describe_model(self.model), "weights": self.weights, "layer": self.layer,
                 "fine_layer": self.fine_layer, "pooling": self.pooling, "sampling_ratio": self.sampling_ratio,
                 "border": self.border, "precision": self.precision}
+
+    @classmethod
+    def speed_key(cls, request: dict[str, Any]) -> str:
+        """Embedding runs of one model and layers run at about one speed."""
+        return f"embeddings|{request.get('model')}|{request.get('layer')}|{request.get('fine_layer')}"
 
     def todo(self, view: Any) -> tuple[list[str], int]:
         """Samples with detections (in the dataset) and no embedding yet."""

@@ -8,8 +8,10 @@ in order, the same for every kind:
     parameter that is wrong for every image fails here, before any work;
 2.  **todo**: the samples without a result, decided from the dataset (a
     view that hides the output field does not lose resume); with nothing to
-    do and the same request as the stored run, return at once (no model is
-    loaded, TensorFlow is not imported, the record is untouched);
+    do (an empty collection, or the same request as the stored run), return
+    at once: no model is loaded, TensorFlow is not imported, and the record
+    is untouched unless it was left ``interrupted`` or ``running`` by a
+    process stopped after its last write (it is then marked ``completed``);
 3.  **setup**: heavy preparation (loading a model) and the typed
     :class:`~xpatch_core.runs.records.RunConfig`;
 4.  **check** that an existing run of the field has the same parameters
@@ -39,8 +41,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from xpatch_core import settings
+from xpatch_core.errors import XpatchError
 from xpatch_core.runs import collections as colls
-from xpatch_core.runs import records
+from xpatch_core.runs import rates, records
 from xpatch_core.runs.locks import acquire_lock, heartbeat, release_lock
 from xpatch_core.runs.progress import Progress, RunSummary
 
@@ -88,6 +91,9 @@ class RunKind:
     setup_stage: ClassVar[str] = "setup"
     #: The smallest write chunk (cheap per-sample work writes in bigger ones).
     min_chunk: ClassVar[int] = 1
+    #: :meth:`setup` loads nothing heavy, so a few samples may be timed
+    #: before a run to estimate its duration (:mod:`~xpatch_core.runs.estimate`).
+    cheap_setup: ClassVar[bool] = False
 
     def __init__(self, field: str, *, run_key: str | None = None, overwrite: bool = False,
                  sample_ids: Sequence[str] | None = None, id_range: Sequence[Any] | None = None) -> None:
@@ -159,6 +165,9 @@ class RunKind:
         todo = [i for i in ids if i not in done]
         return todo, len(ids) - len(todo)
 
+    def finish(self, dataset: Any, summary: RunSummary) -> None:
+        """After a run that wrote something (App settings, say); nothing by default."""
+
     def tally(self, values: list[Any]) -> dict[str, int]:
         """Counts of values already in the database (for a shard's recovery).
 
@@ -170,13 +179,58 @@ class RunKind:
         """
         return {"patches": 0, "degenerate": sum(1 for v in values if getattr(v, "degenerate", False))}
 
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> RunKind:
+        """Builds the run from the keyword arguments of its ``iter_run_*``
+        function (cheap: nothing is loaded or checked).
+
+        Args:
+            **kwargs: the arguments
+
+        Returns:
+            the run
+        """
+        return cls(**kwargs)
+
+    @classmethod
+    def speed_key(cls, request: dict[str, Any]) -> str:
+        """What a measured speed is kept under, from a request (see
+        :meth:`request`): runs with the same key run at about the same
+        speed on one machine.
+
+        Args:
+            request: a run's request, as stored in its record
+
+        Returns:
+            a string
+        """
+        return cls.kind
+
+    def rate_key(self) -> str:
+        """This run's :meth:`speed_key`."""
+        return self.speed_key(self.request())
+
+    def probe_ids(self, dataset: Any, todo: list[str], count: int) -> list[str]:  # noqa: ARG002
+        """The samples to time before a run (kinds with :attr:`cheap_setup`).
+
+        Args:
+            dataset: the dataset
+            todo: the samples to process
+            count: how many at most
+
+        Returns:
+            sample ids
+        """
+        return todo[:count]
+
     def start_message(self, count: int) -> str:
         """The first progress line."""
         return f"{self.kind} on {count} samples"
 
     def progress_message(self, summary: RunSummary) -> str:
         """The progress line after each chunk."""
-        return f"{summary.processed} done, {summary.failed} failed"
+        done = summary.processed + summary.failed + summary.vanished
+        return f"{done:,} of {summary.total - summary.skipped:,} samples done, {summary.failed:,} failed"
 
 
 class LocalRecorder:
@@ -204,6 +258,30 @@ class LocalRecorder:
         records.save_results(view, run_key, summary, status, extra)
 
 
+def select_todo(run: RunKind, sample_collection: Any,
+                id_range: Sequence[Any] | None = None) -> tuple[Any, list[str], int]:
+    """The images a run works on and its samples to process, decided from
+    the dataset exactly as :func:`execute` does (step 2), without validating
+    parameters or loading anything: what a form shows before a run.
+
+    Args:
+        run: the run
+        sample_collection: a FiftyOne image collection (a patches view
+            stands for its images)
+        id_range: the recorder's id range, when ``run`` has none
+
+    Returns:
+        ``(view, todo_ids, skipped)``: the images, the ids to process and
+        the number of samples that already have a result
+    """
+    view = colls.images_of(sample_collection)
+    if run.sample_ids is not None:
+        view = view.select(run.sample_ids)
+    view = colls.restrict(view, run.id_range if run.id_range is not None else id_range)
+    todo, skipped = run.todo(view)
+    return view, todo, skipped
+
+
 def execute(run: RunKind, sample_collection: Any, recorder: Any = None) -> Generator[Progress, None, RunSummary]:
     """Runs a kind of run through the lifecycle (see the module docstring).
 
@@ -221,15 +299,15 @@ def execute(run: RunKind, sample_collection: Any, recorder: Any = None) -> Gener
     recorder = recorder if recorder is not None else LocalRecorder()
     view = colls.image_view(sample_collection)
     run.validate(view)
-    if run.sample_ids is not None:
-        view = view.select(run.sample_ids)
-    view = colls.restrict(view, run.id_range if run.id_range is not None else recorder.id_range)
+    view, todo, skipped = select_todo(run, view, recorder.id_range)
     dataset = view._dataset
-    todo, skipped = run.todo(view)
     summary = RunSummary(run_key=run.run_key, field=run.field, type=run.kind, total=len(todo) + skipped,
                          skipped=skipped)
-    if not todo and recorder.may_skip and records.same_request(dataset, run.run_key, run.kind, run.request()):
+    if not todo and recorder.may_skip and (
+            not summary.total or records.same_request(dataset, run.run_key, run.kind, run.request())):
         summary.status = "nothing to do"
+        if summary.total:
+            _settle(run, view, summary, recorder)
         return summary
     t = time.perf_counter()
     config = run.setup(view, todo)
@@ -254,6 +332,23 @@ def execute(run: RunKind, sample_collection: Any, recorder: Any = None) -> Gener
         release_lock(lock)
 
 
+def _settle(run: RunKind, view: Any, summary: RunSummary, recorder: Any) -> None:
+    """Records as completed a run with nothing left to do whose record still
+    says ``interrupted`` or ``running`` (its process stopped after its last
+    write), unless another run of the field holds the lock."""
+    dataset = view._dataset
+    if records.load_results(dataset, run.run_key).get("status") in ("completed", "failed"):
+        return
+    try:
+        lock = acquire_lock(dataset, run.field, id_range=recorder.id_range)
+    except XpatchError:
+        return
+    try:
+        recorder.save(view, run.run_key, summary, "completed", {})
+    finally:
+        release_lock(lock)
+
+
 def _loop(run: RunKind, view: Any, todo: list[str], summary: RunSummary, recorder: Any,
           lock: str) -> Generator[Progress, None, None]:
     """Step 5 and 6: outcomes in chunks, then the final status."""
@@ -272,6 +367,10 @@ def _loop(run: RunKind, view: Any, todo: list[str], summary: RunSummary, recorde
     summary.images_per_s = summary.processed / summary.elapsed if summary.elapsed > 0 else 0.0
     summary.status = "completed" if (summary.processed or not todo or summary.failed == 0) else "failed"
     recorder.save(view, run.run_key, summary, summary.status, {})
+    rates.record_rate(run.rate_key(), summary.images_per_s, summary.timings.get(run.setup_stage, 0.0),
+                      summary.processed)
+    if summary.processed:
+        run.finish(view._dataset, summary)
 
 
 def _flush(run: RunKind, view: Any, batch: list[Outcome], summary: RunSummary, recorder: Any, lock: str,
@@ -305,4 +404,4 @@ def _flush(run: RunKind, view: Any, batch: list[Outcome], summary: RunSummary, r
     return Progress(done, total, summary.failed, run.progress_message(summary))
 
 
-__all__ = ["LocalRecorder", "Outcome", "RunKind", "execute"]
+__all__ = ["LocalRecorder", "Outcome", "RunKind", "execute", "select_todo"]

@@ -116,13 +116,18 @@ def acquire_lock(dataset: Any, field_name: str, *, id_range: Sequence[Any] | Non
                 continue
             raise _refuse(held) from None
         others = {"_id": {"$regex": f"^{re.escape(base)}:"}} if id_range is None else {"_id": base}
-        for held in coll.find(others):
-            if held["_id"] == lock_id:
-                continue
-            if lock_live(held):
-                coll.delete_one({"_id": lock_id, "pid": os.getpid()})
-                raise _refuse(held)
-            coll.delete_one({"_id": held["_id"], "heartbeat": held.get("heartbeat")})
+        try:
+            for held in coll.find(others):
+                if held["_id"] == lock_id:
+                    continue
+                if lock_live(held):
+                    raise _refuse(held)
+                coll.delete_one({"_id": held["_id"], "heartbeat": held.get("heartbeat")})
+        except BaseException:
+            # refused, or interrupted between the insert and the return: the caller never
+            # gets this lock, so withdraw it (a lock of this process never goes stale)
+            coll.delete_one({"_id": lock_id, "pid": os.getpid()})
+            raise
         return lock_id
     raise XpatchError(f"could not take the lock of field {field_name!r}")
 

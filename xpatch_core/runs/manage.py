@@ -5,8 +5,9 @@ Rules:
 -   :func:`get_run_info` is the one reader of a run for people and the App:
     config and results, a sharded run's shard records added up.
 -   Deleting a run removes exactly what it made: its field, its failure
-    tags, its heatmap files and its shard records, under the field's lock
-    (so not while another run writes the field).
+    tags, its heatmap files (unless another dataset's heatmaps point to
+    them: a clone) and its shard records, under the field's lock (so not
+    while another run writes the field).
 """
 
 from __future__ import annotations
@@ -83,8 +84,11 @@ def load_run_view(sample_collection: Any, run_key: str) -> Any:
         a view
     """
     info = get_run_info(sample_collection, run_key)
-    view = sample_collection._dataset.load_run_view(run_key)
     fld = info["config"]["field"]
+    if not colls.field_exists(sample_collection._dataset, fld):
+        raise ParameterError(f"the field {fld!r} of run {run_key!r} no longer exists (renamed or deleted); "
+                             "delete the run, or run it again")
+    view = sample_collection._dataset.load_run_view(run_key)
     if info["type"] == "patches":
         return view.exists(fld).to_patches(fld).sort_by(f"{fld}.confidence", reverse=True)
     return view.exists(fld)
@@ -93,19 +97,25 @@ def load_run_view(sample_collection: Any, run_key: str) -> Any:
 def delete_run(sample_collection: Any, run_key: str) -> dict[str, Any]:
     """Deletes a run, its field, its failure tags and any heatmap files.
 
+    The heatmap files are kept when another dataset's heatmaps point into
+    their folder (a clone shares its files).
+
     Args:
         sample_collection: a FiftyOne collection
         run_key: the run key
 
     Returns:
-        ``{"field", "files_removed"}``
+        ``{"field", "files_removed", "files_kept_for"}``: the datasets whose
+        heatmaps kept the files
     """
     info = get_run_info(sample_collection, run_key)
     dataset = sample_collection._dataset
     fld = info["config"]["field"]
+    folder = info["config"].get("map_dir")
+    shared = colls.datasets_pointing_into(folder, exclude=dataset) if folder else []
     lock = acquire_lock(dataset, fld)
     try:
-        removed = heatmap_files.remove_map_files(info["config"].get("map_dir"))
+        removed = 0 if shared else heatmap_files.remove_map_files(folder)
         if colls.field_exists(dataset, fld):
             dataset.delete_sample_field(fld)
         tag = colls.FAILED_TAG.format(field=fld)
@@ -117,7 +127,7 @@ def delete_run(sample_collection: Any, run_key: str) -> dict[str, Any]:
             shards.forget(dataset, run_key)
     finally:
         release_lock(lock)
-    return {"field": fld, "files_removed": removed}
+    return {"field": fld, "files_removed": removed, "files_kept_for": shared}
 
 
 __all__ = ["delete_run", "failures_of", "get_run_info", "load_run_view", "patches_view"]

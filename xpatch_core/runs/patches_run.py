@@ -12,7 +12,9 @@ Rules (besides the lifecycle's, :mod:`xpatch_core.runs.lifecycle`):
     shapes that do not fit are left out for that image, and an image that
     fits none fails with the reason.
 -   Image sizes come from the heatmap's ``width``/``height``, else from the
-    sample's metadata, computed where missing.
+    sample's metadata, computed where missing; a stored size that is not two
+    whole positive numbers within ``XPATCH_MAX_PIXELS`` (attributes written
+    by another tool may hold anything) is not a size.
 -   Detections are written in their stored form (:func:`detection_son`);
     the first write declares the field and its attributes so the App can
     filter on them.
@@ -27,9 +29,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from xpatch_core import settings
 from xpatch_core.defaults import PATCHES
 from xpatch_core.errors import ParameterError, XpatchError
-from xpatch_core.heatmaps import read_heatmap
+from xpatch_core.heatmaps import HeatmapError, read_heatmap
 from xpatch_core.runs import collections as colls
 from xpatch_core.runs.lifecycle import Outcome, RunKind, execute
 from xpatch_core.runs.progress import Progress, RunSummary, drive
@@ -38,6 +41,17 @@ from xpatch_core.runs.records import RunConfig
 _SAMPLER_KEYS = ("scales", "aspect_ratios", "temperature", "epsilon", "replace", "max_iou", "min_distance",
                  "score", "mode", "border")
 _READ_CHUNK = 256
+
+
+def _size_of(w: Any, h: Any) -> tuple[int, int] | None:
+    """A stored image size, or None when ``(w, h)`` is not one."""
+    for v in (w, h):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+            return None
+        if not (math.isfinite(v) and v >= 1):
+            return None
+    w, h = int(w), int(h)
+    return (w, h) if w * h <= settings.max_pixels() else None
 
 
 @dataclass(kw_only=True)
@@ -99,6 +113,7 @@ class PatchesRun(RunKind):
 
     kind = "patches"
     min_chunk = _READ_CHUNK
+    cheap_setup = True
 
     def __init__(self, heatmap_field: str = PATCHES["heatmap_field"], field: str = PATCHES["field"],
                  n: int = PATCHES["n"], size: int | float = PATCHES["size"], *, seed: int = PATCHES["seed"],
@@ -128,11 +143,14 @@ class PatchesRun(RunKind):
         self._probe()
 
     def _check_scalars(self) -> None:
+        n = self.n
+        if isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n > PATCHES["max_n"]:
+            raise ParameterError(f"n must be at most {PATCHES['max_n']:,} patches per image, got {n:,}")
         if not isinstance(self.label, str) or not self.label.strip():
             raise ParameterError("label must be 'predicted' or a non-empty text")
         for name in ("temperature", "epsilon"):
             v = self.sampling[name]
-            if not isinstance(v, (int, float)) or not math.isfinite(v):
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v):
                 raise ParameterError(f"{name} must be a finite number, got {v!r}")
         seed = self.seed
         if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
@@ -167,7 +185,7 @@ class PatchesRun(RunKind):
         # read from the dataset: the view may hide the heatmap field
         ws, hs, mws, mhs = view._dataset.select(view.values("id")).values(
             [f"{self.heatmap_field}.width", f"{self.heatmap_field}.height", "metadata.width", "metadata.height"])
-        sizes = {(int(w or mw), int(h or mh)) for w, h, mw, mh in zip(ws, hs, mws, mhs) if (w or mw) and (h or mh)}
+        sizes = {s for s in (_size_of(w, h) or _size_of(mw, mh) for w, h, mw, mh in zip(ws, hs, mws, mhs)) if s}
         try:
             fits = any(((shapes[:, 0] <= w) & (shapes[:, 1] <= h)).any() for w, h in sizes
                        for shapes in [box_shapes((w, h), self.size, self.sampling["scales"],
@@ -195,6 +213,24 @@ class PatchesRun(RunKind):
         todo = [i for i in ids if i not in done]
         return todo, len(ids) - len(todo)
 
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> PatchesRun:
+        """Builds the run from :func:`iter_run_patches`' keyword arguments."""
+        common = {k: kwargs.pop(k) for k in _COMMON if k in kwargs}
+        return cls(**kwargs, common=common)
+
+    @classmethod
+    def speed_key(cls, request: dict[str, Any]) -> str:
+        """Patch runs with one count, mode and overlap rule run at about one speed."""
+        return f"patches|{request.get('n')}|{request.get('mode')}|{request.get('max_iou')}"
+
+    def probe_ids(self, dataset: Any, todo: list[str], count: int) -> list[str]:
+        """Samples whose heatmap knows its image size (timing one computes
+        no metadata)."""
+        hf = self.heatmap_field
+        sized = dataset.select(todo[: 8 * count]).exists(f"{hf}.width").exists(f"{hf}.height")
+        return sized.limit(count).values("id")
+
     def setup(self, view: Any, todo: list[str]) -> PatchesConfig:
         """Nothing heavy: the config."""
         req = self.request()
@@ -216,18 +252,22 @@ class PatchesRun(RunKind):
                  "metadata.width", "metadata.height"]
         cols = dataset.select(ids).values(["id", *paths])
         rows = {c[0]: list(c[1:]) for c in zip(*cols)}
-        unsized = [i for i, r in rows.items() if not ((r[3] or r[6]) and (r[4] or r[7]))]
+        sized = {sid: _size_of(r[3], r[4]) or _size_of(r[6], r[7]) for sid, r in rows.items()}
+        unsized = [i for i, s in sized.items() if s is None]
         if colls.ensure_metadata(dataset, unsized):
             for sid, mw, mh in zip(*dataset.select(unsized).values(["id", "metadata.width", "metadata.height"])):
-                rows[sid][6:8] = [mw, mh]
-        return {sid: (r[0], r[1], r[2], r[3] or r[6], r[4] or r[7], r[5]) for sid, r in rows.items()}
+                sized[sid] = _size_of(mw, mh)
+        return {sid: (r[0], r[1], r[2], *(sized[sid] or (None, None)), r[5]) for sid, r in rows.items()}
 
     def _sample(self, sid: str, m: Any, map_path: Any, rng: Any, w: Any, h: Any, predicted: Any) -> Outcome:
         import fiftyone as fo
 
         from xpatch_core.sampler import sample_patches
 
-        heat = read_heatmap(fo.Heatmap(map=m, map_path=map_path, range=rng))
+        try:
+            heat = read_heatmap(fo.Heatmap(map=m, map_path=map_path, range=rng))
+        except HeatmapError as e:
+            return Outcome(sid, reason=f"heatmap missing or unreadable: {e.reason}")
         if heat is None:
             return Outcome(sid, reason="heatmap missing or unreadable")
         if not w or not h:
@@ -285,10 +325,31 @@ class PatchesRun(RunKind):
 
     def progress_message(self, summary: RunSummary) -> str:
         """The progress line after each chunk."""
-        return f"{summary.patches} patches on {summary.processed} samples"
+        return f"{super().progress_message(summary)}, {summary.patches:,} patches"
 
 
 _COMMON = ("overwrite", "run_key", "sample_ids", "id_range")
+
+
+def check_patch_parameters(n: int = PATCHES["n"], size: int | float = PATCHES["size"], *,
+                           seed: int = PATCHES["seed"], label: str = PATCHES["label"], **sampling: Any) -> None:
+    """Checks the sampling parameters that do not depend on the images, with
+    no dataset: a command that computes heatmaps first calls it before any
+    work. (Sizes against the images are checked by the run itself.)
+
+    Args:
+        n: patches per image
+        size: pixels (int) or a fraction of the short side (float)
+        seed: the seed
+        label: ``"predicted"`` or a fixed text
+        **sampling: the sampling parameters of :func:`run_patches`
+
+    Raises:
+        ParameterError: for a parameter wrong for every image
+    """
+    run = PatchesRun(PATCHES["heatmap_field"], PATCHES["field"], n, size, seed=seed, label=label, **sampling)
+    run._check_scalars()
+    run._probe()
 
 
 def iter_run_patches(sample_collection: Any, heatmap_field: str = PATCHES["heatmap_field"],
@@ -303,8 +364,8 @@ def iter_run_patches(sample_collection: Any, heatmap_field: str = PATCHES["heatm
         a generator of :class:`Progress` whose return value is the
         :class:`RunSummary`
     """
-    common = {k: kwargs.pop(k) for k in _COMMON if k in kwargs}
-    return execute(PatchesRun(heatmap_field, field, n, size, common=common, **kwargs), sample_collection, shard)
+    run = PatchesRun.from_kwargs(heatmap_field=heatmap_field, field=field, n=n, size=size, **kwargs)
+    return execute(run, sample_collection, shard)
 
 
 def run_patches(sample_collection: Any, heatmap_field: str = PATCHES["heatmap_field"],
@@ -341,5 +402,5 @@ def run_patches(sample_collection: Any, heatmap_field: str = PATCHES["heatmap_fi
     return drive(iter_run_patches(sample_collection, heatmap_field, field, n, size, **kwargs), progress)
 
 
-__all__ = ["PatchesConfig", "PatchesRun", "detection_son", "iter_run_patches", "run_patches"]
+__all__ = ["PatchesConfig", "PatchesRun", "check_patch_parameters", "detection_son", "iter_run_patches", "run_patches"]
 

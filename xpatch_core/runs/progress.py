@@ -14,6 +14,7 @@ Rules:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -138,12 +139,20 @@ def drive(gen: Generator[Progress, Any, Any], progress: Any) -> Any:
                 if bar is None:
                     from tqdm import tqdm
 
-                    bar = tqdm(total=p.total, unit="img", desc="xpatch", dynamic_ncols=True)
+                    # the first message is printed whole above the bar: a bar is cut to the
+                    # terminal's width, so it only shows counts (and failures)
+                    tqdm.write(p.message, file=sys.stderr)
+                    bar = tqdm(total=p.total, unit="img", desc="xpatch", dynamic_ncols=True, file=sys.stderr)
                 bar.total = p.total
                 bar.n = p.done
-                bar.set_postfix_str(f"{p.failed} failed, {p.message}" if p.failed else p.message)
+                if p.failed:
+                    bar.set_postfix_str(f"{p.failed:,} failed")
                 bar.refresh()
     finally:
+        # an exception here (a callback's, or Ctrl-C in a bar update) stops the run now: closing
+        # the generator runs its cleanup (record 'interrupted', release the lock) at once, not
+        # whenever the traceback that holds it is dropped (a notebook keeps the last one)
+        gen.close()
         if bar is not None:
             bar.close()
 

@@ -10,7 +10,9 @@ Rules (besides the lifecycle's, :mod:`xpatch_core.runs.lifecycle`):
 -   A map is stored in the database as a ``fo.Heatmap`` with ``range`` set,
     or with ``map_dir`` as an 8-bit PNG written before the database update
     (see :mod:`xpatch_core.runs.heatmap_files`); a file that cannot be
-    written fails its sample.
+    written fails its sample. A run with work to do never writes into a
+    heatmap folder that another dataset's heatmaps point into (a clone has
+    the same sample ids, so the same file names).
 -   The requested precision is compared between runs of a field (``auto``
     resumes on any hardware); the precision actually used is recorded.
 """
@@ -26,7 +28,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from xpatch_core import settings
-from xpatch_core.defaults import SALIENCY
+from xpatch_core.defaults import CHOICES, HEATMAP, SALIENCY
 from xpatch_core.errors import ParameterError
 from xpatch_core.runs import collections as colls
 from xpatch_core.runs import heatmap_files
@@ -57,7 +59,7 @@ class SaliencyConfig(RunConfig):
 
     kind: ClassVar[str] = "saliency"
     compared: ClassVar[tuple[str, ...]] = ("model_source", "method", "layer", "target", "target_field",
-                                          "input_size", "precision", "map_dir")
+                                          "input_size", "precision", "map_dir", "map_resolution")
 
     model_source: dict[str, Any]
     method: str
@@ -70,6 +72,13 @@ class SaliencyConfig(RunConfig):
     precision_used: str = SALIENCY["precision"]
     map_dir: str | None = None
     storage: str = "database"
+    map_resolution: str = SALIENCY["map_resolution"]
+    display_long_side: int = HEATMAP["long_side"]
+
+
+#: Model-source entries that describe this machine, not the model: a run resumed on
+#: other hardware (``precision="auto"``) keeps its parameters.
+_MACHINE_KEYS = ("wnids", "precision", "precision_requested", "precision_reason")
 
 
 def _describe_model(model: Any) -> Any:
@@ -89,14 +98,19 @@ class SaliencyRun(RunKind):
                  weights: str | None = None, layer: str | None = None, fuse_layer: str | None = SALIENCY["fuse_layer"],
                  batch_size: int = SALIENCY["batch_size"], map_dir: str | None = None,
                  class_names: Sequence[str] | None = None, allow_unsafe: bool = False,
-                 precision: str = SALIENCY["precision"], **common: Any) -> None:
+                 custom_objects: Any = None,
+                 precision: str = SALIENCY["precision"], map_resolution: str = SALIENCY["map_resolution"],
+                 **common: Any) -> None:
         super().__init__(field, **common)
         self.model, self.method, self.target, self.target_field = model, method, target, target_field
         self.weights, self.layer, self.fuse_layer = weights, layer, fuse_layer
         self.batch_size, self.map_dir, self.class_names = batch_size, map_dir, class_names
-        self.allow_unsafe, self.precision = allow_unsafe, precision
+        self.allow_unsafe, self.precision, self.map_resolution = allow_unsafe, precision, map_resolution
+        self.custom_objects = custom_objects
         self.map_root: str | None = None
         self.sm: Any = None
+        #: samples whose ``target_field`` label the model does not know, with the reason
+        self.target_errors: dict[str, str] = {}
 
     def validate(self, view: Any) -> None:
         """Checks the field, method, batch size, targets and heatmap folder."""
@@ -110,6 +124,9 @@ class SaliencyRun(RunKind):
         bs = self.batch_size
         if not isinstance(bs, (int, np.integer)) or isinstance(bs, bool) or bs < 1:
             raise ParameterError(f"batch_size must be a positive integer, got {bs!r}")
+        if self.map_resolution not in CHOICES["map_resolution"]:
+            raise ParameterError(f"map_resolution must be one of {', '.join(CHOICES['map_resolution'])}, "
+                                 f"got {self.map_resolution!r}")
         if self.target is not None and self.target_field is not None:
             raise ParameterError("give either target or target_field, not both")
         if self.target_field is not None:
@@ -123,16 +140,26 @@ class SaliencyRun(RunKind):
         return {"model": _describe_model(self.model), "method": self.method, "target": target,
                 "target_field": self.target_field, "weights": self.weights, "layer": self.layer,
                 "fuse_layer": self.fuse_layer, "map_dir": self.map_root, "precision": self.precision,
+                "map_resolution": self.map_resolution,
                 "class_names": list(self.class_names) if self.class_names else None}
+
+    @classmethod
+    def speed_key(cls, request: dict[str, Any]) -> str:
+        """Saliency runs of one model, method and fusion run at one speed."""
+        return f"saliency|{request.get('model')}|{request.get('method')}|{request.get('fuse_layer')}"
 
     def setup(self, view: Any, todo: list[str]) -> SaliencyConfig:
         """Loads the model and resolves the targets."""
         from xpatch_core.models import load_model
         from xpatch_core.saliency import resolve_targets
 
+        others = colls.datasets_pointing_into(self.map_root, exclude=view._dataset) if self.map_root else []
+        if others:  # a clone shares sample ids: writing <id>.png would change the other dataset's maps
+            raise ParameterError(f"heatmap folder {self.map_root} holds heatmaps of other datasets "
+                                 f"({', '.join(others)}); give this run a map_dir of its own")
         self.sm = sm = load_model(self.model, weights=self.weights, layer=self.layer, fuse_layer=self.fuse_layer,
                                   class_names=self.class_names, allow_unsafe=self.allow_unsafe,
-                                  precision=self.precision)
+                                  precision=self.precision, custom_objects=self.custom_objects)
         self.runner = self.method_cls(sm)  # raises for gradient methods on a model without a head
         if self.target_field is None:
             self.targets: Any = resolve_targets(sm, self.target, None)
@@ -141,20 +168,36 @@ class SaliencyRun(RunKind):
         target = self.target.tolist() if isinstance(self.target, np.ndarray) else self.target
         return SaliencyConfig(
             field=self.field, request=self.request(),
-            model_source={k: v for k, v in sm.source.items() if k != "wnids"},
+            model_source={k: v for k, v in sm.source.items() if k not in _MACHINE_KEYS},
             method=self.method_cls.name, layer=self.runner.layer_description, target=target,
             target_field=self.target_field, batch_size=int(self.batch_size), input_size=list(sm.input_size),
             precision=self.precision, precision_used=str(sm.source.get("precision", self.precision)),
             map_dir=self.map_root, storage="png" if self.map_root else "database",
+            map_resolution=self.map_resolution,
         )
 
     def _field_targets(self, view: Any, todo: list[str]) -> list[int]:
-        """Each sample's class index from the target field (-1: predicted)."""
+        """Each sample's class index from the target field (-1: predicted);
+        a label the model does not know fails that sample (a label is one
+        sample's matter), noted in :attr:`target_errors`, unless no sample's
+        label is known: then the target field is wrong for the run."""
         if not todo:
             return []
         ids, labels = view._dataset.select(todo).values(["id", f"{self.target_field}.label"])
-        resolved = {lab: self.sm.class_index(lab) for lab in sorted({lab for lab in labels if lab is not None})}
-        by_id = {i: (resolved[lab] if lab is not None else -1) for i, lab in zip(ids, labels)}
+        resolved: dict[Any, int | str] = {}
+        for lab in {lab for lab in labels if lab is not None}:
+            try:
+                resolved[lab] = self.sm.class_index(lab)
+            except ParameterError as e:
+                resolved[lab] = f"target field {self.target_field!r}: {e}"
+        by_id = {}
+        for i, lab in zip(ids, labels):
+            t = resolved[lab] if lab is not None else -1
+            if isinstance(t, str):
+                self.target_errors[i], t = t, -1
+            by_id[i] = t
+        if len(self.target_errors) == len(ids):  # wrong for every image: the parameter is wrong
+            raise ParameterError(next(iter(self.target_errors.values())))
         return [by_id.get(i, -1) for i in todo]
 
     def outcomes(self, dataset: Any, ids: list[str], summary: RunSummary) -> Iterator[Outcome]:
@@ -163,9 +206,14 @@ class SaliencyRun(RunKind):
 
         if self.map_root:
             heatmap_files.remove_temporary(self.map_root, ids)
+        targets = self.targets
+        if self.target_errors:
+            yield from (Outcome(sid, reason=self.target_errors[sid]) for sid in ids if sid in self.target_errors)
+            keep = [k for k, sid in enumerate(ids) if sid not in self.target_errors]
+            ids, targets = [ids[k] for k in keep], [targets[k] for k in keep]
         paths: dict[int, str | None] = {}
-        items = iter_saliency(self._paths(dataset, ids, paths), self.sm, self.method_cls.name, self.targets,
-                              self.batch_size)
+        items = iter_saliency(self._paths(dataset, ids, paths), self.sm, self.method_cls.name, targets,
+                              self.batch_size, map_resolution=self.map_resolution)
         names = self.sm.class_names if self.sm.has_head else None
         while True:
             t = time.perf_counter()
@@ -191,26 +239,38 @@ class SaliencyRun(RunKind):
                 yield by_id.get(sid) or f"<sample {sid} was deleted>"
 
     def _stored(self, sid: str, path: str, item: Any, names: list[str] | None) -> Outcome:
-        """The ``fo.Heatmap`` of one item, its PNG written first with ``map_dir``."""
+        """The ``fo.Heatmap`` of one item: the map smoothly upsampled to a
+        display size with the image's aspect ratio (8-bit, ``range=[0, 255]``),
+        the network's own map kept as ``network_map``; with ``map_dir`` the
+        PNG is written first."""
         import fiftyone as fo
 
+        from xpatch_core.heatmaps import display_map, encode_network_map
+
         attrs: dict[str, Any] = {"method": self.method_cls.name, "degenerate": bool(item.degenerate),
-                                 "width": int(item.image_size[0]), "height": int(item.image_size[1])}
+                                 "width": int(item.image_size[0]), "height": int(item.image_size[1]),
+                                 "network_map": encode_network_map(item.map)}
         if item.predicted is not None:
             attrs["predicted"] = names[item.predicted] if names else str(item.predicted)
             attrs["confidence"] = float(item.confidence)
         if item.target is not None:
             attrs["target"] = names[item.target] if names else str(item.target)
+        shown = display_map(item.map, tuple(item.image_size))
         if not self.map_root:
-            value = fo.Heatmap(map=np.clip(item.map, 0.0, 1.0).astype(np.float32), range=[0.0, 1.0], **attrs)
-            return Outcome(sid, value, filepath=path, degenerate=bool(item.degenerate))
+            return Outcome(sid, fo.Heatmap(map=shown, range=[0, 255], **attrs), filepath=path,
+                           degenerate=bool(item.degenerate))
         png = os.path.join(self.map_root, f"{sid}.png")
         try:
-            heatmap_files.write_png(png, item.map)
+            heatmap_files.write_png(png, shown)
         except OSError as e:
             return Outcome(sid, reason=f"cannot write heatmap file: {e}", filepath=path)
         return Outcome(sid, fo.Heatmap(map_path=png, range=[0, 255], **attrs), filepath=path,
                        degenerate=bool(item.degenerate))
+
+    def finish(self, dataset: Any, summary: RunSummary) -> None:
+        """Shows the field with a value colormap in the App, unless the user
+        chose colours for it already (:func:`default_colorscale`)."""
+        default_colorscale(dataset, self.field)
 
     def write(self, dataset: Any, values: dict[str, Any]) -> None:
         """Writes heatmaps in bulk."""
@@ -219,6 +279,36 @@ class SaliencyRun(RunKind):
     def start_message(self, count: int) -> str:
         """The first progress line."""
         return f"computing {self.method_cls.name} saliency on {count} samples"
+
+
+def default_colorscale(dataset: Any, field: str) -> bool:
+    """Gives a heatmap field a value colormap in the App's saved colour scheme.
+
+    Without a saved colour scheme, one is created that colours by value with
+    the :data:`~xpatch_core.defaults.HEATMAP` ``colorscale`` for this field.
+    With one, a colorscale for this field is added only if the user has none
+    for it; nothing else of theirs changes.
+
+    Args:
+        dataset: the dataset
+        field: the heatmap field
+
+    Returns:
+        True if the colour scheme was changed
+    """
+    import fiftyone as fo
+
+    scheme = dataset.app_config.color_scheme
+    entry = {"path": field, "name": HEATMAP["colorscale"]}
+    if scheme is None:
+        dataset.app_config.color_scheme = fo.ColorScheme(color_by="value", colorscales=[entry],
+                                                         opacity=HEATMAP["opacity"])
+    elif any(c.get("path") == field for c in (scheme.colorscales or [])):
+        return False
+    else:
+        scheme.colorscales = [*(scheme.colorscales or []), entry]
+    dataset.save()
+    return True
 
 
 def iter_run_saliency(sample_collection: Any, field: str = SALIENCY["field"], model: Any = SALIENCY["model"],
@@ -265,7 +355,11 @@ def run_saliency(sample_collection: Any, field: str = SALIENCY["field"], model: 
             :func:`xpatch_core.load_model`), ``batch_size``,
             ``map_dir`` (write 8-bit PNGs under ``map_dir/field/`` instead
             of storing maps in the database), ``overwrite``, ``run_key``,
-            ``class_names``, ``allow_unsafe``, ``precision``,
+            ``class_names``, ``allow_unsafe``, ``custom_objects`` (a dict
+            or a module path, for models with custom layers), ``precision``
+            (``"auto"``: bfloat16 where the hardware has it),
+            ``map_resolution`` (``"standard"``, or ``"high"`` for sharper
+            maps from a second, aspect-kept pass at a higher resolution),
             ``sample_ids``, ``id_range``
 
     Returns:
@@ -274,4 +368,4 @@ def run_saliency(sample_collection: Any, field: str = SALIENCY["field"], model: 
     return drive(iter_run_saliency(sample_collection, field, model, method, **kwargs), progress)
 
 
-__all__ = ["SaliencyConfig", "SaliencyRun", "iter_run_saliency", "run_saliency"]
+__all__ = ["SaliencyConfig", "SaliencyRun", "default_colorscale", "iter_run_saliency", "run_saliency"]

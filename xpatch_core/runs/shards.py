@@ -433,6 +433,11 @@ def aggregate(sample_collection: Any, run_key: str, config: dict[str, Any] | Non
                        "attempts": d.get("attempts", 0), "requeues": d.get("requeues", 0),
                        "processed": processed, "failed": int(cur["failed"]), "host": d.get("host"),
                        "pid": d.get("pid"), "op_id": d.get("op_id")})
+    missing = max(0, int(sharding.get("num_shards") or 0) - len(docs))
+    if missing:  # distributed tasks create their records when they start
+        states.extend(["queued"] * missing)
+        out["num_shards"] = len(docs) + missing
+        started = False
     if states and all(s == "completed" for s in states):
         status = "completed"
     elif any(s in ("running", "starting") for s in states):

@@ -1,33 +1,27 @@
-"""Saliency methods over a batch API, at the cost of one forward pass.
+"""Saliency methods: one base owns the model call and normalisation; each
+method is a small subclass that turns activations (and gradients) into a map.
 
-One base class, :class:`SaliencyMethod`, owns the batch loop, the model call,
-the target classes and the normalisation; each method is a small subclass
-that only says how it turns activations (and gradients) into a map:
+Rules:
 
-| name | class | needs a classifier head |
-| --- | --- | --- |
-| ``activation`` | :class:`ActivationMap` | no |
-| ``eigencam`` | :class:`EigenCAM` | no |
-| ``gradcam`` | :class:`GradCAM` | yes |
-| ``gradcam++`` | :class:`GradCAMPlusPlus` | yes |
-
-Maps are float32 in ``[0, 1]`` at the target layer's resolution; use
-:func:`upsample` for any other size. A constant or non-finite map comes back
-as all ones (uniform) with ``degenerate=True``.
+-   Maps are float32 in ``[0, 1]`` at the target layer's resolution; a
+    constant or non-finite map comes back as all ones with
+    ``degenerate=True``.
+-   Gradient methods differentiate logits (never the softmax), with the
+    backbone outside the gradient tape, in float32.
+-   A fused map (Xception's default) is the geometric mean of the target
+    layer's and the finer layer's normalised maps, computed on the device.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-from PIL import Image
 
-from xpatch_core.errors import ImageDecodeError, ModelError, ParameterError
-from xpatch_core.images import iter_decoded_batches
+from xpatch_core.defaults import SALIENCY
+from xpatch_core.errors import ModelError, ParameterError
 
 _EPS = 1e-12
 
@@ -123,7 +117,8 @@ class SaliencyMethod:
 
     @property
     def layer_description(self) -> str:
-        """The layer(s) the maps come from, ``"a*b"`` for a fusion."""
+        """The layer(s) the maps come from, ``"a*b"`` for a fusion (their
+        geometric mean)."""
         if self.uses_fusion:
             return f"{self.model.target_layer}*{self.model.fuse_layer}"
         return self.model.target_layer
@@ -139,6 +134,18 @@ class SaliencyMethod:
             ``(B, h, w)`` raw maps
         """
         raise NotImplementedError
+
+    def combine_tf(self, acts: Any) -> Any:
+        """Turns activations into raw maps with TensorFlow ops, on the device
+        (the methods that can fuse layers implement it).
+
+        Args:
+            acts: ``(B, h, w, C)`` activations, a tensor
+
+        Returns:
+            ``(B, h, w)`` float32 raw maps, a tensor
+        """
+        raise NotImplementedError(f"{self.name} does not fuse layers")
 
     # -- compiled model calls, cached on the model --------------------------------
     def _fn(self, key: str) -> Any:
@@ -158,12 +165,18 @@ class SaliencyMethod:
                 def fn(x):
                     return backbone(x, training=False)
 
-            elif key == "fused":
-                fused = model.fused
+            elif key.startswith("fused_maps:"):
+                fused, head, combine = model.fused, model.head, self.combine_tf
 
                 @tf.function(input_signature=[image_spec])
                 def fn(x):
-                    return fused(x, training=False)
+                    # Maps, fusion and normalisation stay on the device: only the
+                    # small fused maps (and logits) come back to the host.
+                    acts, fine = fused(x, training=False)
+                    logits = (tf.zeros([tf.shape(x)[0], 0]) if head is None
+                              else tf.cast(head(acts, training=False), tf.float32))
+                    maps, degenerate = fuse_maps_tf(combine(acts), combine(fine))
+                    return maps, degenerate, logits
 
             elif key == "head":
                 head = model.head
@@ -232,16 +245,9 @@ class SaliencyMethod:
         t = np.full(b, -1, np.int32) if targets is None else np.asarray(targets, np.int32)
         logits = used = grads = None
         if self.uses_fusion:
-            acts, fine = self._fn("fused")(x)
-            if model.head is not None:
-                logits = self._fn("head")(acts)
-            coarse_maps, d1 = normalize_maps(self.combine(np.asarray(acts, np.float32), None))
-            fine_maps, d2 = normalize_maps(self.combine(np.asarray(fine, np.float32), None))
-            fh, fw = fine_maps.shape[1:]
-            up = np.stack([upsample(m, (fh, fw)) for m in coarse_maps])
-            maps, degenerate = normalize_maps(up.astype(np.float64) * fine_maps)
-            degenerate |= d1 & d2
-            return maps, degenerate, self._info(logits, None)
+            maps, degenerate, logits = self._fn(f"fused_maps:{self.name}")(x)
+            logits = logits if model.head is not None else None
+            return np.asarray(maps), np.asarray(degenerate), self._info(logits, None)
         if model.head is not None or model.joint is None:
             acts = self._fn("backbone")(x)
             if self.needs_gradients:
@@ -281,6 +287,11 @@ class ActivationMap(SaliencyMethod):
     def combine(self, acts: np.ndarray, grads: np.ndarray | None) -> np.ndarray:
         return acts.mean(axis=-1)
 
+    def combine_tf(self, acts: Any) -> Any:
+        import tensorflow as tf
+
+        return tf.reduce_mean(tf.cast(acts, tf.float32), axis=-1)
+
 
 class EigenCAM(SaliencyMethod):
     """First principal component of the activations (Eigen-CAM).
@@ -306,44 +317,104 @@ class EigenCAM(SaliencyMethod):
         proj = _first_component(acts.reshape(b, h * w, c), self.iterations)
         return proj.reshape(b, h, w)
 
+    def combine_tf(self, acts: Any) -> Any:
+        import tensorflow as tf
 
-def _first_component(x: np.ndarray, iterations: int) -> np.ndarray:
-    """First principal component scores of each ``(n, c)`` matrix of a batch,
-    signed to correlate positively with the channel mean."""
+        shape = tf.shape(acts)
+        x = tf.reshape(tf.cast(acts, tf.float32), [shape[0], shape[1] * shape[2], shape[3]])
+        return tf.reshape(_first_component_tf(x, self.iterations), shape[:3])
+
+
+def _first_component_tf(x: Any, iterations: int) -> Any:
+    """First principal component scores of each ``(n, c)`` matrix of a
+    batch (TensorFlow ops), signed to correlate positively with the channel
+    mean."""
     import tensorflow as tf
 
-    fn = _POWER.get("fn")
+    # Block (subspace) iteration with a Rayleigh-Ritz step: the top
+    # vector converges like (lambda_{k+1} / lambda_1) ** iterations,
+    # robust where the first two components are nearly tied.
+    xc = x - tf.reduce_mean(x, axis=1, keepdims=True)
+    gram = tf.matmul(xc, xc, transpose_b=True)
+    gram = gram / (tf.reduce_max(tf.abs(gram), axis=(1, 2), keepdims=True) + 1e-30)
+    n = tf.shape(x)[1]
+    mean_map = tf.reduce_mean(x, axis=2)
+    v0 = mean_map - tf.reduce_mean(mean_map, axis=1, keepdims=True)
+    idx = tf.cast(tf.range(n), x.dtype)
+    probes = tf.stack([tf.cos(idx * (0.7 + 0.9 * j)) for j in range(_BLOCK - 1)], axis=1)
+    basis = tf.concat([v0[:, :, None], tf.broadcast_to(probes[None], [tf.shape(x)[0], n, _BLOCK - 1])], axis=2)
+    q, _ = tf.linalg.qr(basis)
+    for _ in range(iterations):
+        q, _ = tf.linalg.qr(tf.matmul(gram, q))
+    small = tf.matmul(q, tf.matmul(gram, q), transpose_a=True)
+    _, vecs = tf.linalg.eigh(small)
+    v = tf.einsum("bnk,bk->bn", q, vecs[:, :, -1])
+    sign = tf.where(tf.reduce_sum(v * v0, axis=1, keepdims=True) < 0, -1.0, 1.0)
+    return v * sign
+
+
+def _first_component(x: np.ndarray, iterations: int) -> np.ndarray:
+    """:func:`_first_component_tf` on a NumPy batch, on TensorFlow's threads."""
+    import tensorflow as tf
+
+    fn = _POWER.get(iterations)
     if fn is None:
+        fn = _POWER[iterations] = tf.function(lambda x: _first_component_tf(x, iterations), reduce_retracing=True)
+    return fn(tf.convert_to_tensor(x, tf.float32)).numpy().astype(np.float64)
 
-        @tf.function(reduce_retracing=True)
-        def fn(x, iterations):
-            # Block (subspace) iteration with a Rayleigh-Ritz step: the top
-            # vector converges like (lambda_{k+1} / lambda_1) ** iterations,
-            # robust where the first two components are nearly tied.
-            xc = x - tf.reduce_mean(x, axis=1, keepdims=True)
-            gram = tf.matmul(xc, xc, transpose_b=True)
-            gram = gram / (tf.reduce_max(tf.abs(gram), axis=(1, 2), keepdims=True) + 1e-30)
-            n = tf.shape(x)[1]
-            mean_map = tf.reduce_mean(x, axis=2)
-            v0 = mean_map - tf.reduce_mean(mean_map, axis=1, keepdims=True)
-            idx = tf.cast(tf.range(n), x.dtype)
-            probes = tf.stack([tf.cos(idx * (0.7 + 0.9 * j)) for j in range(_BLOCK - 1)], axis=1)
-            basis = tf.concat([v0[:, :, None], tf.broadcast_to(probes[None], [tf.shape(x)[0], n, _BLOCK - 1])],
-                              axis=2)
-            q, _ = tf.linalg.qr(basis)
-            for _ in tf.range(iterations):
-                q, _ = tf.linalg.qr(tf.matmul(gram, q))
-            small = tf.matmul(q, tf.matmul(gram, q), transpose_a=True)
-            _, vecs = tf.linalg.eigh(small)
-            v = tf.einsum("bnk,bk->bn", q, vecs[:, :, -1])
-            sign = tf.where(tf.reduce_sum(v * v0, axis=1, keepdims=True) < 0, -1.0, 1.0)
-            return v * sign
 
-        _POWER["fn"] = fn
-    return fn(tf.convert_to_tensor(x, tf.float32), tf.constant(iterations)).numpy().astype(np.float64)
+def fuse_maps_tf(coarse: Any, fine: Any) -> tuple[Any, Any]:
+    """Fuses two layers' raw maps on the finer grid (TensorFlow ops).
+
+    Each map is min-max normalised, the coarse one upsampled bilinearly
+    (pixel centres aligned) to the fine grid, and the fused map is their
+    geometric mean ``sqrt(coarse * fine)``, normalised again: the ranking of
+    the product of the two maps (which localises best, ``docs/quality.md``)
+    with the contrast of a single CAM; the sampler's temperature does the
+    sharpening.
+
+    Args:
+        coarse: ``(B, h, w)`` raw maps of the target layer
+        fine: ``(B, H, W)`` raw maps of the finer layer
+
+    Returns:
+        ``(maps, degenerate)``: float32 ``(B, H, W)`` maps in ``[0, 1]`` and a
+        bool ``(B,)`` tensor (see :func:`normalize_maps`)
+    """
+    import tensorflow as tf
+
+    a, d1 = normalize_maps_tf(coarse)
+    b, d2 = normalize_maps_tf(fine)
+    up = tf.image.resize(a[..., None], tf.shape(b)[1:3], method="bilinear")[..., 0]
+    maps, degenerate = normalize_maps_tf(tf.sqrt(tf.maximum(up, 0.0) * b))
+    return maps, degenerate | (d1 & d2)
+
+
+def normalize_maps_tf(maps: Any) -> tuple[Any, Any]:
+    """:func:`normalize_maps` with TensorFlow ops (float32).
+
+    Args:
+        maps: ``(B, h, w)`` raw maps, a tensor
+
+    Returns:
+        ``(maps, degenerate)`` tensors
+    """
+    import tensorflow as tf
+
+    m = tf.cast(maps, tf.float32)
+    ok = tf.math.is_finite(m)
+    safe = tf.where(ok, m, 0.0)
+    lo = tf.reduce_min(safe, axis=(1, 2), keepdims=True)
+    hi = tf.reduce_max(safe, axis=(1, 2), keepdims=True)
+    span = hi - lo
+    degenerate = ~tf.reduce_all(ok, axis=(1, 2)) | (span[:, 0, 0] <= _EPS * tf.maximum(1.0, tf.abs(hi[:, 0, 0])))
+    out = (safe - lo) / tf.where(span > 0, span, 1.0)
+    return tf.where(degenerate[:, None, None], 1.0, out), degenerate
 
 
 _POWER: dict[str, Any] = {}
+
+
 _BLOCK = 6
 
 
@@ -423,6 +494,26 @@ def get_method(name: str) -> type[SaliencyMethod]:
     return METHODS[key]
 
 
+def method_choices() -> list[tuple[str, str, bool]]:
+    """The saliency methods for menus, as ``(name, label, needs_gradients)``.
+
+    Returns:
+        a list of tuples, the default method first
+    """
+    out = [(name, cls.label or name, bool(cls.needs_gradients)) for name, cls in METHODS.items()]
+    out.sort(key=lambda t: t[0] != SALIENCY["method"])
+    return out
+
+
+def gradient_methods() -> tuple[str, ...]:
+    """The names of the methods that need a classifier head and gradients.
+
+    Returns:
+        a tuple of names
+    """
+    return tuple(name for name, _, grad in method_choices() if grad)
+
+
 def resolve_targets(model: Any, target: Any, count: int | None) -> Any:
     """Validates a target specification before any work.
 
@@ -457,171 +548,4 @@ def resolve_targets(model: Any, target: Any, count: int | None) -> Any:
     raise ParameterError(f"invalid target {target!r}")
 
 
-def iter_saliency(
-    images: Iterable[Any],
-    model: Any = "xception",
-    method: str = "eigencam",
-    target: Any = None,
-    batch_size: int = 16,
-    *,
-    weights: str | None = None,
-    layer: str | None = None,
-    fuse_layer: str | None = "auto",
-    num_workers: int | None = None,
-    max_pixels: int | None = None,
-    precision: str = "float32",
-) -> Iterator[SaliencyItem]:
-    """Computes saliency maps, streaming one :class:`SaliencyItem` per image.
-
-    Images are decoded by a thread pool while the previous batch runs on the
-    model, so at most two batches are in memory. A bad image yields an item
-    with ``error`` set and does not stop the others.
-
-    Args:
-        images: an iterable of paths, PIL images or arrays
-        model: a model name, a path, a Keras model or a loaded
-            :class:`SaliencyModel`
-        method: one of :data:`METHODS`
-        target: None/``"predicted"``, a class index or name, or one per image
-        batch_size: images per model call
-        weights: weights for a named model (see :func:`load_model`)
-        layer: target layer override
-        fuse_layer: a finer layer fused with the target layer (see
-            :func:`xpatch_core.load_model`)
-        num_workers: decoding threads (default: 2)
-        max_pixels: refuse images with more pixels than this
-        precision: ``"float32"``, ``"bfloat16"`` or ``"mixed_bfloat16"``
-
-    Returns:
-        an iterator of :class:`SaliencyItem`, in input order
-    """
-    from xpatch_core.models import load_model
-
-    method_cls = get_method(method)
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ParameterError(f"batch_size must be a positive integer, got {batch_size!r}")
-    count = len(images) if hasattr(images, "__len__") else None
-    sm = load_model(model, weights=weights, layer=layer, fuse_layer=fuse_layer, precision=precision)
-    runner = method_cls(sm)
-    targets = resolve_targets(sm, target, count)
-    h, w = sm.input_size
-    for batch in iter_decoded_batches(images, (w, h), batch_size, workers=num_workers, max_pixels=max_pixels):
-        yield from _batch_items(batch, sm, runner, targets)
-
-
-def _source_name(src: Any) -> str | None:
-    return os.fspath(src) if isinstance(src, (str, os.PathLike)) else None
-
-
-def _batch_items(batch: list[tuple[int, Any, Any]], sm: Any, runner: SaliencyMethod,
-                 targets: Any) -> Iterator[SaliencyItem]:
-    """Runs one decoded batch through the model; items in input order."""
-    results: dict[int, SaliencyItem] = {}
-    good = []
-    for i, src, d in batch:
-        if isinstance(d, Exception):
-            results[i] = SaliencyItem(i, None, error=getattr(d, "reason", str(d)), source=_source_name(src))
-        else:
-            good.append((i, src, d))
-    if good:
-        idx = [i for i, _, _ in good]
-        if isinstance(targets, list):
-            if max(idx) >= len(targets):
-                raise ParameterError(f"{len(targets)} targets given for more images")
-            t = np.array([targets[i] for i in idx], np.int32)
-        else:
-            t = np.full(len(idx), targets, np.int32)
-        x = np.asarray(sm.preprocess(np.stack([d.array for _, _, d in good])), dtype=np.float32)
-        maps, degenerate, info = runner.run_batch(x, t)
-        probs = None
-        if info["logits"] is not None:
-            z = info["logits"] - info["logits"].max(axis=1, keepdims=True)
-            e = np.exp(z)
-            probs = e / e.sum(axis=1, keepdims=True)
-        for k, (i, src, d) in enumerate(good):
-            pred = None if info["predicted"] is None else int(info["predicted"][k])
-            results[i] = SaliencyItem(
-                index=i,
-                map=maps[k],
-                degenerate=bool(degenerate[k]),
-                image_size=d.size,
-                target=None if info["targets"] is None else int(info["targets"][k]),
-                predicted=pred,
-                confidence=None if probs is None else float(probs[k, pred]),
-                source=_source_name(src),
-            )
-    for i, _, _ in batch:
-        yield results[i]
-
-
-def compute_saliency(
-    images: Iterable[Any],
-    model: Any = "xception",
-    method: str = "eigencam",
-    target: Any = None,
-    batch_size: int = 16,
-    *,
-    on_error: str = "raise",
-    return_items: bool = False,
-    **kwargs: Any,
-) -> list[Any]:
-    """Computes one saliency map per image, in order.
-
-    Args:
-        images: paths, PIL images or arrays
-        model: a model name (default ``"xception"``), a saved model path, a
-            Keras model, or what :func:`xpatch_core.load_model` returned
-        method: ``"activation"``, ``"eigencam"``, ``"gradcam"`` or
-            ``"gradcam++"``
-        target: None/``"predicted"`` (top-1), a class index or name, or a
-            sequence with one per image
-        batch_size: images per model call
-        on_error: ``"raise"`` to raise the first decoding error, or
-            ``"none"`` to put None in place of images that failed
-        return_items: return :class:`SaliencyItem` objects (with predicted
-            class, degenerate flag and errors) instead of bare maps
-        **kwargs: passed to :func:`iter_saliency` (``weights``, ``layer``,
-            ``fuse_layer``, ``num_workers``, ``max_pixels``, ``precision``)
-
-    Returns:
-        a list of float32 ``(h, w)`` maps in ``[0, 1]`` (or of items)
-
-    Raises:
-        ImageDecodeError: if an image cannot be read and ``on_error="raise"``
-    """
-    if on_error not in ("raise", "none"):
-        raise ParameterError(f"on_error must be 'raise' or 'none', got {on_error!r}")
-    out = []
-    for item in iter_saliency(images, model, method, target, batch_size, **kwargs):
-        if item.error is not None and on_error == "raise":
-            raise ImageDecodeError(item.source or f"image #{item.index}", item.error)
-        out.append(item if return_items else item.map)
-    return out
-
-
-def upsample(saliency: np.ndarray, size: tuple[int, int], method: str = "bilinear") -> np.ndarray:
-    """Resizes a map to ``(height, width)``.
-
-    Args:
-        saliency: a 2-D map
-        size: ``(height, width)``
-        method: ``"bilinear"``, ``"bicubic"`` or ``"nearest"``
-
-    Returns:
-        a float32 ``(height, width)`` map, clipped to the input's range
-    """
-    m = np.asarray(saliency, dtype=np.float32)
-    if m.ndim != 2:
-        raise ParameterError(f"saliency must be 2-D, got shape {m.shape}")
-    height, width = int(size[0]), int(size[1])
-    if height < 1 or width < 1:
-        raise ParameterError(f"size must be positive, got {size}")
-    resample = {
-        "bilinear": Image.Resampling.BILINEAR,
-        "bicubic": Image.Resampling.BICUBIC,
-        "nearest": Image.Resampling.NEAREST,
-    }.get(method)
-    if resample is None:
-        raise ParameterError(f"unknown upsampling method {method!r}")
-    out = np.asarray(Image.fromarray(m, mode="F").resize((width, height), resample), dtype=np.float32)
-    return np.clip(out, float(np.nanmin(m)), float(np.nanmax(m)))
+__all__ = ["ActivationMap", "EigenCAM", "GradCAM", "GradCAMPlusPlus", "METHODS", "SaliencyItem", "SaliencyMethod", "eigencam_reference", "fuse_maps_tf", "get_method", "gradient_methods", "method_choices", "normalize_maps", "normalize_maps_tf", "resolve_targets"]

@@ -19,14 +19,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from xpatch_core.defaults import CHOICES, CURATION, EMBEDDINGS, MODEL_MENU
+from xpatch_core.defaults import CHOICES, CURATION, EMBEDDINGS
 
 from .common import (
     DelegableOperator,
     execute_run,
     fields_of,
+    flag,
     foo,
     long_running_config,
+    model_call_params,
+    model_inputs,
+    model_param,
     number,
     progress_event,
     shards_input,
@@ -34,17 +38,6 @@ from .common import (
     text,
     types,
 )
-
-
-def _flag(params: dict, name: str, default: bool = False) -> bool:
-    from xpatch_core.errors import ParameterError
-
-    v = params.get(name, default)
-    if v is None:
-        return default
-    if not isinstance(v, bool):
-        raise ParameterError(f"{name} must be true or false")
-    return v
 
 
 def _name(params: dict, name: str, default: str | None, *, what: str = "a name") -> str | None:
@@ -137,8 +130,6 @@ class _CurationOperator(DelegableOperator):
         return foo.execute_operator(self.uri, ctx, request_delegation=delegate)
 
 
-_MODEL_CHOICES = [*MODEL_MENU, ("other", "Another keras.applications model"),
-                  ("saved", "My saved classifier (.keras / .h5)")]
 
 
 def embedding_params(params: dict) -> dict[str, Any]:
@@ -152,21 +143,8 @@ def embedding_params(params: dict) -> dict[str, Any]:
         a dict of keyword arguments
     """
     from xpatch_core.errors import ParameterError
-    from xpatch_core.models import is_application
 
-    choice = text(params, "model", EMBEDDINGS["model"])
-    if choice == "saved":
-        model = text(params, "model_path", max_len=4096)
-        if not model:
-            raise ParameterError("give the path of your saved classifier")
-    elif choice == "other":
-        model = text(params, "model_name")
-        if not model or not is_application(model):
-            raise ParameterError(f"unknown keras.applications model {model!r}")
-    elif is_application(choice or ""):
-        model = choice
-    else:
-        raise ParameterError(f"unknown model {choice!r}")
+    model = model_param(params, EMBEDDINGS["model"])
     pooling = text(params, "pooling", EMBEDDINGS["pooling"])
     border = text(params, "border", EMBEDDINGS["border"])
     for name, key, value in (("pooling", "pooling", pooling), ("border", "embedding_border", border)):
@@ -186,7 +164,7 @@ def embedding_params(params: dict) -> dict[str, Any]:
         "pooling": pooling,
         "border": border,
         "batch_size": number(params, "batch_size", EMBEDDINGS["batch_size"], kind=int, lo=1, hi=1024),
-        "overwrite": _flag(params, "overwrite"),
+        "overwrite": flag(params, "overwrite"),
     }
 
 
@@ -213,18 +191,7 @@ class ComputePatchEmbeddings(DelegableOperator):
         inputs.enum("patches_field", fields, default=default, required=True, label="Patches field")
         inputs.str("attribute", default=EMBEDDINGS["attribute"], label="Embedding attribute",
                    description="Stored on each detection, where FiftyOne Brain finds it")
-        models = types.Dropdown(label="Model")
-        for value, label in _MODEL_CHOICES:
-            models.add_choice(value, label=label)
-        inputs.enum("model", models.values(), default=EMBEDDINGS["model"], view=models)
-        choice = ctx.params.get("model", EMBEDDINGS["model"])
-        if choice == "other":
-            inputs.str("model_name", required=True, label="keras.applications name")
-        if choice == "saved":
-            inputs.str("model_path", required=True, label="Saved classifier", description="A .keras or .h5 file")
-        else:
-            inputs.str("weights", label="Weights file (optional)",
-                       description="Offline weights; empty = ImageNet through Keras' cache (or XPATCH_WEIGHTS)")
+        model_inputs(ctx, inputs, EMBEDDINGS["model"])
         inputs.str("layer", label="Layer (optional)", description="Default: the last spatial layer")
         inputs.str("fine_layer", default=EMBEDDINGS["fine_layer"] or "none", label="Also pool a finer layer",
                    description="'none', 'auto' (the saliency fusion layer) or a layer name")
@@ -273,16 +240,12 @@ class ComputePatchEmbeddings(DelegableOperator):
         Returns:
             the :class:`fiftyone.operators.executor.ExecutionResult`
         """
-        from xpatch_core.models import is_application
 
         params: dict[str, Any] = {
             "patches_field": patches_field, "attribute": attribute, "weights": weights, "layer": layer,
             "fine_layer": fine_layer or "none", "pooling": pooling, "border": border, "batch_size": batch_size,
             "overwrite": overwrite, "delegate": delegate, "view_target": "CURRENT_VIEW", "num_shards": num_shards}
-        if is_application(model):
-            params.update(model=model if model in dict(_MODEL_CHOICES) else "other", model_name=model)
-        else:
-            params.update(model="saved", model_path=model)
+        params.update(model_call_params(model))
         ctx = {"view": sample_collection.view(), "params": params}
         return foo.execute_operator(self.uri, ctx, request_delegation=delegate)
 
@@ -305,7 +268,7 @@ class BuildPatchSimilarity(_CurationOperator):
 
         kwargs = _common(ctx)
         kwargs.update(brain_key=_name(ctx.params, "brain_key", None, what="a brain key"),
-                      overwrite=_flag(ctx.params, "overwrite"))
+                      overwrite=flag(ctx.params, "overwrite"))
         target = target_images(ctx)
         event = _step(ctx, 0.0, "building the similarity index")
         if event is not None:
@@ -361,8 +324,8 @@ class TagDuplicatePatches(_CurationOperator):
         kwargs.update(threshold=number(ctx.params, "threshold", CURATION["duplicate_threshold"], lo=0.0, hi=1.999),
                       keep_by=_name(ctx.params, "keep_by", None, what="an attribute name"),
                       tag=_tag(ctx.params, "tag", CURATION["duplicate_tag"]),
-                      same_image=_flag(ctx.params, "same_image", CURATION["same_image"]))
-        open_view = _flag(ctx.params, "open_view", True)
+                      same_image=flag(ctx.params, "same_image", CURATION["same_image"]))
+        open_view = flag(ctx.params, "open_view", True)
         target = target_images(ctx)
         event = _step(ctx, 0.0, "comparing the patches")
         if event is not None:
@@ -471,10 +434,10 @@ class SelectDiversePatches(_CurationOperator):
             count=number(ctx.params, "count", CURATION["diverse_count"], kind=int, lo=1, hi=10_000_000),
             seed=number(ctx.params, "seed", CURATION["seed"], kind=int, lo=0, hi=2**63 - 1),
             tag=_tag(ctx.params, "tag", CURATION["diverse_tag"]),
-            exclude_tag=CURATION["duplicate_tag"] if _flag(ctx.params, "exclude_duplicates", True) else None,
+            exclude_tag=CURATION["duplicate_tag"] if flag(ctx.params, "exclude_duplicates", True) else None,
             view_name=text(ctx.params, "view_name", None, max_len=200) or None,
-            overwrite=_flag(ctx.params, "overwrite"))
-        open_view = _flag(ctx.params, "open_view", True)
+            overwrite=flag(ctx.params, "overwrite"))
+        open_view = flag(ctx.params, "open_view", True)
         event = _step(ctx, 0.0, f"selecting {kwargs['count']} patches")
         if event is not None:
             yield event
@@ -542,7 +505,7 @@ class ComputePatchMap(_CurationOperator):
             raise ParameterError(f"method must be one of {', '.join(CHOICES['visualization_method'])}")
         kwargs.update(method=method, brain_key=_name(ctx.params, "brain_key", None, what="a brain key"),
                       seed=number(ctx.params, "seed", CURATION["seed"], kind=int, lo=0, hi=2**32 - 1),
-                      overwrite=_flag(ctx.params, "overwrite"))
+                      overwrite=flag(ctx.params, "overwrite"))
         event = _step(ctx, 0.0, f"computing a 2-D map ({method})")
         if event is not None:
             yield event

@@ -7,6 +7,7 @@
 | ``run_ops`` | ``get_xpatch_run_info``, ``load_xpatch_run_view``, ``delete_xpatch_run`` |
 | ``export_ops`` | ``export_patches``, ``evaluate_patches`` |
 | ``dataset_ops`` | ``make_patch_dataset`` |
+| ``curation_ops`` | ``compute_patch_embeddings``, ``build_patch_similarity``, ``tag_duplicate_patches``, ``clear_duplicate_patches``, ``select_diverse_patches``, ``compute_patch_map`` |
 | ``runs_panel`` | the ``xpatch_runs`` panel (where FiftyOne has Python panels) |
 
 Importing this package never imports TensorFlow.
@@ -18,6 +19,7 @@ from typing import Any
 
 from . import (
     common,  # noqa: F401 - first: puts a downloaded copy's library on the path
+    curation_ops,
     dataset_ops,
     export_ops,
     patches_ops,
@@ -26,7 +28,7 @@ from . import (
     saliency_ops,
 )
 
-_MODULES = [saliency_ops, patches_ops, run_ops, export_ops, dataset_ops, runs_panel]
+_MODULES = [saliency_ops, patches_ops, run_ops, export_ops, dataset_ops, curation_ops, runs_panel]
 
 
 def register(p: Any) -> None:

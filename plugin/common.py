@@ -29,6 +29,8 @@ ensure_library()
 import fiftyone.operators as foo  # noqa: E402
 import fiftyone.operators.types as types  # noqa: E402
 
+from xpatch_core.defaults import MODEL_MENU  # noqa: E402
+
 #: Operator URIs are ``@xpatch/xpatch/<name>``.
 PLUGIN = "@xpatch/xpatch"
 
@@ -450,6 +452,146 @@ def error_view(inputs: Any, message: str) -> Any:
     """Shows an error in the form and returns a property that blocks execution."""
     inputs.view("error", types.Error(label="Cannot run", description=message))
     return types.Property(inputs, invalid=True)
+
+
+# -- shared parameter readers and form pieces ---------------------------------------
+
+#: The model menu of forms that load a model (first the common ``keras.applications`` models).
+MODEL_CHOICES = [
+    *MODEL_MENU,
+    ("other", "Another keras.applications model"),
+    ("saved", "My saved classifier (.keras / .h5)"),
+]
+
+
+def flag(params: dict, name: str, default: bool = False) -> bool:
+    """Reads a true/false parameter, refusing anything else."""
+    from xpatch_core.errors import ParameterError
+
+    v = params.get(name, default)
+    if v is None:
+        return default
+    if not isinstance(v, bool):
+        raise ParameterError(f"{name} must be true or false")
+    return v
+
+
+def choice(params: dict, name: str, allowed: Any, *, required: bool = True, what: str = "") -> str | None:
+    """Reads a text parameter that must be one of ``allowed``.
+
+    Args:
+        params: ``ctx.params``
+        name: the parameter
+        allowed: the accepted values
+        required: whether it must be given
+        what: how to describe the choices in the error (default: list them)
+
+    Returns:
+        the value, or None when not given and not required
+
+    Raises:
+        xpatch_core.errors.ParameterError: for a missing or unknown value
+    """
+    from xpatch_core.errors import ParameterError
+
+    v = text(params, name, None, max_len=200)
+    if v is None:
+        if required:
+            raise ParameterError(f"{name} is required")
+        return None
+    if v not in allowed:
+        raise ParameterError(f"{name}: {v!r} is not one of {what or ''}({', '.join(map(str, allowed)) or 'none'})")
+    return v
+
+
+def model_param(params: dict, default: str) -> str:
+    """Reads the model of a form built by :func:`model_inputs`.
+
+    Args:
+        params: ``ctx.params``
+        default: the default model name
+
+    Returns:
+        a ``keras.applications`` name or a saved model path
+
+    Raises:
+        xpatch_core.errors.ParameterError: for an unknown model or a missing path
+    """
+    from xpatch_core.errors import ParameterError
+    from xpatch_core.models import is_application
+
+    picked = text(params, "model", default)
+    if picked == "saved":
+        model = text(params, "model_path", max_len=4096)
+        if not model:
+            raise ParameterError("give the path of your saved classifier")
+        return model
+    if picked == "other":
+        model = text(params, "model_name")
+        if not model or not is_application(model):
+            raise ParameterError(f"unknown keras.applications model {model!r}")
+        return model
+    if not is_application(picked or ""):
+        raise ParameterError(f"unknown model {picked!r}")
+    return picked
+
+
+def model_call_params(model: str) -> dict[str, str]:
+    """The form parameters that stand for a model name or path (for ``__call__``)."""
+    from xpatch_core.models import is_application
+
+    if is_application(model):
+        return {"model": model if model in dict(MODEL_CHOICES) else "other", "model_name": model}
+    return {"model": "saved", "model_path": model}
+
+
+def model_inputs(ctx: Any, inputs: Any, default: str) -> str:
+    """Adds the model menu (and the name / path / weights inputs it needs).
+
+    Args:
+        ctx: the execution context
+        inputs: the form
+        default: the default model
+
+    Returns:
+        the current menu choice
+    """
+    menu = types.Dropdown(label="Model")
+    for value, label in MODEL_CHOICES:
+        menu.add_choice(value, label=label)
+    inputs.enum("model", menu.values(), default=default, view=menu)
+    picked = ctx.params.get("model", default)
+    if picked == "other":
+        inputs.str("model_name", required=True, label="keras.applications name",
+                   description="e.g. ResNet101, DenseNet121, InceptionV3")
+    if picked == "saved":
+        inputs.str("model_path", required=True, label="Saved classifier",
+                   description="Path of a .keras or .h5 file (loaded with Keras' safe mode)")
+    else:
+        inputs.str("weights", label="Weights file (optional)",
+                   description="Offline weights; empty = ImageNet through Keras' cache (or XPATCH_WEIGHTS)")
+    return picked
+
+
+def patches_view_of(ctx: Any) -> Any | None:
+    """The target view when it is a patches view (evaluation patches aside), else None."""
+    import fiftyone.core.patches as fop
+
+    view = ctx.target_view()
+    return view if isinstance(view, fop.PatchesView) and not isinstance(view, fop.EvaluationPatchesView) else None
+
+
+def patch_fields(ctx: Any) -> list[str]:
+    """``fo.Detections`` fields, those of xpatch patch runs first."""
+    import fiftyone as fo
+
+    fields = fields_of(ctx, fo.Detections)
+    if ctx.dataset is None:
+        return fields
+    from xpatch_core.runs.records import fields_of_runs
+
+    ours = [f for f in fields_of_runs(ctx.dataset, "patches") if f in fields]
+    return ours + [f for f in fields if f not in ours]
 
 
 __all__ = ["PLUGIN", "foo", "types", "uri"]

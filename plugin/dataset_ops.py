@@ -7,31 +7,19 @@ import json
 import os
 from typing import Any
 
-from .common import DelegableOperator, fields_of, foo, long_running_config, number, relay, text, types
-
-
-def _patches_view(ctx: Any) -> Any | None:
-    import fiftyone.core.patches as fop
-
-    view = ctx.target_view()
-    return view if isinstance(view, fop.PatchesView) and not isinstance(view, fop.EvaluationPatchesView) else None
-
-
-def _patch_fields(ctx: Any) -> list[str]:
-    """``fo.Detections`` fields, those of xpatch patch runs first."""
-    import fiftyone as fo
-
-    fields = fields_of(ctx, fo.Detections)
-    if ctx.dataset is None:
-        return fields
-    from xpatch_core.runs import list_runs
-
-    ours = []
-    for key in list_runs(ctx.dataset, type="patches"):
-        fld = ctx.dataset.get_run_info(key).config.field
-        if fld in fields and fld not in ours:
-            ours.append(fld)
-    return ours + [f for f in fields if f not in ours]
+from .common import (
+    DelegableOperator,
+    choice,
+    fields_of,
+    foo,
+    long_running_config,
+    number,
+    patch_fields,
+    patches_view_of,
+    relay,
+    text,
+    types,
+)
 
 
 def _gt_fields(ctx: Any, patches_field: str | None) -> list[str]:
@@ -41,19 +29,6 @@ def _gt_fields(ctx: Any, patches_field: str | None) -> list[str]:
     for doc_type in (fo.Detections, fo.Segmentation, fo.Classification):
         out += [f for f in fields_of(ctx, doc_type) if f != patches_field and f not in out]
     return out
-
-
-def _choice(params: dict, name: str, allowed: list[str] | tuple[str, ...], *, required: bool) -> str | None:
-    from xpatch_core.errors import ParameterError
-
-    v = text(params, name, None, max_len=200)
-    if v is None:
-        if required:
-            raise ParameterError(f"{name} is required")
-        return None
-    if v not in allowed:
-        raise ParameterError(f"{name}: {v!r} is not one of {', '.join(map(str, allowed)) or 'none'}")
-    return v
 
 
 def dataset_params(ctx: Any) -> dict[str, Any]:
@@ -71,10 +46,10 @@ def dataset_params(ctx: Any) -> dict[str, Any]:
     from xpatch_core.gt_carry import label_problem
 
     params = ctx.params
-    pv = _patches_view(ctx)
-    patches = pv.patches_field if pv is not None else _choice(params, "patches_field", _patch_fields(ctx),
+    pv = patches_view_of(ctx)
+    patches = pv.patches_field if pv is not None else choice(params, "patches_field", patch_fields(ctx),
                                                               required=True)
-    gt = _choice(params, "gt_field", _gt_fields(ctx, patches), required=False)
+    gt = choice(params, "gt_field", _gt_fields(ctx, patches), required=False)
     name = text(params, "name", None, max_len=200)
     if not name:
         raise ParameterError("name is required")
@@ -93,7 +68,7 @@ def dataset_params(ctx: Any) -> dict[str, Any]:
         "min_area_ratio": number(params, "min_area_ratio", PATCH_DATASET["min_area_ratio"], lo=0.0, hi=1.0),
         "min_coverage": number(params, "min_coverage", PATCH_DATASET["min_coverage"], lo=0.0, hi=1.0),
         "background_label": background,
-        "image_format": _choice(params, "image_format", CHOICES["patch_image_format"], required=False)
+        "image_format": choice(params, "image_format", CHOICES["patch_image_format"], required=False)
         or PATCH_DATASET["image_format"],
     }
 
@@ -131,13 +106,13 @@ class MakePatchDataset(DelegableOperator):
         from xpatch_core.defaults import CHOICES, PATCH_DATASET
 
         inputs = types.Object()
-        pv = _patches_view(ctx)
+        pv = patches_view_of(ctx)
         if pv is not None:
             inputs.view("source", types.Notice(
                 label=f"Uses the {len(pv)} patches of this patches view ('{pv.patches_field}')"))
             patches = pv.patches_field
         else:
-            fields = _patch_fields(ctx)
+            fields = patch_fields(ctx)
             if not fields:
                 inputs.view("nofield", types.Error(label="No patches field",
                                                    description="Run 'Sample patches' first"))

@@ -9,10 +9,14 @@ from typing import Any
 from .common import (
     DelegableOperator,
     api_view_target,
+    choice,
     fields_of,
+    flag,
     foo,
     long_running_config,
     number,
+    patch_fields,
+    patches_view_of,
     relay,
     result_output,
     text,
@@ -22,54 +26,6 @@ from .common import (
 #: Detection attributes written by patch runs, offered as class sources.
 PATCH_ATTRS = ["rank", "scale", "aspect_ratio", "flagged", "degenerate", "width_px", "height_px", "seed"]
 _REPORT_FILES = 50
-
-
-def _patches_view(ctx: Any) -> Any | None:
-    import fiftyone.core.patches as fop
-
-    view = ctx.target_view()
-    return view if isinstance(view, fop.PatchesView) else None
-
-
-def _patch_fields(ctx: Any) -> list[str]:
-    """Detections fields, those of xpatch patch runs first."""
-    import fiftyone as fo
-
-    fields = fields_of(ctx, fo.Detections)
-    if ctx.dataset is None:
-        return fields
-    from xpatch_core.runs import list_runs
-
-    ours = []
-    for key in list_runs(ctx.dataset, type="patches"):
-        fld = ctx.dataset.get_run_info(key).config.field
-        if fld in fields and fld not in ours:
-            ours.append(fld)
-    return ours + [f for f in fields if f not in ours]
-
-
-def _flag(params: dict, name: str, default: bool = False) -> bool:
-    from xpatch_core.errors import ParameterError
-
-    v = params.get(name, default)
-    if v is None:
-        return default
-    if not isinstance(v, bool):
-        raise ParameterError(f"{name} must be true or false")
-    return v
-
-
-def _field_param(params: dict, name: str, allowed: list[str], *, required: bool = True) -> str | None:
-    from xpatch_core.errors import ParameterError
-
-    v = text(params, name, None, max_len=200)
-    if v is None:
-        if required:
-            raise ParameterError(f"{name} is required")
-        return None
-    if v not in allowed:
-        raise ParameterError(f"{name}: {v!r} is not one of the dataset's fields ({', '.join(allowed) or 'none'})")
-    return v
 
 
 def export_params(ctx: Any) -> dict[str, Any]:
@@ -91,8 +47,9 @@ def export_params(ctx: Any) -> dict[str, Any]:
     export_dir = text(params, "export_dir", None, max_len=4096)
     if not export_dir:
         raise ParameterError("export_dir is required")
-    pv = _patches_view(ctx)
-    field = pv.patches_field if pv is not None else _field_param(params, "field", _patch_fields(ctx))
+    pv = patches_view_of(ctx)
+    field = pv.patches_field if pv is not None else choice(params, "field", patch_fields(ctx),
+                                                              what="the dataset's fields ")
     source = text(params, "class_source", "label")
     if source not in ("label", "attribute"):
         raise ParameterError(f"class_source must be 'label' or 'attribute', got {source!r}")
@@ -104,9 +61,9 @@ def export_params(ctx: Any) -> dict[str, Any]:
     pad, square = 0.0, False
     if fmt == "imagefolder":
         pad = number(params, "pad", 0.0, lo=0.0, hi=10.0)
-        square = _flag(params, "square")
+        square = flag(params, "square")
     return {"export_dir": export_dir, "format": fmt, "field": field, "label_attr": label_attr, "pad": pad,
-            "square": square, "overwrite": _flag(params, "overwrite")}
+            "square": square, "overwrite": flag(params, "overwrite")}
 
 
 def _report_for_app(report: dict[str, Any]) -> dict[str, Any]:
@@ -129,14 +86,14 @@ class ExportPatches(DelegableOperator):
 
     def resolve_input(self, ctx: Any) -> types.Property:
         inputs = types.Object()
-        pv = _patches_view(ctx)
+        pv = patches_view_of(ctx)
         if pv is not None:
             inputs.view("source", types.Notice(
                 label=f"Exports the {len(pv)} patches of this patches view ('{pv.patches_field}'): "
                       "filters and selections carry over"))
             field = pv.patches_field
         else:
-            fields = _patch_fields(ctx)
+            fields = patch_fields(ctx)
             if not fields:
                 inputs.view("nofield", types.Error(label="No patches field",
                                                    description="Run 'Sample patches' first"))
@@ -250,14 +207,15 @@ def evaluate_params(ctx: Any) -> dict[str, Any]:
     from xpatch_core.errors import ParameterError
 
     params = ctx.params
-    pv = _patches_view(ctx)
-    patches = pv.patches_field if pv is not None else _field_param(params, "patches_field", _patch_fields(ctx))
-    gt = _field_param(params, "gt_field", fields_of(ctx, fo.Detections))
+    pv = patches_view_of(ctx)
+    patches = pv.patches_field if pv is not None else choice(params, "patches_field", patch_fields(ctx),
+                                                                what="the dataset's fields ")
+    gt = choice(params, "gt_field", fields_of(ctx, fo.Detections), what="the dataset's fields ")
     if gt == patches:
         raise ParameterError("the ground-truth field must differ from the patches field")
-    heatmap = _field_param(params, "heatmap_field", fields_of(ctx, fo.Heatmap), required=False)
+    heatmap = choice(params, "heatmap_field", fields_of(ctx, fo.Heatmap), required=False, what="the dataset's fields ")
     return {"patches_field": patches, "gt_field": gt, "radius": number(params, "radius", 15.0, lo=0.0, hi=1e6),
-            "heatmap_field": heatmap, "store": _flag(params, "store", True)}
+            "heatmap_field": heatmap, "store": flag(params, "store", True)}
 
 
 #: Figures shown in the App, in order.
@@ -292,14 +250,14 @@ class EvaluatePatches(foo.Operator):
         import fiftyone as fo
 
         inputs = types.Object()
-        pv = _patches_view(ctx)
+        pv = patches_view_of(ctx)
         detections = fields_of(ctx, fo.Detections)
         if pv is not None:
             inputs.view("source", types.Notice(
                 label=f"Evaluates the {len(pv)} patches of this patches view ('{pv.patches_field}')"))
             patches = pv.patches_field
         else:
-            fields = _patch_fields(ctx)
+            fields = patch_fields(ctx)
             if not fields:
                 inputs.view("nofield", types.Error(label="No patches field", description="Run 'Sample patches' first"))
                 return types.Property(inputs, invalid=True)

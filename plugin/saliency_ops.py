@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from xpatch_core.defaults import CHOICES, MODEL_MENU, SALIENCY
+from xpatch_core.defaults import CHOICES, SALIENCY
 from xpatch_core.saliency import gradient_methods, method_choices
 
 from .common import (
@@ -15,6 +15,9 @@ from .common import (
     fields_of,
     foo,
     long_running_config,
+    model_call_params,
+    model_inputs,
+    model_param,
     number,
     offer_view_target,
     plan_notice,
@@ -25,12 +28,6 @@ from .common import (
     types,
     uri,
 )
-
-_MODEL_CHOICES = [
-    *MODEL_MENU,
-    ("other", "Another keras.applications model"),
-    ("saved", "My saved classifier (.keras / .h5)"),
-]
 
 
 def _fuse(value: str | None) -> str | None:
@@ -48,21 +45,8 @@ def saliency_params(params: dict) -> dict[str, Any]:
         a dict of keyword arguments
     """
     from xpatch_core.errors import ParameterError
-    from xpatch_core.models import is_application
 
-    choice = text(params, "model", SALIENCY["model"])
-    if choice == "saved":
-        model = text(params, "model_path")
-        if not model:
-            raise ParameterError("give the path of your saved classifier")
-    elif choice == "other":
-        model = text(params, "model_name")
-        if not model or not is_application(model):
-            raise ParameterError(f"unknown keras.applications model {model!r}")
-    else:
-        if not is_application(choice or ""):
-            raise ParameterError(f"unknown model {choice!r}")
-        model = choice
+    model = model_param(params, SALIENCY["model"])
     method = text(params, "method", SALIENCY["method"])
     target_mode = text(params, "target_mode", "predicted")
     target = target_field = None
@@ -132,23 +116,10 @@ class ComputeSaliency(DelegableOperator):
         inputs = types.Object()
         offer_view_target(ctx, inputs)  # dataset / current view / selected samples
         plan_notice(self, ctx, inputs)
-        model_choices = types.Dropdown(label="Model")
-        for value, label in _MODEL_CHOICES:
-            model_choices.add_choice(value, label=label)
-        inputs.enum("model", model_choices.values(), default=SALIENCY["model"], view=model_choices)
-        choice = ctx.params.get("model", SALIENCY["model"])
-        if choice == "other":
-            inputs.str("model_name", required=True, label="keras.applications name",
-                       description="e.g. ResNet101, DenseNet121, InceptionV3")
-        if choice == "saved":
-            inputs.str("model_path", required=True, label="Saved classifier",
-                       description="Path of a .keras or .h5 file (loaded with Keras' safe mode)")
+        picked = model_inputs(ctx, inputs, SALIENCY["model"])
+        if picked == "saved":
             inputs.str("class_names", label="Class names",
                        description="Comma-separated, in output order (optional)")
-        else:
-            inputs.str("weights", label="Weights file (optional)",
-                       description="Offline weights; empty = ImageNet through Keras' cache "
-                                   "(or XPATCH_WEIGHTS)")
         methods = types.RadioGroup()
         for value, label, _ in method_choices():
             methods.add_choice(value, label=label)
@@ -243,18 +214,13 @@ class ComputeSaliency(DelegableOperator):
         Returns:
             the :class:`fiftyone.operators.executor.ExecutionResult`
         """
-        from xpatch_core.models import is_application
 
         params: dict[str, Any] = {"field": field, "method": method, "batch_size": batch_size,
                                   "layer": layer, "weights": weights, "overwrite": overwrite,
                                   "delegate": delegate, "view_target": api_view_target(sample_collection),
                                   "num_shards": num_shards, "map_resolution": map_resolution,
                                   "precision": precision}
-        if is_application(model):
-            params["model"] = model if model in dict(_MODEL_CHOICES) else "other"
-            params["model_name"] = model
-        else:
-            params.update(model="saved", model_path=model)
+        params.update(model_call_params(model))
         if class_names:
             params["class_names"] = ",".join(class_names)
         if target is not None:

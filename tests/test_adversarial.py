@@ -272,7 +272,11 @@ def test_heatmap_files_replaced_behind_the_tools_back(tmp_path, tiny, make_ds):
     assert time.perf_counter() - t < 60
     ids = ds.values("id")
     assert s.processed == 1 and ds.exists("pp").values("id") == [ids[4]]
-    assert {f["id"]: f["reason"] for f in s.failures} == {i: "heatmap missing or unreadable" for i in ids[:4]}
+    reasons = {f["id"]: f["reason"] for f in s.failures}
+    assert set(reasons) == set(ids[:4])
+    assert all(r.startswith("heatmap missing or unreadable: ") for r in reasons.values())  # and why (issue 14)
+    assert "decompression bomb" in reasons[ids[0]] and "cannot identify image file" in reasons[ids[1]]
+    assert "Is a directory" in reasons[ids[2]] and "not found" in reasons[ids[3]]
 
 
 def test_an_unknown_class_in_the_target_field_fails_only_its_sample(tmp_path, tiny_path, make_ds):

@@ -82,6 +82,35 @@ PATCH_DATASET: dict[str, Any] = {
     "fill": 0,
 }
 
+#: Patch embeddings (:func:`xpatch_core.embeddings.iter_patch_embeddings`,
+#: :func:`xpatch_core.runs.run_embeddings`, the *Compute patch embeddings*
+#: form). Layer and pooling chosen by ``benchmarks/bench_embeddings.py`` on the
+#: shared COCO subset (see ``docs/curation.md``).
+EMBEDDINGS: dict[str, Any] = {
+    "patches_field": "patches",
+    "attribute": "embedding",
+    "model": "xception",
+    "fine_layer": "auto",
+    "pooling": "align",
+    "sampling_ratio": 2,
+    "border": "pad",
+    "batch_size": 16,
+}
+
+#: Curation (:mod:`xpatch_core.curation`, the curation operators).
+CURATION: dict[str, Any] = {
+    "duplicate_threshold": 0.1,
+    "duplicate_tag": "xpatch:duplicate",
+    "keep_by": "confidence",
+    "same_image": False,
+    "diverse_count": 100,
+    "diverse_tag": "xpatch:diverse",
+    "seed": 0,
+    "similarity_key": None,
+    "visualization_key": None,
+    "visualization_method": "pca",
+}
+
 #: Big runs (:mod:`xpatch_core.runs.estimate`, the App's forms): when to
 #: recommend running in the background, and how to split a run over tasks.
 SCALE: dict[str, Any] = {
@@ -108,6 +137,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "map_resolution": ("standard", "high"),
     "patch_image_format": ("auto", "jpg", "png"),
     "patch_export": ("imagefolder", "coco", "yolov5", "fiftyone", "fiftyone-classification"),
+    "pooling": ("align", "area"),
+    "embedding_border": ("pad", "clip", "error"),
+    "visualization_method": ("pca", "tsne", "umap"),
 }
 
 #: Models offered first in the App's model menu (any ``keras.applications``
@@ -150,5 +182,5 @@ PANEL: dict[str, Any] = {
     "failures_shown": 5,
 }
 
-__all__ = ["CHOICES", "HEATMAP", "MODEL_CACHE", "MODEL_FILE_LIMITS", "MODEL_MENU", "PATCHES", "PANEL", "PATCH_DATASET",
-           "SALIENCY", "SCALE"]
+__all__ = ["CHOICES", "CURATION", "EMBEDDINGS", "HEATMAP", "MODEL_CACHE", "MODEL_FILE_LIMITS", "MODEL_MENU",
+           "PANEL", "PATCHES", "PATCH_DATASET", "SALIENCY", "SCALE"]

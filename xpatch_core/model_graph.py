@@ -71,9 +71,11 @@ def find_target_layer(model: Any) -> str:
     Raises:
         ModelError: if no such layer exists
     """
+    import keras
+
     best = None
     for path, layer in layer_candidates(model):
-        if is_model(layer):
+        if is_model(layer) or isinstance(layer, keras.layers.InputLayer):
             continue
         shape = output_shape(layer)
         if shape is None or len(shape) != 4:

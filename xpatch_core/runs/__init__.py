@@ -16,6 +16,7 @@ kinds of run share one lifecycle (:mod:`~xpatch_core.runs.lifecycle`); see
 | :mod:`~xpatch_core.runs.lifecycle` | the one lifecycle: validate, todo, setup, lock, loop, finish |
 | :mod:`~xpatch_core.runs.saliency_run` | saliency runs (``fo.Heatmap``) |
 | :mod:`~xpatch_core.runs.patches_run` | patch runs (``fo.Detections``) |
+| :mod:`~xpatch_core.runs.embeddings_run` | embedding runs (each detection's ``embedding``) |
 | :mod:`~xpatch_core.runs.manage` | run info, views, deletion |
 | :mod:`~xpatch_core.runs.shards` | sharded runs over delegated operations |
 | :mod:`~xpatch_core.runs.estimate` | before a run: samples to process, estimated time, advice |
@@ -37,6 +38,7 @@ from xpatch_core.runs.collections import (
     images_of,
     validate_field_name,
 )
+from xpatch_core.runs.embeddings_run import iter_run_embeddings, run_embeddings
 from xpatch_core.runs.estimate import RunPlan, count_todo, plan_run, run_kind
 from xpatch_core.runs.lifecycle import LocalRecorder, Outcome, RunKind, execute, select_todo
 from xpatch_core.runs.locks import acquire_lock, release_lock
@@ -66,6 +68,7 @@ __all__ = [
     "failures_of",
     "get_run_info",
     "images_of",
+    "iter_run_embeddings",
     "iter_run_patches",
     "iter_run_saliency",
     "list_runs",
@@ -74,6 +77,7 @@ __all__ = [
     "plan_run",
     "read_heatmap",
     "release_lock",
+    "run_embeddings",
     "run_patches",
     "run_kind",
     "run_saliency",

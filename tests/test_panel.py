@@ -47,6 +47,7 @@ def ds(tmp_path_factory):
     runs.run_saliency(d, "sal", model, "activation")
     runs.run_patches(d, "sal", "patches", n=N_PATCHES, size=16, seed=3)
     evaluate_patches(d, "patches", "gt")
+    runs.run_embeddings(d, "patches", model=model, fine_layer=None)
     yield d
     d.delete()
 
@@ -69,7 +70,7 @@ def test_the_panel_is_registered_and_declared():
 def test_rows_and_details_are_the_run_records(ds):
     content = overview.panel_content(ds)
     by_run = {r["run"]: r for r in content["rows"]}
-    assert set(by_run) == {"sal", "patches"}
+    assert set(by_run) == {"sal", "patches", "patches_embedding"}
     for key, row in by_run.items():
         res = runs.get_run_info(ds, key)["results"]
         assert (row["processed"], row["failed"], row["skipped"], row["status"]) == (
@@ -77,7 +78,7 @@ def test_rows_and_details_are_the_run_records(ds):
     assert by_run["sal"]["failed"] == 1 and by_run["sal"]["processed"] == 5
     assert by_run["sal"]["samples"] == "5 (1 failed)" and by_run["patches"]["samples"] == "5"
     assert by_run["patches"]["patches"] == runs.get_run_info(ds, "patches")["results"]["patches"] == 5 * N_PATCHES
-    assert [r["run"] for r in content["rows"]] == ["sal", "patches"]  # oldest first
+    assert [r["run"] for r in content["rows"]] == ["sal", "patches", "patches_embedding"]  # oldest first
     # the latest patch run is detailed by default
     assert content["run_key"] == "patches"
     md = content["details"]
@@ -129,7 +130,7 @@ def test_sample_again_is_the_run_with_a_new_seed_and_field(ds):
 
     info = runs.get_run_info(ds, "patches")
     steps = {s["name"]: s for s in overview.next_steps(info, ds)}
-    assert list(steps) == ["open_patches", "sample_again", "export", "patch_dataset", "evaluate"]
+    assert list(steps) == ["open_patches", "sample_again", "export", "patch_dataset", "evaluate", "embed"]
     assert steps["open_patches"]["params"] == {"run_key": "patches"} and not steps["open_patches"]["prompt"]
     assert steps["patch_dataset"]["params"] == {"patches_field": "patches"}
     again = patch_params(steps["sample_again"]["params"])  # what the form's server side makes of them
@@ -182,4 +183,15 @@ def test_the_run_table_is_markdown_that_wraps(ds):
     assert lines[2] == "| Run | Kind | Status | Samples | Patches | Time |"
     assert lines[4].startswith("| sal | saliency | completed | 5 (1 failed) | 0 |")
     assert lines[5].startswith(f"| patches | patches | completed | 5 | {5 * N_PATCHES} |")
-    assert lines[6].startswith("| a\\|b |") and lines[6].endswith("| - |")  # escaped; empty cells show "-"
+    assert lines[7].startswith("| a\\|b |") and lines[7].endswith("| - |")  # escaped; empty cells show "-"
+
+
+def test_an_embedding_run_offers_the_curation_steps(ds):
+    content = overview.panel_content(ds, "patches_embedding")
+    info = runs.get_run_info(ds, "patches_embedding")
+    assert content["run_key"] == "patches_embedding" and content["hits"] is None and content["scores"] is None
+    assert "patches_field `patches`" in content["details"] and "attribute `embedding`" in content["details"]
+    assert f"dim `{info['config']['dim']}`" in content["details"]
+    ops = [s["operator"] for s in content["steps"]]
+    assert ops == ["build_patch_similarity", "tag_duplicate_patches", "select_diverse_patches", "compute_patch_map"]
+    assert all(s["params"] == {"patches_field": "patches", "attribute": "embedding"} for s in content["steps"])

@@ -35,6 +35,8 @@ _SHOWN = {
                  "batch_size", "precision_used", "storage", "map_dir"],
     "patches": ["heatmap_field", "n", "size", "scales", "aspect_ratios", "mode", "score", "temperature",
                 "epsilon", "max_iou", "min_distance", "replace", "border", "seed", "label"],
+    "embeddings": ["patches_field", "attribute", "layers", "pooling", "sampling_ratio", "border", "batch_size",
+                   "input_size", "dim", "precision_used"],
 }
 
 
@@ -342,7 +344,16 @@ def next_steps(info: dict[str, Any], dataset: Any) -> list[dict[str, Any]]:
              "params": {"patches_field": field}, "prompt": True},
             {"name": "evaluate", "label": "Evaluate", "operator": "evaluate_patches",
              "params": {"patches_field": field}, "prompt": True},
+            {"name": "embed", "label": "Compute embeddings", "operator": "compute_patch_embeddings",
+             "params": {"patches_field": field}, "prompt": True},
         ]
+    if kind == "embeddings":
+        params = {"patches_field": info["config"].get("patches_field"), "attribute": info["config"].get("attribute")}
+        return [{"name": name, "label": label, "operator": op, "params": dict(params), "prompt": True}
+                for name, label, op in (("similarity", "Similarity index", "build_patch_similarity"),
+                                        ("duplicates", "Tag near-duplicates", "tag_duplicate_patches"),
+                                        ("diverse", "Select diverse patches", "select_diverse_patches"),
+                                        ("map", "Patch map", "compute_patch_map"))]
     steps = [{"name": "open_view", "label": "Open the run's view", "operator": "load_xpatch_run_view",
               "params": {"run_key": key}, "prompt": False}]
     if kind == "saliency":

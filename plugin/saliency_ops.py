@@ -174,9 +174,15 @@ class ComputeSaliency(DelegableOperator):
     def execute(self, ctx: Any):
         from xpatch_core import runs
 
+        from .colours import colour_scheme_event, saved_scheme
+
         kwargs = saliency_params(ctx.params)
+        before = None if ctx.delegated else saved_scheme(ctx)
         summary = yield from execute_run(ctx, runs.iter_run_saliency, kwargs, self.uri)
         if not ctx.delegated:
+            event = colour_scheme_event(ctx, before)  # the new field's colormap, shown now
+            if event is not None:
+                yield event
             yield _summary_output(ctx, summary, kwargs.get("map_dir"))
 
     def __call__(self, sample_collection: Any, field: str = SALIENCY["field"], model: str = SALIENCY["model"],

@@ -351,3 +351,18 @@ def stream_json_lines(url: str, body: dict[str, Any], timeout: float = 300.0) ->
             line = raw.strip()
             if line:
                 yield json.loads(line)
+
+
+def run_operator(app: AppServer, dataset_name: str, operator: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """Executes an operator through the App server's generator route, as the
+    App does, and returns its messages.
+
+    Raises:
+        AssertionError: if a message is not a success (with the messages)
+    """
+    messages = list(stream_json_lines(f"{app.url}/operators/execute/generator",
+                                      request_body(dataset_name, operator, params)))
+    bad = [m for m in messages if "SUCCESS" not in str(m.get("type"))]
+    if bad or not messages:
+        raise AssertionError(f"{operator} failed: {bad or 'no answer'}\n{app.log()}")
+    return messages

@@ -46,3 +46,41 @@ def test_the_users_colours_are_kept(ds, tmp_path):
     assert scheme.color_by == "field" and scheme.opacity == 0.3  # nothing of theirs changed
     scales = {c["path"]: c["name"] for c in scheme.colorscales}
     assert scales == {"sal": "hsv", "other": HEATMAP["colorscale"]}  # theirs kept, the new field added
+
+
+def _ctx(ds):
+    from fiftyone.operators.executor import ExecutionContext, Executor
+
+    executor = Executor()
+    return ExecutionContext(request_params={"dataset_name": ds.name, "params": {}}, executor=executor), executor
+
+
+def test_the_app_is_told_the_new_scheme_right_away(ds, tmp_path, monkeypatch):
+    """The App reads a saved scheme only when it opens a dataset: after a run
+    that changed it, the operator triggers the App's set_color_scheme."""
+    from plugin.colours import colour_scheme_event, saved_scheme
+
+    model = _tiny_keras(str(tmp_path / "t.keras"))
+    ctx, executor = _ctx(ds)
+    before = saved_scheme(ctx)
+    assert before is None
+    runs.run_saliency(ds, "sal", model, "activation")
+    colour_scheme_event(ctx, before)
+    (req,) = executor.to_json()["requests"]
+    assert req["operator_uri"] == "set_color_scheme"
+    assert req["params"] == {"colorscales": [{"path": "sal", "name": HEATMAP["colorscale"], "list": None}],
+                             "color_by": "value", "opacity": HEATMAP["opacity"]}
+
+    # a second field: the colorscales only (the colour mode and opacity are the user's)
+    ctx, executor = _ctx(ds)
+    before = saved_scheme(ctx)
+    runs.run_saliency(ds, "other", model, "activation")
+    colour_scheme_event(ctx, before)
+    (req,) = executor.to_json()["requests"]
+    assert [c["path"] for c in req["params"]["colorscales"]] == ["sal", "other"] and "color_by" not in req["params"]
+
+    # nothing changed (a rerun): nothing sent; an App without the operator: nothing sent
+    ctx, executor = _ctx(ds)
+    assert colour_scheme_event(ctx, saved_scheme(ctx)) is None and not executor.to_json()["requests"]
+    monkeypatch.setattr(fo, "__version__", "1.11.0")
+    assert colour_scheme_event(ctx, None) is None

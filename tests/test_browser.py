@@ -260,8 +260,12 @@ def _entry_count(page, pattern: str) -> None:
         timeout=RUN_TIMEOUT * 1000)
 
 
-def _plots(page, root: str) -> list:
-    """The plotly figures' data under a selector, as plotly holds it."""
+def _plots(page, root: str, count: int) -> list:
+    """The data of the ``count`` plotly figures under a selector, as plotly
+    holds it (once they are drawn)."""
+    page.wait_for_function(
+        "([sel, n]) => { const p = document.querySelectorAll(sel + ' .js-plotly-plot');"
+        " return p.length == n && Array.from(p).every(e => e.data && e.data.length); }", arg=[root, count])
     return page.evaluate(
         "(sel) => Array.from(document.querySelectorAll(sel + ' .js-plotly-plot')).map(e => e.data)", root)
 
@@ -450,6 +454,7 @@ def test_curation_embeddings_and_sort_by_similarity(page, dataset, kitchen, shot
     _execute(form)
     page.get_by_text(f"{total} patches embedded on {N_IMAGES} samples, 0 already done, 0 failed").wait_for(
         timeout=RUN_TIMEOUT * 1000)
+    dataset.reload()
     res = get_run_info(dataset, "patches_embedding")["results"]
     assert (res["processed"], res["patches"], res["failed"]) == (N_IMAGES, total, 0)
     _close_prompts(page)
@@ -496,7 +501,7 @@ def test_the_panel_shows_the_run_records(page, app, coco, shots):
     from xpatch_core import overview
     from xpatch_core.runs import get_run_info
 
-    page.set_viewport_size({"width": 1600, "height": 1250})
+    page.set_viewport_size({"width": 1600, "height": 1500})  # the whole panel in the screenshot
     try:
         _goto(page, app, coco.name)
         page.locator('[data-cy="new-panel-btn"]').first.click()
@@ -513,7 +518,7 @@ def test_the_panel_shows_the_run_records(page, app, coco, shots):
             assert row == [r["run"], r["kind"], r["status"], r["samples"], str(r["patches"]), r["time"] or "-"]
 
         # the score histogram: the patch scores of the run, counted again here
-        (hist,) = _plots(page, '[data-cy="panel-content-xpatch_runs"]')
+        (hist,) = _plots(page, '[data-cy="panel-content-xpatch_runs"]', 1)
         x, y, width = np.array(hist[0]["x"]), np.array(hist[0]["y"]), np.array(hist[0]["width"])
         edges = np.append(x - width / 2, x[-1] + width[-1] / 2)
         scores = np.array(coco.values("patches.detections.confidence", unwind=True))
@@ -531,9 +536,8 @@ def test_the_panel_shows_the_run_records(page, app, coco, shots):
         _close_prompts(page)
         panel.get_by_role("button", name="Refresh").click()
         panel.get_by_text("Evaluated against", exact=False).wait_for()
-        page.wait_for_function("() => document.querySelectorAll("
-                               "'[data-cy=\"panel-content-xpatch_runs\"] .js-plotly-plot').length == 2")
-        hits, _ = _plots(page, '[data-cy="panel-content-xpatch_runs"]')
+        hits, _ = _plots(page, '[data-cy="panel-content-xpatch_runs"]', 2)
+        coco.reload()
         ev = get_run_info(coco, "patches")["results"]["evaluation"]
         assert ev["gt_field"] == "ground_truth" and ev["patches"] == N_COCO * N_COCO_PATCHES
         classes = ev["per_class"][:12]
@@ -587,7 +591,7 @@ def test_a_large_view_form_shows_the_count_and_recommends_the_background(page, a
     lines = plan.lines()
     assert lines[0] == f"{len(big):,} of {len(big):,} samples to process (0 already done)."
     form.get_by_text(lines[0], exact=True).wait_for()
-    form.get_by_text(re.compile(r"^Recommended: schedule it")).wait_for()
+    form.get_by_text(re.compile(r"Recommended: schedule it")).wait_for()
     assert form.get_by_role("button", name="Schedule", exact=True).is_visible()  # pre-selected
     assert not form.get_by_role("button", name="Execute", exact=True).count()
     form.get_by_role("button", name="Cancel", exact=True).click()

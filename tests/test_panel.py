@@ -195,3 +195,20 @@ def test_an_embedding_run_offers_the_curation_steps(ds):
     ops = [s["operator"] for s in content["steps"]]
     assert ops == ["build_patch_similarity", "tag_duplicate_patches", "select_diverse_patches", "compute_patch_map"]
     assert all(s["params"] == {"patches_field": "patches", "attribute": "embedding"} for s in content["steps"])
+
+
+def test_choosing_another_run_in_the_panel(ds):
+    """The Run menu's on_change: the panel details the chosen run."""
+    from fiftyone.operators.executor import ExecutionContext, Executor
+
+    panel = foo.get_operator(PANEL_URI)
+    executor = Executor()
+    ctx = ExecutionContext(request_params={"dataset_name": ds.name, "params": {
+        "__method__": "on_select_run", "panel_id": "p1", "state": {"run_key": "patches"}, "value": "sal"}},
+        executor=executor)
+    panel.execute(ctx)
+    state = next(r["params"]["state"] for r in executor.to_json()["requests"]
+                 if r["operator_uri"].endswith("patch_panel_state"))
+    assert state["run_key"] == "sal" and state["kind"] == "saliency" and state["hits_layout"] is None
+    assert state["details"] == overview.panel_content(ds, "sal")["details"]
+    assert [s["operator"] for s in state["steps"]] == ["load_xpatch_run_view", "sample_patches"]

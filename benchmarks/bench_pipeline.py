@@ -53,7 +53,7 @@ def main() -> None:
     from xpatch_core.runs import run_patches, run_saliency
 
     paths = sorted(glob.glob(os.path.join(SHARED, "*.jpg"))) or kitchenware_images()
-    paths = paths[: args.images]
+    paths = (paths * (args.images // len(paths) + 1))[: args.images]  # repeated when fewer photos exist
     weights = extract_xception_weights()
     models = {p: xp.load_model("xception", weights=weights, precision=p) for p in ("auto", "float32")}
     sm = models["float32"]

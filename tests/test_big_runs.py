@@ -57,8 +57,8 @@ def heat_ds():
 
 @pytest.fixture()
 def rate_cache(tmp_path, monkeypatch):
-    """A private XPATCH_CACHE, so speeds recorded by other tests do not count."""
-    monkeypatch.setenv("XPATCH_CACHE", str(tmp_path / "cache"))
+    """A private file of measured speeds, so speeds recorded by other tests do not count."""
+    monkeypatch.setenv("XPATCH_RATES", str(tmp_path / "cache" / "rates.json"))
     return tmp_path / "cache"
 
 

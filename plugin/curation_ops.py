@@ -274,6 +274,9 @@ class BuildPatchSimilarity(_CurationOperator):
         if event is not None:
             yield event
         index = compute_similarity_index(target, progress=False, **kwargs)
+        event = _step(ctx, 1.0, f"similarity index over {int(index.total_index_size)} patches")
+        if event is not None:
+            yield event
         if not ctx.delegated:
             yield ctx.ops.set_view(view=ctx.dataset.to_patches(kwargs["patches_field"]))
             yield ctx.ops.notify(f"Similarity index {index.key!r} over {int(index.total_index_size)} patches; "

@@ -60,7 +60,7 @@ PATCHES: dict[str, Any] = {
     "max_iou": 0.7,
     "min_distance": None,
     "min_distance_form": 32.0,
-    "score": "mean",
+    "score": "center",
     "mode": "random",
     "seed": 0,
     "label": "predicted",

@@ -131,7 +131,9 @@ def display_map(
     lo, hi = float(m.min()), float(m.max())
     up = np.asarray(Image.fromarray(m, mode="F").resize((w, h), resample), dtype=np.float32)
     up = np.clip(up, max(lo, 0.0), min(hi, 1.0))
-    return np.rint(up * 255.0).astype(np.uint8)
+    # 1, not 0, at the bottom: the App draws 0 as transparent, which would cut the
+    # colour scale's lowest colour out of the overlay with a visible edge
+    return np.maximum(np.rint(up * 255.0), 1).astype(np.uint8)
 
 
 def encode_network_map(net_map: np.ndarray) -> str:

@@ -12,6 +12,7 @@ Rules:
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -90,20 +91,40 @@ def iter_saliency(
                                         max_pixels=max_pixels)
         return
     h, w = sm.input_size
-    for batch in iter_decoded_batches(images, (w, h), batch_size, workers=num_workers, max_pixels=max_pixels):
-        results: dict[int, SaliencyItem] = {}
-        good = []
-        for i, src, d in batch:
-            if isinstance(d, Exception):
-                results[i] = failed_item(i, src, d)
-            else:
-                good.append((i, src, d))
-        if good:
-            found = run_arrays(runner, [d.array for _, _, d in good], batch_targets(targets, [i for i, _, _ in good]))
-            for (i, src, d), r in zip(good, found):
-                results[i] = SaliencyItem(index=i, image_size=d.size, source=source_name(src), **r)
-        for i, _, _ in batch:
-            yield results[i]
+    batches = iter_decoded_batches(images, (w, h), batch_size, workers=num_workers, max_pixels=max_pixels)
+    for items in _one_batch_ahead(batches, lambda batch: _batch_items(batch, runner, targets)):
+        yield from items
+
+
+def _batch_items(batch: list[tuple[int, Any, Any]], runner: Any, targets: Any) -> list[SaliencyItem]:
+    """One decoded batch through the model: its items, in input order."""
+    results: dict[int, SaliencyItem] = {}
+    good = []
+    for i, src, d in batch:
+        if isinstance(d, Exception):
+            results[i] = failed_item(i, src, d)
+        else:
+            good.append((i, src, d))
+    if good:
+        found = run_arrays(runner, [d.array for _, _, d in good], batch_targets(targets, [i for i, _, _ in good]))
+        for (i, src, d), r in zip(good, found):
+            results[i] = SaliencyItem(index=i, image_size=d.size, source=source_name(src), **r)
+    return [results[i] for i, _, _ in batch]
+
+
+def _one_batch_ahead(batches: Iterator[Any], run: Any) -> Iterator[Any]:
+    """Runs the model on the next batch (on one worker thread; TensorFlow
+    releases the GIL) while the caller handles the current batch's items
+    (maps to store, database writes), so the model does not wait for them."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="xpatch-model") as pool:
+        pending = None
+        for batch in batches:
+            nxt = pool.submit(run, batch)
+            if pending is not None:
+                yield pending.result()
+            pending = nxt
+        if pending is not None:
+            yield pending.result()
 
 
 def compute_saliency(

@@ -231,6 +231,24 @@ def test_detection_son_is_what_fiftyone_stores():
     assert fo.Detection.from_dict(son).to_mongo().to_dict()["_id"] == son["_id"]
 
 
+def test_heatmap_son_is_what_fiftyone_stores():
+    """The stored form FiftyOne itself would write (bar zlib's level), and an array that reads back."""
+    shown = np.random.default_rng(3).integers(1, 256, size=(37, 50), dtype=np.uint8)
+    attrs = dict(method="eigencam", degenerate=False, width=500, height=370, network_map="abc", confidence=0.25)
+    son = runs.heatmap_son(shown, **attrs)
+    doc = fo.Heatmap(map=shown, range=[0, 255], **attrs).to_mongo().to_dict()
+    assert set(son) == set(doc)
+    for key in set(doc) - {"_id", "map"}:
+        assert son[key] == doc[key] and type(son[key]) is type(doc[key]), key
+    assert type(son["map"]) is type(doc["map"])
+    back = fo.Heatmap.from_dict(son)
+    assert back.map.dtype == np.uint8 and np.array_equal(back.map, shown)
+    assert back.range == [0.0, 255.0]
+    on_disk = runs.heatmap_son(map_path="/x/y.png", method="eigencam")
+    assert on_disk == {**fo.Heatmap(map_path="/x/y.png", range=[0, 255], method="eigencam").to_mongo().to_dict(),
+                       "_id": on_disk["_id"]}
+
+
 def test_downloaded_plugin_finds_its_library(tmp_path):
     """As after `fiftyone plugins download`: the repository's files in a plugins folder, with
     xpatch_core not installed (no site processing, so the editable install is invisible)."""

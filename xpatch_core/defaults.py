@@ -38,6 +38,9 @@ SALIENCY: dict[str, Any] = {
 HEATMAP: dict[str, Any] = {
     "long_side": 512,
     "upsample": "bicubic",
+    # zlib level of maps stored in the database (FiftyOne's own default is 6):
+    # 4 is 2.2x faster for about 6% more bytes on display maps
+    "zlib_level": 4,
     # the App's colour scheme for a new heatmap field (a plotly colorscale) and
     # the opacity set with it when the dataset has no colour scheme yet
     "colorscale": "viridis",

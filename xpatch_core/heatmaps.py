@@ -288,6 +288,16 @@ def _scale(arr: np.ndarray, lo: float, hi: float, *, explicit: bool, where: str)
     """Maps ``[lo, hi]`` to ``[0, 1]`` with FiftyOne's clipping."""
     if arr.dtype.kind == "b":
         arr = arr.astype(np.uint8)
+    if arr.dtype == np.uint8:
+        # one table lookup, the same values as the general path below
+        top = float(arr.max())
+        if not explicit and top > hi + 1e-3 * (hi - lo):
+            raise HeatmapError(
+                f"heatmap {where} (uint8) has values up to {top:.6g}, above the range [{lo:g}, {hi:g}] "
+                f"FiftyOne assumes without a range; set the heatmap's range (e.g. [0, 255])"
+            )
+        lut = np.clip((np.arange(256, dtype=np.float64) - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+        return lut[arr]
     a = arr.astype(np.float64, copy=False)
     finite = np.isfinite(a)
     if not finite.any():

@@ -46,7 +46,7 @@ from xpatch_core.runs.manage import delete_run, failures_of, get_run_info, load_
 from xpatch_core.runs.patches_run import check_patch_parameters, detection_son, iter_run_patches, run_patches
 from xpatch_core.runs.progress import Progress, RunSummary, drive
 from xpatch_core.runs.records import list_runs, update_run_results
-from xpatch_core.runs.saliency_run import iter_run_saliency, run_saliency
+from xpatch_core.runs.saliency_run import heatmap_son, iter_run_saliency, run_saliency
 
 __all__ = [
     "FAILED_TAG",
@@ -66,6 +66,7 @@ __all__ = [
     "drive",
     "execute",
     "failures_of",
+    "heatmap_son",
     "get_run_info",
     "images_of",
     "iter_run_embeddings",

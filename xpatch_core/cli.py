@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from xpatch_core import cli_curate
 from xpatch_core.defaults import CHOICES, PATCHES, SALIENCY
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".jfif"}
@@ -234,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="crop format (default auto: JPEG for JPEG sources, same quality; else PNG)")
     pds.add_argument("--export", action="append", default=[], metavar="FORMAT:DIR",
                      help="export the patch dataset (repeatable)")
+    cli_curate.add_parser(sub, _positive_int, _unit)
     return parser
 
 
@@ -574,7 +576,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command in ("run", "demo", "runs"):
+    if args.command in ("run", "demo", "runs", "curate"):
         from xpatch_core.quiet import quiet_third_party
 
         quiet_third_party()
@@ -589,6 +591,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_runs(args)
         if args.command == "patch-dataset":
             return _cmd_patch_dataset(args)
+        if args.command == "curate":
+            return cli_curate.cmd(args, UsageError)
         parser.print_help()
         return 2
     except UsageError as e:

@@ -160,7 +160,8 @@ def test_a_closed_browser_stops_a_foreground_run_at_a_chunk_and_it_resumes(app):
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             ds.reload()  # the server process writes the run record
-            if "pp" in ds.list_runs() and get_run_info(ds, "pp")["results"].get("status") != "running":
+            # no status yet: the record is registered, or its results are being replaced right now
+            if "pp" in ds.list_runs() and get_run_info(ds, "pp")["results"].get("status") not in (None, "running"):
                 break
             time.sleep(0.5)
         res = get_run_info(ds, "pp")["results"]

@@ -12,6 +12,7 @@ Rules:
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from xpatch_core.errors import ParameterError
@@ -39,6 +40,9 @@ def get_run_info(sample_collection: Any, run_key: str) -> dict[str, Any]:
     info = dataset.get_run_info(run_key)
     cfg = records.run_config(dataset, run_key)
     results = records.load_results(dataset, run_key)
+    if not results:  # FiftyOne replaces stored results by deleting, then writing: read again once
+        time.sleep(0.1)
+        results = records.load_results(dataset, run_key)
     if isinstance(cfg.get("sharding"), dict):
         results = {**results, **shards.aggregate(dataset, run_key, cfg)}
     return {"key": run_key, "type": cfg.get("xpatch_type"), "timestamp": str(info.timestamp), "config": cfg,

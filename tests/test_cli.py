@@ -4,19 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 
 import fiftyone as fo
 import pytest
 
-BIN = os.path.join(os.path.dirname(sys.executable), "xpatch")
-
-
-def _xpatch(*args: str, cwd: str | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    exe = [BIN] if os.path.exists(BIN) else [sys.executable, "-m", "xpatch_core.cli"]
-    return subprocess.run([*exe, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout,
-                          env=os.environ.copy())
+from tests.cli_run import xpatch as _xpatch
 
 
 @pytest.fixture()

@@ -3,10 +3,7 @@ Xception weights on the kitchenware photos."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 
 import fiftyone as fo
 import numpy as np
@@ -15,13 +12,7 @@ from bson import ObjectId
 from PIL import Image, ImageOps
 
 import xpatch_core as xp
-
-BIN = os.path.join(os.path.dirname(sys.executable), "xpatch")
-
-
-def _xpatch(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    exe = [BIN] if os.path.exists(BIN) else [sys.executable, "-m", "xpatch_core.cli"]
-    return subprocess.run([*exe, *args], capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
+from tests.cli_run import xpatch as _xpatch
 
 
 @pytest.fixture()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import fiftyone as fo
 import numpy as np
@@ -13,13 +11,7 @@ from bson import ObjectId
 from PIL import Image, ImageOps
 
 import xpatch_core as xp
-
-BIN = os.path.join(os.path.dirname(sys.executable), "xpatch")
-
-
-def _xpatch(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    exe = [BIN] if os.path.exists(BIN) else [sys.executable, "-m", "xpatch_core.cli"]
-    return subprocess.run([*exe, *args], capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
+from tests.cli_run import xpatch as _xpatch
 
 
 @pytest.fixture()

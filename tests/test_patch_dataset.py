@@ -269,16 +269,23 @@ def test_box_rule_matches_sahi_on_edge_cases():
     from sahi.slicing import process_coco_annotations
     from sahi.utils.coco import CocoAnnotation
 
-    boxes = np.array([[0, 0, 10, 10], [8, 8, 20, 20], [10, 0, 20, 10], [9.5, 9.5, 30, 30], [2, 2, 4, 4]], float)
+    # the last two: SAHI compares whole-pixel areas (int-truncated), so an exact ratio of 0.25 (9.75 / 39)
+    # counts as 9 / 39, and a 0.64 px2 overlap of a 2.56 px2 object as none
+    boxes = np.array([[0, 0, 10, 10], [8, 8, 20, 20], [10, 0, 20, 10], [9.5, 9.5, 30, 30], [2, 2, 4, 4],
+                      [7.5, 0, 17.5, 3.9], [9.2, 9.2, 10.8, 10.8]], float)
     anns = [CocoAnnotation.from_coco_bbox([x0, y0, x1 - x0, y1 - y0], k, str(k))
             for k, (x0, y0, x1, y1) in enumerate(boxes)]
-    for ratio in (0.0, 0.01, 0.1, 0.5, 1.0):
+    kept = []
+    for ratio in (0.0, 0.01, 0.1, 0.2, 0.25, 0.5, 1.0):
         ours = gt_carry.carry_boxes(boxes, (0, 0, 10, 10), ratio)
+        kept.append({c.index for c in ours})
         theirs = process_coco_annotations(anns, [0, 0, 10, 10], ratio)
         assert [c.index for c in ours] == [a.category_id for a in theirs]
         for c, a in zip(ours, theirs):
             x0, y0, x1, y1 = c.box
             np.testing.assert_allclose([x0, y0, x1 - x0, y1 - y0], a.bbox, atol=1e-9)
+    assert 6 in kept[0] and 6 not in kept[1]  # 0.64 px2 of 2.56: kept only while the ratio asked is 0
+    assert 5 in kept[3] and 5 not in kept[4]  # 9 / 39 = 0.23, though the exact share is 0.25
 
 
 # -- incremental runs and the output folder ----------------------------------------------

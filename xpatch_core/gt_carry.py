@@ -10,7 +10,9 @@ patch box has whole-pixel corners and may extend outside the image
 ``slice_coco``, ``process_coco_annotations`` for box annotations): an
 annotation is kept in a patch when its box overlaps the patch (a positive
 area) and ``area(box ∩ patch) / area(box) >= min_area_ratio`` (SAHI's
-default is 0.1); its box is then clipped to the patch and expressed in the
+default is 0.1), both areas in whole square pixels (truncated, as SAHI's
+annotation areas are, so that the same annotations are kept; the exact
+ratio is what is stored); its box is then clipped to the patch and expressed in the
 patch's pixels. Before that, a box is clipped to the image (the visible part
 of the object; SAHI assumes boxes inside the image) and a box that is empty,
 not finite or entirely outside the image is dropped with a reason. SAHI
@@ -144,10 +146,15 @@ def carry_boxes(boxes: np.ndarray, patch: tuple[int, int, int, int], min_area_ra
     ih = iy1 - iy0
     area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     inter = np.where((iw > 0) & (ih > 0), iw * ih, 0.0)
+    # the decision compares whole-pixel areas, as SAHI does (its annotation
+    # areas are truncated to integers); an object under one square pixel has
+    # no whole-pixel area, and its exact ratio decides
+    whole = np.floor(area)
+    decide = np.where(whole >= 1, np.floor(inter) / np.maximum(whole, 1), inter / area)
     out = []
     for k in np.flatnonzero(inter > 0):
         ratio = float(inter[k] / area[k])
-        if ratio >= min_area_ratio:
+        if float(decide[k]) >= min_area_ratio:
             src = (float(ix0[k]), float(iy0[k]), float(ix1[k]), float(iy1[k]))
             out.append(CarriedBox(int(k), (src[0] - px0, src[1] - py0, src[2] - px0, src[3] - py0), src,
                                   min(ratio, 1.0)))

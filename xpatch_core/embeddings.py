@@ -463,8 +463,8 @@ def iter_patch_embeddings(
     """Embeds patches, one forward pass per image, streaming one
     :class:`PatchEmbeddings` per image in input order.
 
-    Images are decoded on a thread pool one batch ahead of the model
-    (:func:`xpatch_core.images.iter_decoded_batches`), so at most two
+    Images are decoded on a thread pool two batches ahead of the model
+    (:func:`xpatch_core.images.iter_decoded_batches`), so at most three
     batches of images and their boxes are in memory. Images with no usable
     box are decoded but not sent through the network.
 

@@ -288,6 +288,27 @@ def test_box_rule_matches_sahi_on_edge_cases():
     assert 5 in kept[3] and 5 not in kept[4]  # 9 / 39 = 0.23, though the exact share is 0.25
 
 
+def test_patch_dataset_keeps_boxes_as_sahi_counts_them(tmp_path, made):
+    """Through make_patch_dataset: a box with an exact share of 0.25 in the patch, 9 / 39 in whole pixels."""
+    img = tmp_path / "small.png"
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(img)
+    ds = fo.Dataset()
+    ds.add_sample(fo.Sample(filepath=str(img), gt=_dets([(_rel((7.5, 0, 17.5, 3.9), 64, 48), {"label": "cup"})]),
+                            pp=_dets([(_rel((0, 0, 10, 10), 64, 48), {"label": "thing"})])))
+    try:
+        for ratio, carried in ((0.2, 1), (0.25, 0)):
+            name = _name(f"whole{ratio}")
+            made.append(name)
+            report = drive(iter_make_patch_dataset(ds, "pp", name, str(tmp_path / str(ratio)), gt_field="gt",
+                                                   min_area_ratio=ratio), False)
+            dets = fo.load_dataset(name).first().gt.detections
+            assert len(dets) == carried and report.gt_dropped == 1 - carried
+            if carried:
+                assert dets[0].area_ratio == pytest.approx(0.25)  # the exact share is what is stored
+    finally:
+        ds.delete()
+
+
 # -- incremental runs and the output folder ----------------------------------------------
 
 

@@ -68,12 +68,15 @@ class CarriedBox:
             ``[x0, y0, x1, y1]`` (floats)
         source_box: the same box in source pixels
         area_ratio: ``area(box ∩ patch) / area(box)``, in ``(0, 1]``
+        kept_ratio: the same share in whole square pixels, as SAHI counts
+            it: what ``min_area_ratio`` is compared with
     """
 
     index: int
     box: tuple[float, float, float, float]
     source_box: tuple[float, float, float, float]
     area_ratio: float
+    kept_ratio: float
 
 
 def label_problem(label: Any) -> str | None:
@@ -157,7 +160,7 @@ def carry_boxes(boxes: np.ndarray, patch: tuple[int, int, int, int], min_area_ra
         if float(decide[k]) >= min_area_ratio:
             src = (float(ix0[k]), float(iy0[k]), float(ix1[k]), float(iy1[k]))
             out.append(CarriedBox(int(k), (src[0] - px0, src[1] - py0, src[2] - px0, src[3] - py0), src,
-                                  min(ratio, 1.0)))
+                                  min(ratio, 1.0), min(float(decide[k]), 1.0)))
     return out
 
 

@@ -177,7 +177,7 @@ def _carry_detections(objs: _Objects, box: tuple[int, int, int, int], s: Setting
         labels.append(det.label)
         boxes.append(c.box)
         masks.append(mask)
-        if c.area_ratio < s.min_area_ratio:
+        if c.kept_ratio < s.min_area_ratio:  # whole-pixel areas, as SAHI decides
             result.add("gt_dropped")
             continue
         son = dict(det.to_mongo())

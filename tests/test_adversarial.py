@@ -279,6 +279,18 @@ def test_heatmap_files_replaced_behind_the_tools_back(tmp_path, tiny, make_ds):
     assert "Is a directory" in reasons[ids[2]] and "not found" in reasons[ids[3]]
 
 
+def test_a_heatmap_bomb_is_refused_even_when_pillow_checks_are_off(tmp_path, monkeypatch):
+    """SAHI's image reader sets Image.MAX_IMAGE_PIXELS = None for the whole process: a later patch run
+    read a bomb's header as 'truncated' (and a real bomb would have been decoded)."""
+    from xpatch_core.heatmaps import HeatmapError, read_heatmap
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    bomb = tmp_path / "bomb.png"
+    _write_png_header(str(bomb), 100_000, 100_000)
+    with pytest.raises(HeatmapError, match="decompression bomb"):
+        read_heatmap(fo.Heatmap(map_path=str(bomb)))
+
+
 def test_an_unknown_class_in_the_target_field_fails_only_its_sample(tmp_path, tiny_path, make_ds):
     """A label is one sample's matter: 'zebra' refused the whole run."""
     import xpatch_core as xp

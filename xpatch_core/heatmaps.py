@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from xpatch_core import settings
 from xpatch_core.defaults import HEATMAP
 from xpatch_core.errors import ParameterError, XpatchError
 
@@ -239,6 +240,13 @@ def _read_map_file(path: str) -> np.ndarray:
         raise HeatmapError(f"heatmap file not found: {path}")
     try:
         with Image.open(path) as img:
+            # from the header, before decoding: Pillow's own bomb check is a process-wide
+            # setting that other libraries switch off (SAHI's image reader does)
+            limit = settings.max_pixels()
+            if img.size[0] * img.size[1] > limit:
+                raise HeatmapError(
+                    f"cannot read heatmap file {os.path.basename(path)}: {img.size[0]}x{img.size[1]} pixels "
+                    f"exceeds the limit of {limit:,} (a decompression bomb, or set XPATCH_MAX_PIXELS)")
             img.load()
             if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
                 return np.asarray(img, dtype=np.uint16)

@@ -8,6 +8,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageOps
 
+from xpatch_core.paths import write_atomically
+
 
 def top_patches(sample_collection: Any, field: str = "patches", top: int = 48) -> list[dict[str, Any]]:
     """Returns the best-scoring patches of a collection.
@@ -82,18 +84,5 @@ def contact_sheet(
         sheet.paste(crop, (cx + (tile - crop.width) // 2, cy + (tile - crop.height) // 2))
         draw.text((cx + 3, cy + tile + 2), f"{str(r['label'])[:12]} {r['score']:.2f}", fill=(230, 230, 230))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    # a fresh temporary name, created exclusively and never through a symlink (a predictable
-    # name would let a planted link redirect the write), renamed over the sheet once complete
-    tmp = f"{path}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            sheet.save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+    # a fresh temporary name, never through a symlink, renamed over the sheet once complete
+    return write_atomically(path, lambda f: sheet.save(f, format="PNG"))

@@ -43,6 +43,7 @@ from xpatch_core import __version__
 from xpatch_core.defaults import PATCH_DATASET
 from xpatch_core.errors import ImageDecodeError, ParameterError, XpatchError
 from xpatch_core.images import DEFAULT_MAX_PIXELS, to_rgb
+from xpatch_core.paths import write_atomically
 
 __all__ = [
     "MARKER",
@@ -192,19 +193,7 @@ class OutputFolder:
         Returns:
             the file's path
         """
-        path = self.path(parts)
-        tmp = f"{path}.{os.getpid()}-{threading.get_ident()}.tmp"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-        fd = os.open(tmp, flags, 0o644)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.lexists(tmp):
-                os.unlink(tmp)
-            raise
-        return path
+        return write_atomically(self.path(parts), lambda f: f.write(data), 0o644)
 
 
 # -- decoding and cropping ---------------------------------------------------------------

@@ -11,13 +11,16 @@ Rules:
     and a folder that may be cleared may not contain a folder that a stored
     field points into (source images, heatmap PNGs, masks). Such a command
     is refused before any work.
+-   Every file xpatch writes (heatmap PNGs, patch crops, contact sheets) goes
+    through :func:`write_atomically`: a fresh temporary name, created
+    exclusively and never through a link, then renamed.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import IO, Any
 
 from xpatch_core.errors import ParameterError
 
@@ -106,4 +109,35 @@ def check_apart(path: Any, what: str, protected: Iterable[str]) -> None:
                                  "(its images or label files); write it elsewhere")
 
 
-__all__ = ["check_apart", "check_disjoint", "check_not_holding", "contains", "real"]
+
+def write_atomically(path: str, write: Callable[[IO[bytes]], Any], mode: int = 0o666) -> str:
+    """Writes a file through a fresh temporary name, then renames it over ``path``.
+
+    The temporary name (``<path>.<pid>.<random>.tmp``) is created exclusively
+    and never through a symbolic link, so a link planted at a predictable
+    name cannot redirect the write; it is removed if writing fails, and a
+    reader never sees a half-written file.
+
+    Args:
+        path: the final path
+        write: a function writing the contents to a binary file object
+        mode: the file's permissions (before the umask)
+
+    Returns:
+        ``path``
+    """
+    tmp = f"{path}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+__all__ = ["write_atomically", "check_apart", "check_disjoint", "check_not_holding", "contains", "real"]

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from xpatch_core.errors import ParameterError
+from xpatch_core.paths import write_atomically
 
 _FILE = re.compile(r"[0-9a-f]{24}")
 
@@ -80,20 +81,9 @@ def write_png(path: str, m: np.ndarray) -> None:
     """
     from PIL import Image
 
-    tmp = f"{path}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
     a = np.asarray(m)
     arr = a if a.dtype == np.uint8 else np.clip(np.round(a.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(arr, mode="L").save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
+    write_atomically(path, lambda f: Image.fromarray(arr, mode="L").save(f, format="PNG"))
 
 
 def remove_temporary(folder: str, ids: Iterable[str] | None = None) -> int:

@@ -70,6 +70,9 @@ def saliency_params(params: dict) -> dict[str, Any]:
     precision = text(params, "precision", SALIENCY["precision"])
     if precision not in CHOICES["precision"]:
         raise ParameterError(f"unknown precision {precision!r}")
+    engine = text(params, "engine", SALIENCY["engine"])
+    if engine not in CHOICES["engine"]:
+        raise ParameterError(f"unknown engine {engine!r}")
     map_resolution = text(params, "map_resolution", SALIENCY["map_resolution"])
     if map_resolution not in CHOICES["map_resolution"]:
         raise ParameterError(f"unknown map resolution {map_resolution!r}")
@@ -90,6 +93,7 @@ def saliency_params(params: dict) -> dict[str, Any]:
         "map_dir": map_dir,
         "map_resolution": map_resolution,
         "precision": precision,
+        "engine": engine,
         "overwrite": overwrite,
     }
 
@@ -159,6 +163,11 @@ class ComputeSaliency(DelegableOperator):
                              ("mixed_bfloat16", "bfloat16 (mixed)")):
             prec.add_choice(value, label=label)
         inputs.enum("precision", prec.values(), default=SALIENCY["precision"], view=prec)
+        eng = types.Dropdown(label="Engine")
+        for value, label in (("auto", "Auto: OpenVINO on a CPU without bfloat16, else TensorFlow"),
+                             ("tensorflow", "TensorFlow"), ("openvino", "OpenVINO (CPU)")):
+            eng.add_choice(value, label=label)
+        inputs.enum("engine", eng.values(), default=SALIENCY["engine"], view=eng)
         inputs.int("batch_size", default=SALIENCY["batch_size"], label="Batch size", min=1, max=1024)
         field_name_input(ctx, inputs, "field", SALIENCY["field"], "saliency", "Heatmap field")
         storage = types.RadioGroup()
@@ -190,7 +199,7 @@ class ComputeSaliency(DelegableOperator):
                  weights: str | None = None, layer: str | None = None, batch_size: int = SALIENCY["batch_size"],
                  class_names: list[str] | None = None, map_dir: str | None = None,
                  map_resolution: str = SALIENCY["map_resolution"], precision: str = SALIENCY["precision"],
-                 overwrite: bool = False,
+                 engine: str = SALIENCY["engine"], overwrite: bool = False,
                  delegate: bool = False, num_shards: int = 1) -> Any:
         """Computes saliency heatmaps, as the App does.
 
@@ -210,6 +219,8 @@ class ComputeSaliency(DelegableOperator):
             map_resolution: ``"standard"`` or ``"high"`` (sharper maps, about
                 4x the time)
             precision: ``"auto"``, ``"float32"`` or ``"mixed_bfloat16"``
+            engine: ``"auto"``, ``"tensorflow"`` or ``"openvino"`` (what
+                runs the forward pass)
             overwrite: recompute samples that have a heatmap
             delegate: schedule as a delegated (background) operation
             num_shards: split the run into this many delegated operations
@@ -225,7 +236,7 @@ class ComputeSaliency(DelegableOperator):
                                   "layer": layer, "weights": weights, "overwrite": overwrite,
                                   "delegate": delegate, "view_target": api_view_target(sample_collection),
                                   "num_shards": num_shards, "map_resolution": map_resolution,
-                                  "precision": precision}
+                                  "precision": precision, "engine": engine}
         params.update(model_call_params(model))
         if class_names:
             params["class_names"] = ",".join(class_names)

@@ -55,7 +55,7 @@ from xpatch_core import runs
 ds = fo.load_dataset(sys.argv[1])
 s = runs.run_saliency(ds, "sal", sys.argv[2], "gradcam")
 p = runs.run_patches(ds, "sal", "pp", n=2, size=16)
-print(json.dumps({"tf": "tensorflow" in sys.modules, "keras": "keras" in sys.modules,
+print(json.dumps({"tf": "tensorflow" in sys.modules, "keras": "keras" in sys.modules, "ov": "openvino" in sys.modules,
                   "saliency": [s.status, s.processed, s.skipped], "patches": [p.status, p.processed, p.skipped]}))
 """
 
@@ -68,7 +68,7 @@ def test_noop_rerun_imports_no_tensorflow_and_loads_no_model(done_ds, tiny_file)
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["saliency"] == ["nothing to do", 0, 5]
     assert res["patches"] == ["nothing to do", 0, 5]
-    assert res["tf"] is False and res["keras"] is False
+    assert res["tf"] is False and res["keras"] is False and res["ov"] is False
     after = runs.get_run_info(done_ds, "sal")
     assert after["results"]["updated_at"] == before["results"]["updated_at"]  # the record is untouched
 

@@ -124,6 +124,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", choices=CHOICES["precision"], default=SALIENCY["precision"],
                    help="'auto' (default): bfloat16 where the hardware has it (CPUs with AMX or AVX-512 BF16, "
                         "NVIDIA GPUs of compute capability 8.0+), float32 elsewhere")
+    g.add_argument("--engine", choices=CHOICES["engine"], default=SALIENCY["engine"],
+                   help="what runs the forward pass: 'auto' (default): OpenVINO on a CPU without native bfloat16 "
+                        "where it is installed, TensorFlow elsewhere (XPATCH_ENGINE overrides it)")
     g.add_argument("--custom-objects", default=None, metavar="MODULE",
                    help="a Python module defining the custom layers of a saved model (imported; its Keras "
                         "classes are passed to Keras)")
@@ -342,6 +345,7 @@ def _saliency_step(ds: Any, args: argparse.Namespace, class_names: list[str] | N
         class_names=class_names, map_dir=args.map_dir, overwrite=args.overwrite,
         map_resolution=getattr(args, "map_resolution", SALIENCY["map_resolution"]),
         precision=getattr(args, "precision", SALIENCY["precision"]),
+        engine=getattr(args, "engine", SALIENCY["engine"]),
         custom_objects=getattr(args, "custom_objects", None),
         allow_unsafe=getattr(args, "allow_unsafe_model", False), progress=True,
     )

@@ -26,6 +26,7 @@ SALIENCY: dict[str, Any] = {
     "batch_size": 16,
     "fuse_layer": "auto",
     "precision": "auto",
+    "engine": "auto",
     "map_resolution": "standard",
 }
 
@@ -136,6 +137,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "border": ("error", "pad", "clip", "drop"),
     "on_degenerate": ("uniform", "error"),
     "precision": ("auto", "float32", "mixed_bfloat16"),
+    "engine": ("auto", "tensorflow", "openvino"),
     "storage": ("database", "png"),
     "map_resolution": ("standard", "high"),
     "patch_image_format": ("auto", "jpg", "png"),

@@ -291,6 +291,11 @@ class PatchEmbedder:
         Returns:
             one float32 ``(B, h, w, C)`` array per layer
         """
+        ov = self.model.ov_forward
+        wanted = ("acts", "fine")[: len(self.layers)]
+        if ov is not None and all(k in ov.outputs for k in wanted):  # the OpenVINO engine
+            out = ov(x)
+            return [out[k] for k in wanted]
         import tensorflow as tf
 
         with self._lock:

@@ -11,6 +11,16 @@ when no GPU can be present; it imports TensorFlow (once per process) only
 when an NVIDIA driver is installed and ``CUDA_VISIBLE_DEVICES`` does not hide
 the GPUs, to ask which GPUs TensorFlow sees and their compute capability.
 When TensorFlow sees a GPU, the GPU decides, since the model runs there.
+
+:func:`resolve_engine` picks what runs the forward pass. OpenVINO's CPU
+runtime computes Xception's float32 forward 1.36x faster than TensorFlow on
+a CPU without bfloat16 (measured on an AVX2 AMD EPYC, 2 cores,
+``benchmarks/bench_pipeline.py``), with the same numbers (largest
+difference of the activations 3e-5); so ``engine="auto"`` uses it where the
+precision resolves to float32 and no GPU is visible, and TensorFlow
+elsewhere: on a GPU (OpenVINO does not drive NVIDIA GPUs) and where the CPU
+computes bfloat16 natively (TensorFlow's ``mixed_bfloat16`` path is the one
+measured there, 1.55x). Gradients always come from TensorFlow.
 """
 
 from __future__ import annotations
@@ -35,6 +45,11 @@ NVIDIA_DRIVER_FILES = ("/proc/driver/nvidia/version", "/dev/nvidiactl")
 #: Precisions :func:`resolve_precision` accepts (``"bfloat16"`` is an alias
 #: of ``"mixed_bfloat16"``).
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "bfloat16")
+#: Engines :func:`resolve_engine` accepts.
+ENGINES = ("auto", "tensorflow", "openvino")
+#: The entries of a model's ``source`` that name the engine: they describe
+#: the machine, not the model (runs resume across engines).
+ENGINE_SOURCE_KEYS = ("engine", "engine_requested", "engine_reason")
 
 
 @dataclass(frozen=True)
@@ -186,15 +201,71 @@ def resolve_precision(precision: str) -> tuple[str, str]:
     return "mixed_bfloat16", f"{precision} was asked for (bfloat16 compute, float32 weights and head)"
 
 
+def openvino_available() -> bool:
+    """Whether the ``openvino`` package is installed (without importing it).
+
+    Returns:
+        True or False
+    """
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
+def resolve_engine(engine: str, precision: str, *, gpus: Sequence[GpuInfo] | None = None,
+                   available: bool | None = None) -> tuple[str, str]:
+    """Validates an engine and resolves ``"auto"``.
+
+    Args:
+        engine: one of :data:`ENGINES`
+        precision: the resolved precision (``"float32"`` or
+            ``"mixed_bfloat16"``)
+        gpus: the GPUs to assume instead of :func:`detect_gpus`
+        available: whether OpenVINO is installed, instead of
+            :func:`openvino_available`
+
+    Returns:
+        ``(engine, reason)``: ``"tensorflow"`` or ``"openvino"``, and a
+        sentence for people
+
+    Raises:
+        ParameterError: for an unknown engine, or ``"openvino"`` when it is
+            not installed
+    """
+    if engine not in ENGINES:
+        raise ParameterError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "auto" and settings.engine_override():
+        engine = settings.engine_override()
+    available = openvino_available() if available is None else available
+    if engine == "tensorflow":
+        return "tensorflow", "tensorflow was asked for"
+    if engine == "openvino":
+        if not available:
+            raise ParameterError("engine='openvino' needs the openvino package (pip install openvino)")
+        return "openvino", "openvino was asked for"  # the CPU; bfloat16 where OpenVINO finds it native
+    gpus = detect_gpus() if gpus is None else tuple(gpus)
+    if gpus:
+        return "tensorflow", "TensorFlow runs the model on the GPU"
+    if precision != "float32":
+        return "tensorflow", "TensorFlow's bfloat16 path is the measured one on a CPU with native bfloat16"
+    if not available:
+        return "tensorflow", "the openvino package is not installed"
+    return "openvino", "OpenVINO's CPU runtime computes the float32 forward faster than TensorFlow"
+
+
 __all__ = [
     "BF16_CPU_FLAGS",
     "BF16_MIN_COMPUTE_CAPABILITY",
     "CPUINFO_PATH",
+    "ENGINES",
+    "ENGINE_SOURCE_KEYS",
     "GpuInfo",
     "PRECISIONS",
     "auto_precision",
     "cpu_flags",
     "detect_gpus",
     "gpu_driver_present",
+    "openvino_available",
+    "resolve_engine",
     "resolve_precision",
 ]

@@ -47,7 +47,7 @@ from xpatch_core import settings
 from xpatch_core._tfsetup import setup_tensorflow
 from xpatch_core.defaults import SALIENCY
 from xpatch_core.errors import ModelError, ParameterError
-from xpatch_core.hardware import resolve_precision
+from xpatch_core.hardware import resolve_engine, resolve_precision
 from xpatch_core.model_cache import ModelCache, parameter_bytes
 from xpatch_core.model_files import (
     FileIdentity,
@@ -65,6 +65,7 @@ from xpatch_core.model_graph import (
     split_model,
     trace,
 )
+from xpatch_core.model_openvino import attach_forward
 
 # name -> (constructor, preprocessing module, default input size)
 _APPLICATIONS: dict[str, tuple[str, str, int]] = {
@@ -192,6 +193,9 @@ class SaliencyModel:
         fuse_layer: a second, finer layer whose map multiplies the target
             layer's map (activation and EigenCAM), or None
         fused: model from the input to ``[target, fuse]`` activations
+        ov_forward: the forward pass compiled by OpenVINO
+            (:class:`xpatch_core.model_openvino.OpenVinoForward`) when the
+            engine is ``"openvino"``, else None
     """
 
     name: str
@@ -205,6 +209,7 @@ class SaliencyModel:
     source: dict[str, Any]
     fuse_layer: str | None = None
     fused: Any | None = None
+    ov_forward: Any | None = None
     _class_names: list[str] | None = None
     _class_loader: Callable[[], list[str]] | None = None
     _compiled: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -300,7 +305,7 @@ class SaliencyModel:
                                     f"{tuple(feat.shape[1:3])} features ({type(e).__name__})")
         sized = dataclasses.replace(
             self, backbone=backbone, head=head, joint=joint, fused=fused, input_size=(h, w),
-            source=source, _compiled={}, lock=threading.Lock(),
+            source=dict(source, engine="tensorflow"), ov_forward=None, _compiled={}, lock=threading.Lock(),
         )
         with self.lock:
             return self._compiled.setdefault(("size", h, w), sized)
@@ -472,14 +477,18 @@ class _Request:
     precision_reason: str
     allow_unsafe: bool
     custom_objects: Any
+    engine: str = "tensorflow"
+    engine_requested: str = "tensorflow"
+    engine_reason: str = ""
     identity: FileIdentity | None = None
 
 
 def _request(model: Any, weights: str | None, layer: Any, fuse_layer: str | None, input_size: Any,
              class_names: Sequence[str] | None, preprocess: Any, precision: str, allow_unsafe: bool,
-             custom_objects: Any) -> _Request:
+             custom_objects: Any, engine: str) -> _Request:
     """Validates and normalises the arguments (no TensorFlow, no file reads)."""
     resolved, reason = resolve_precision(precision)
+    engine_used, engine_reason = resolve_engine(engine, resolved)
     if isinstance(input_size, (int, np.integer)):
         input_size = (int(input_size), int(input_size))
     if input_size is not None and (len(input_size) != 2 or min(input_size) < 8):
@@ -492,7 +501,8 @@ def _request(model: Any, weights: str | None, layer: Any, fuse_layer: str | None
         raise ParameterError(f"custom_objects must be a dict or a module path, got {type(custom_objects).__name__}")
     return _Request(model, weights, layer, fuse_layer, tuple(input_size) if input_size else None,
                     [str(c) for c in class_names] if class_names is not None else None, preprocess,
-                    resolved, precision, reason, bool(allow_unsafe), custom_objects)
+                    resolved, precision, reason, bool(allow_unsafe), custom_objects,
+                    engine_used, engine, engine_reason)
 
 
 def _identify_files(req: _Request) -> None:
@@ -531,7 +541,7 @@ def _cache_key(req: _Request) -> tuple | None:
         None if ident is None else (ident.size, ident.mtime_ns, ident.inode, ident.sha256),
         req.layer, req.fuse_layer, req.input_size,
         tuple(req.class_names) if req.class_names else None,
-        req.preprocess, req.precision, req.allow_unsafe, custom,
+        req.preprocess, req.precision, req.allow_unsafe, custom, req.engine,
     )
 
 
@@ -583,7 +593,9 @@ def _split(keras_model: Any, req: _Request, info: dict, in_memory: bool) -> tupl
         fuse_layer = "block13_sepconv1_act" if auto else None
     fuse_path = resolve_layer(keras_model, fuse_layer) if fuse_layer else None
     parts = split_model(keras_model, path, fuse_path)
-    plan = precision_plan(*parts[1:5], req.precision)
+    # OpenVINO converts the float32 graph and computes in the precision it is told.
+    keras_precision = "float32" if req.engine == "openvino" else req.precision
+    plan = precision_plan(*parts[1:5], keras_precision)
     if plan and in_memory:
         try:
             parts = split_model(_copy_model(keras_model), path, fuse_path)
@@ -591,7 +603,7 @@ def _split(keras_model: Any, req: _Request, info: dict, in_memory: bool) -> tupl
             if req.precision_requested != "auto":
                 raise
             req.precision, req.precision_reason = "float32", "the in-memory model could not be copied"
-        plan = precision_plan(*parts[1:5], req.precision)
+        plan = precision_plan(*parts[1:5], "float32" if req.engine == "openvino" else req.precision)
     apply_precision_plan(plan)
     return path, fuse_path, parts
 
@@ -644,6 +656,7 @@ def _assemble(req: _Request, keras_model: Any, info: dict, pre_mode: str, name: 
     )
     if info.get("include_top") and n == 1000 and not req.class_names:
         sm._class_loader = lambda: _imagenet_class_names(sm)
+    attach_forward(sm, req.engine, req.engine_requested, req.engine_reason, req.precision)
     return sm
 
 
@@ -672,6 +685,7 @@ def load_model(
     allow_unsafe: bool = False,
     custom_objects: Mapping[str, Any] | str | Sequence[str] | None = None,
     cache: bool = True,
+    engine: str = SALIENCY["engine"],
 ) -> SaliencyModel:
     """Loads a classifier for saliency.
 
@@ -711,6 +725,12 @@ def load_model(
         cache: reuse a model already loaded in this process with the same
             arguments from unchanged files, and keep this one (see
             :mod:`xpatch_core.model_cache`)
+        engine: what runs the forward pass: ``"auto"`` (OpenVINO on a CPU
+            without native bfloat16 where the ``openvino`` package is
+            installed, TensorFlow elsewhere; ``XPATCH_ENGINE`` overrides it;
+            see :func:`xpatch_core.hardware.resolve_engine`),
+            ``"tensorflow"`` or ``"openvino"`` (the CPU; gradients still come
+            from TensorFlow). ``source["engine"]`` says what was used
 
     Returns:
         a :class:`SaliencyModel`
@@ -723,7 +743,7 @@ def load_model(
     if isinstance(model, SaliencyModel):
         return _check_loaded(model, layer)
     req = _request(model, weights, layer, fuse_layer, input_size, class_names, preprocess, precision,
-                   allow_unsafe, custom_objects)
+                   allow_unsafe, custom_objects, engine)
     _identify_files(req)
     key = _cache_key(req) if cache else None
     if key is not None:

@@ -32,7 +32,7 @@ _BOOKKEEPING = {"type", "method", "xpatch_type", "xpatch_version", "started_at",
                 "field", "sharding", "cls"}
 _SHOWN = {
     "saliency": ["method", "layer", "target", "target_field", "fuse_layer", "map_resolution", "input_size",
-                 "batch_size", "precision_used", "storage", "map_dir"],
+                 "batch_size", "precision_used", "engine_used", "storage", "map_dir"],
     "patches": ["heatmap_field", "n", "size", "scales", "aspect_ratios", "mode", "score", "temperature",
                 "epsilon", "max_iou", "min_distance", "replace", "border", "seed", "label"],
     "embeddings": ["patches_field", "attribute", "layers", "pooling", "sampling_ratio", "border", "batch_size",

@@ -18,6 +18,7 @@ used (not at import), so a worker can change them between runs:
 | ``XPATCH_TF_VERBOSE`` | ``1`` shows TensorFlow's start-up logs | 0 |
 | ``XPATCH_MODEL_CACHE`` | models kept loaded per process (0: none) | 3 |
 | ``XPATCH_MODEL_CACHE_MB`` | parameter memory of the kept models, in MiB | 2048 |
+| ``XPATCH_ENGINE`` | what ``engine="auto"`` means: ``tensorflow`` or ``openvino`` | chosen per machine |
 
 Read here too, because they decide what hardware xpatch uses:
 ``CUDA_VISIBLE_DEVICES`` (``""`` or ``-1`` hides the GPUs) and
@@ -132,6 +133,21 @@ def model_cache_count() -> int:
 def model_cache_bytes() -> int:
     """``XPATCH_MODEL_CACHE_MB``: parameter bytes of the kept models (2 GiB)."""
     return _int("XPATCH_MODEL_CACHE_MB", MODEL_CACHE["megabytes"], lo=0) << 20
+
+
+def engine_override() -> str | None:
+    """``XPATCH_ENGINE``: the engine ``engine="auto"`` stands for, or None.
+
+    Raises:
+        ParameterError: for a value other than ``tensorflow``, ``openvino``
+            or ``auto``
+    """
+    value = os.environ.get("XPATCH_ENGINE", "").strip().lower()
+    if value in ("", "auto"):
+        return None
+    if value not in ("tensorflow", "openvino"):
+        raise ParameterError(f"XPATCH_ENGINE must be tensorflow, openvino or auto, got {value!r}")
+    return value
 
 
 def gpus_hidden() -> bool:

@@ -40,6 +40,7 @@ import numpy as np
 from xpatch_core import settings
 from xpatch_core.defaults import CHOICES, EMBEDDINGS, SALIENCY
 from xpatch_core.errors import ParameterError
+from xpatch_core.hardware import ENGINE_SOURCE_KEYS
 from xpatch_core.runs import collections as colls
 from xpatch_core.runs import records
 from xpatch_core.runs.lifecycle import Outcome, RunKind, execute
@@ -191,7 +192,8 @@ class EmbeddingsRun(RunKind):
             sampling_ratio=int(self.sampling_ratio), precision=self.precision, allow_unsafe=self.allow_unsafe)
         return EmbeddingsConfig(
             field=self.field, request=self.request(), patches_field=self.patches_field, attribute=self.attribute,
-            model_source={k: v for k, v in emb.model.source.items() if k != "wnids"}, layers=list(emb.layers),
+            model_source={k: v for k, v in emb.model.source.items() if k not in ("wnids", *ENGINE_SOURCE_KEYS)},
+            layers=list(emb.layers),
             pooling=emb.pooling, sampling_ratio=emb.sampling_ratio, border=self.border,
             batch_size=int(self.batch_size), input_size=list(emb.model.input_size), dim=int(emb.dim))
 

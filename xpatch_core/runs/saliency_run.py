@@ -32,6 +32,7 @@ import numpy as np
 from xpatch_core import settings
 from xpatch_core.defaults import CHOICES, HEATMAP, SALIENCY
 from xpatch_core.errors import ParameterError
+from xpatch_core.hardware import ENGINE_SOURCE_KEYS
 from xpatch_core.runs import collections as colls
 from xpatch_core.runs import heatmap_files
 from xpatch_core.runs.lifecycle import Outcome, RunKind, execute
@@ -55,6 +56,8 @@ class SaliencyConfig(RunConfig):
         input_size: the network's input ``(height, width)``
         precision: the precision requested (``auto`` resolves per machine)
         precision_used: the precision used
+        engine_used: what ran the forward pass, ``"tensorflow"`` or
+            ``"openvino"``
         map_dir: the folder of the PNG maps, or None
         storage: ``"database"`` or ``"png"``
     """
@@ -72,6 +75,7 @@ class SaliencyConfig(RunConfig):
     input_size: list[int]
     precision: str = SALIENCY["precision"]
     precision_used: str = SALIENCY["precision"]
+    engine_used: str = "tensorflow"
     map_dir: str | None = None
     storage: str = "database"
     map_resolution: str = SALIENCY["map_resolution"]
@@ -80,7 +84,7 @@ class SaliencyConfig(RunConfig):
 
 #: Model-source entries that describe this machine, not the model: a run resumed on
 #: other hardware (``precision="auto"``) keeps its parameters.
-_MACHINE_KEYS = ("wnids", "precision", "precision_requested", "precision_reason")
+_MACHINE_KEYS = ("wnids", "precision", "precision_requested", "precision_reason", *ENGINE_SOURCE_KEYS)
 
 
 def heatmap_son(map: np.ndarray | None = None, range: Sequence[float] = (0, 255), *,
@@ -139,13 +143,13 @@ class SaliencyRun(RunKind):
                  class_names: Sequence[str] | None = None, allow_unsafe: bool = False,
                  custom_objects: Any = None,
                  precision: str = SALIENCY["precision"], map_resolution: str = SALIENCY["map_resolution"],
-                 **common: Any) -> None:
+                 engine: str = SALIENCY["engine"], **common: Any) -> None:
         super().__init__(field, **common)
         self.model, self.method, self.target, self.target_field = model, method, target, target_field
         self.weights, self.layer, self.fuse_layer = weights, layer, fuse_layer
         self.batch_size, self.map_dir, self.class_names = batch_size, map_dir, class_names
         self.allow_unsafe, self.precision, self.map_resolution = allow_unsafe, precision, map_resolution
-        self.custom_objects = custom_objects
+        self.custom_objects, self.engine = custom_objects, engine
         self.declared = False
         self.map_root: str | None = None
         self.sm: Any = None
@@ -199,7 +203,8 @@ class SaliencyRun(RunKind):
                                  f"({', '.join(others)}); give this run a map_dir of its own")
         self.sm = sm = load_model(self.model, weights=self.weights, layer=self.layer, fuse_layer=self.fuse_layer,
                                   class_names=self.class_names, allow_unsafe=self.allow_unsafe,
-                                  precision=self.precision, custom_objects=self.custom_objects)
+                                  precision=self.precision, custom_objects=self.custom_objects,
+                                  engine=self.engine)
         self.runner = self.method_cls(sm)  # raises for gradient methods on a model without a head
         if self.target_field is None:
             self.targets: Any = resolve_targets(sm, self.target, None)
@@ -212,6 +217,7 @@ class SaliencyRun(RunKind):
             method=self.method_cls.name, layer=self.runner.layer_description, target=target,
             target_field=self.target_field, batch_size=int(self.batch_size), input_size=list(sm.input_size),
             precision=self.precision, precision_used=str(sm.source.get("precision", self.precision)),
+            engine_used=str(sm.source.get("engine", "tensorflow")),
             map_dir=self.map_root, storage="png" if self.map_root else "database",
             map_resolution=self.map_resolution,
         )
@@ -402,7 +408,9 @@ def run_saliency(sample_collection: Any, field: str = SALIENCY["field"], model: 
             of storing maps in the database), ``overwrite``, ``run_key``,
             ``class_names``, ``allow_unsafe``, ``custom_objects`` (a dict
             or a module path, for models with custom layers), ``precision``
-            (``"auto"``: bfloat16 where the hardware has it),
+            (``"auto"``: bfloat16 where the hardware has it), ``engine``
+            (``"auto"``, ``"tensorflow"`` or ``"openvino"``: what runs the
+            forward pass, see :func:`xpatch_core.load_model`),
             ``map_resolution`` (``"standard"``, or ``"high"`` for sharper
             maps from a second, aspect-kept pass at a higher resolution),
             ``sample_ids``, ``id_range``

@@ -10,6 +10,9 @@ Rules:
     backbone outside the gradient tape, in float32.
 -   A fused map (Xception's default) is the geometric mean of the target
     layer's and the finer layer's normalised maps, computed on the device.
+-   With the OpenVINO engine (``model.ov_forward``), OpenVINO computes the
+    activations (and logits); maps, fusion and gradients are computed from
+    them here, by the same TensorFlow functions.
 """
 
 from __future__ import annotations
@@ -165,6 +168,8 @@ class SaliencyMethod:
                 def fn(x):
                     return backbone(x, training=False)
 
+            elif key.startswith("maps_from:"):
+                fn = self._maps_from_fn()
             elif key.startswith("fused_maps:"):
                 fused, head, combine = model.fused, model.head, self.combine_tf
 
@@ -244,6 +249,10 @@ class SaliencyMethod:
         b = x.shape[0]
         t = np.full(b, -1, np.int32) if targets is None else np.asarray(targets, np.int32)
         logits = used = grads = None
+        ov = model.ov_forward
+        if ov is not None and (not self.needs_gradients or model.head is not None) and (
+                "fine" in ov.outputs or not self.uses_fusion):
+            return self._run_openvino(ov, x, t)
         if self.uses_fusion:
             maps, degenerate, logits = self._fn(f"fused_maps:{self.name}")(x)
             logits = logits if model.head is not None else None
@@ -263,6 +272,37 @@ class SaliencyMethod:
         grads_np = None if grads is None else np.asarray(grads, dtype=np.float32)
         raw = self.combine(acts_np, grads_np)
         maps, degenerate = normalize_maps(raw)
+        return maps, degenerate, self._info(logits, used)
+
+    def _maps_from_fn(self) -> Any:
+        """A compiled function from the target and fine activations to fused
+        maps and degenerate flags (the OpenVINO engine's second half)."""
+        import tensorflow as tf
+
+        combine = self.combine_tf
+        fh, fw, fc = self.model.feature_shape
+        fine_shape = [int(d) for d in self.model.fused.outputs[1].shape[1:]]
+
+        @tf.function(input_signature=[tf.TensorSpec([None, fh, fw, fc], tf.float32),
+                                      tf.TensorSpec([None, *fine_shape], tf.float32)])
+        def fn(acts, fine):
+            return fuse_maps_tf(combine(acts), combine(fine))
+
+        return fn
+
+    def _run_openvino(self, ov: Any, x: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+        """:meth:`run_batch` with the activations (and logits) from OpenVINO."""
+        out = ov(x)
+        logits, used = out.get("logits"), None
+        if self.uses_fusion:
+            maps, degenerate = self._fn(f"maps_from:{self.name}")(out["acts"], out["fine"])
+            return np.asarray(maps), np.asarray(degenerate), self._info(logits, None)
+        grads = None
+        if self.needs_gradients:
+            feats = out["acts"].astype(self.model.backbone.outputs[0].dtype, copy=False)
+            logits, used, grads = self._fn("head_grad")(feats, t)
+            grads = np.asarray(grads, dtype=np.float32)
+        maps, degenerate = normalize_maps(self.combine(out["acts"], grads))
         return maps, degenerate, self._info(logits, used)
 
     @staticmethod

@@ -38,6 +38,7 @@ def iter_saliency(
     max_pixels: int | None = None,
     precision: str = SALIENCY["precision"],
     map_resolution: str = SALIENCY["map_resolution"],
+    engine: str = SALIENCY["engine"],
 ) -> Iterator[SaliencyItem]:
     """Computes saliency maps, streaming one :class:`SaliencyItem` per image.
 
@@ -63,6 +64,8 @@ def iter_saliency(
             input size) or ``"high"`` (fused with a map of the image at 1.5x
             that size with its aspect ratio kept, about 4x the compute; see
             :mod:`xpatch_core.highres`)
+        engine: what runs the forward pass, ``"auto"``, ``"tensorflow"`` or
+            ``"openvino"`` (see :func:`xpatch_core.load_model`)
 
     Returns:
         an iterator of :class:`SaliencyItem`, in input order
@@ -81,7 +84,7 @@ def iter_saliency(
         raise ParameterError(f"map_resolution must be one of {', '.join(CHOICES['map_resolution'])}, "
                              f"got {map_resolution!r}")
     count = len(images) if hasattr(images, "__len__") else None
-    sm = load_model(model, weights=weights, layer=layer, fuse_layer=fuse_layer, precision=precision)
+    sm = load_model(model, weights=weights, layer=layer, fuse_layer=fuse_layer, precision=precision, engine=engine)
     runner = method_cls(sm)
     targets = resolve_targets(sm, target, count)
     if map_resolution == "high":
@@ -154,7 +157,7 @@ def compute_saliency(
         return_items: return :class:`SaliencyItem` objects (with predicted
             class, degenerate flag and errors) instead of bare maps
         **kwargs: passed to :func:`iter_saliency` (``weights``, ``layer``,
-            ``fuse_layer``, ``num_workers``, ``max_pixels``, ``precision``,
+            ``fuse_layer``, ``num_workers``, ``max_pixels``, ``precision``, ``engine``,
             ``map_resolution``)
 
     Returns:

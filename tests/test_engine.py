@@ -1,0 +1,164 @@
+"""The forward-pass engine: OpenVINO where ``engine="auto"`` picks it, the
+same maps as TensorFlow, and TensorFlow kept where OpenVINO cannot run a
+model (real Xception and kitchenware weights where the maps matter)."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import fiftyone as fo
+import numpy as np
+import pytest
+
+import xpatch_core as xp
+from xpatch_core import hardware, runs
+from xpatch_core.errors import ModelError, ParameterError
+from xpatch_core.hardware import GpuInfo, resolve_engine
+
+pytest.importorskip("openvino", reason="the openvino package is not installed (make install adds it)")
+
+A100 = GpuInfo("NVIDIA A100", (8, 0))
+
+
+def test_auto_engine_rules(monkeypatch):
+    monkeypatch.delenv("XPATCH_ENGINE", raising=False)
+    assert resolve_engine("auto", "float32", gpus=(), available=True)[0] == "openvino"
+    engine, reason = resolve_engine("auto", "float32", gpus=(A100,), available=True)
+    assert engine == "tensorflow" and "GPU" in reason
+    engine, reason = resolve_engine("auto", "mixed_bfloat16", gpus=(), available=True)
+    assert engine == "tensorflow" and "bfloat16" in reason
+    engine, reason = resolve_engine("auto", "float32", gpus=(), available=False)
+    assert engine == "tensorflow" and "not installed" in reason
+    assert resolve_engine("tensorflow", "float32", gpus=(), available=True)[0] == "tensorflow"
+    assert resolve_engine("openvino", "mixed_bfloat16", gpus=(A100,), available=True)[0] == "openvino"
+    with pytest.raises(ParameterError, match="needs the openvino package"):
+        resolve_engine("openvino", "float32", gpus=(), available=False)
+    with pytest.raises(ParameterError, match="engine must be one of"):
+        resolve_engine("onnx", "float32", gpus=(), available=True)
+
+
+def test_xpatch_engine_variable_sets_what_auto_means(monkeypatch):
+    monkeypatch.setenv("XPATCH_ENGINE", "tensorflow")
+    assert resolve_engine("auto", "float32", gpus=(), available=True)[0] == "tensorflow"
+    assert resolve_engine("openvino", "float32", gpus=(), available=True)[0] == "openvino"  # explicit wins
+    monkeypatch.setenv("XPATCH_ENGINE", "openvino")
+    assert resolve_engine("auto", "mixed_bfloat16", gpus=(A100,), available=True)[0] == "openvino"
+    monkeypatch.setenv("XPATCH_ENGINE", "torch")
+    with pytest.raises(ParameterError, match="XPATCH_ENGINE"):
+        resolve_engine("auto", "float32", gpus=(), available=True)
+
+
+@pytest.fixture(scope="module")
+def photos(kitchen):
+    from tests.conftest import COCO_DIR
+
+    coco = sorted(glob.glob(os.path.join(COCO_DIR, "images", "*.jpg")))
+    from xpatch_core.offline import kitchenware_images
+
+    return (coco[:12] + kitchenware_images()[:6]) if coco else kitchenware_images()
+
+
+def _compare(a, b, photos, method):
+    ia = xp.compute_saliency(photos, a, method, return_items=True)
+    ib = xp.compute_saliency(photos, b, method, return_items=True)
+    assert all(i.ok for i in ia + ib)
+    corr = min(float(np.corrcoef(p.map.ravel(), q.map.ravel())[0, 1]) for p, q in zip(ia, ib))
+    diff = max(float(np.abs(p.map - q.map).max()) for p, q in zip(ia, ib))
+    return ia, ib, corr, diff
+
+
+def test_openvino_maps_equal_tensorflow_maps_on_real_photos(xception_weights, photos):
+    ov = xp.load_model("xception", weights=xception_weights, precision="float32", engine="openvino")
+    tf_ = xp.load_model("xception", weights=xception_weights, precision="float32", engine="tensorflow")
+    assert ov.source["engine"] == "openvino" and ov.ov_forward is not None
+    assert tf_.source["engine"] == "tensorflow" and tf_.ov_forward is None
+    assert ov.ov_forward.outputs == ("acts", "fine")  # the fused Xception: both layers from OpenVINO
+    for method in ("eigencam", "activation"):
+        _, _, corr, diff = _compare(ov, tf_, photos, method)
+        assert corr > 0.9999 and diff < 5e-3, (method, corr, diff)
+
+
+def test_openvino_activations_feed_tensorflow_gradients(kitchen, photos):
+    ov = xp.load_model(kitchen.model_path, class_names=kitchen.class_names, precision="float32", engine="openvino")
+    tf_ = xp.load_model(kitchen.model_path, class_names=kitchen.class_names, precision="float32",
+                        engine="tensorflow")
+    assert ov.ov_forward.outputs == ("acts", "logits")  # the nested backbone and the split-off head
+    for method in ("gradcam", "gradcam++", "eigencam"):
+        ia, ib, corr, diff = _compare(ov, tf_, photos, method)
+        assert corr > 0.9999 and diff < 5e-3, (method, corr, diff)
+        assert [i.predicted for i in ia] == [i.predicted for i in ib]
+        assert [i.target for i in ia] == [i.target for i in ib]
+        assert max(abs(p.confidence - q.confidence) for p, q in zip(ia, ib)) < 1e-4
+
+
+def _unconvertible_model():
+    """A model OpenVINO cannot convert: its middle layer calls back into
+    Python (``tf.numpy_function``)."""
+    import keras
+    import tensorflow as tf
+
+    class PyRelu(keras.layers.Layer):
+        def call(self, x):
+            y = tf.numpy_function(lambda a: np.maximum(a, 0).astype(np.float32), [x], tf.float32)
+            return tf.reshape(y, tf.shape(x))
+
+        def compute_output_shape(self, shape):
+            return shape
+
+    inp = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(4, 3, name="conv1")(inp)
+    x = PyRelu(name="py_relu")(x)
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="conv2")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inp, keras.layers.Dense(3)(x))
+
+
+def test_a_model_openvino_cannot_convert_stays_on_tensorflow():
+    model = _unconvertible_model()
+    sm = xp.load_model(model, precision="float32", engine="auto", cache=False)
+    if hardware.resolve_engine("auto", "float32")[0] == "openvino":
+        assert sm.source["engine"] == "tensorflow" and "OpenVINO could not run" in sm.source["engine_reason"]
+    assert sm.ov_forward is None
+    maps = xp.compute_saliency([np.full((40, 40, 3), 100, np.uint8)], sm, "gradcam")
+    assert maps[0].shape == (28, 28)
+    with pytest.raises(ModelError, match="OpenVINO cannot run model"):
+        xp.load_model(model, precision="float32", engine="openvino", cache=False)
+
+
+def test_runs_record_the_engine_and_resume_across_engines(tmp_path, kitchen):
+    from xpatch_core.offline import kitchenware_images
+
+    ds = fo.Dataset()
+    ds.add_samples([fo.Sample(filepath=p) for p in kitchenware_images()[:4]])
+    try:
+        first = runs.run_saliency(ds, "sal", kitchen.model_path, "gradcam", engine="openvino",
+                                  sample_ids=ds.values("id")[:2])
+        assert first.processed == 2
+        assert runs.get_run_info(ds, "sal")["config"]["engine_used"] == "openvino"
+        # the rest with TensorFlow: the same run goes on (the engine changes no result)
+        rest = runs.run_saliency(ds, "sal", kitchen.model_path, "gradcam", engine="tensorflow")
+        assert (rest.processed, rest.skipped) == (2, 2)
+        info = runs.get_run_info(ds, "sal")
+        assert info["config"]["engine_used"] == "tensorflow"
+        assert "engine" not in info["config"]["model_source"]
+        assert len(ds.exists("sal")) == 4
+    finally:
+        ds.delete()
+
+
+def test_patch_embeddings_from_openvino_features_equal_tensorflow_ones(xception_weights, photos):
+    from xpatch_core.embeddings import PatchEmbedder
+
+    ov = xp.load_model("xception", weights=xception_weights, precision="float32", engine="openvino")
+    tf_ = xp.load_model("xception", weights=xception_weights, precision="float32", engine="tensorflow")
+    h, w = ov.input_size
+    from xpatch_core.images import load_image
+
+    x = np.asarray(ov.preprocess(np.stack([load_image(p, (w, h)).array for p in photos[:4]])), np.float32)
+    layers = (ov.target_layer, ov.fuse_layer)
+    a = PatchEmbedder(ov, layers, ov.fused, "align", 2).features(x)
+    b = PatchEmbedder(tf_, layers, tf_.fused, "align", 2).features(x)
+    assert [f.shape for f in a] == [f.shape for f in b]
+    for fa, fb in zip(a, b):
+        assert np.abs(fa - fb).max() < 1e-3 * max(1.0, float(np.abs(fb).max()))

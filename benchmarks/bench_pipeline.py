@@ -3,11 +3,14 @@
 Prints images/s of ``run_saliency`` + ``run_patches`` on a FiftyOne dataset
 (JPEG decoding, inference, display-map and heatmap writes, patch sampling,
 detection writes) with the default settings (``precision="auto"``: bfloat16
-where the hardware has it) and with ``precision="float32"`` forced, next to
-the raw forward-only rate of the float32 backbone on the same images, already
-decoded and preprocessed. Each round measures the three one after the other
-(interleaved rounds, medians of per-round ratios; this machine is shared and
-noisy). Goal (issue 15): default end to end >= 1.3x the float32 raw forward.
+where the hardware has it; ``engine="auto"``: OpenVINO on a CPU without
+it), with ``precision="float32"`` forced, and with TensorFlow float32 forced
+(the engine before OpenVINO), next to the raw forward-only rate of
+TensorFlow's float32 backbone on the same images, already decoded and
+preprocessed (and the default engine's raw forward). Each round measures
+them one after the other (interleaved rounds, medians of per-round ratios;
+this machine is shared and noisy). Goal (issue 15): default end to end >=
+1.3x the float32 raw forward.
 
     .venv/bin/python benchmarks/bench_pipeline.py [--images 158] [--method eigencam]
 
@@ -56,7 +59,8 @@ def main() -> None:
     paths = (paths * (args.images // len(paths) + 1))[: args.images]  # repeated when fewer photos exist
     weights = extract_xception_weights()
     models = {p: xp.load_model("xception", weights=weights, precision=p) for p in ("auto", "float32")}
-    sm = models["float32"]
+    models["tf-float32"] = xp.load_model("xception", weights=weights, precision="float32", engine="tensorflow")
+    sm = models["tf-float32"]
     import tensorflow as tf
 
     h, w = sm.input_size
@@ -74,6 +78,17 @@ def main() -> None:
             forward(b).numpy()
         return len(paths) / (time.perf_counter() - t0)
 
+    default = models["auto"]
+    host = [x[i : i + args.batch_size] for i in range(0, len(x), args.batch_size)]
+
+    def raw_default() -> float:  # the default engine's own forward (OpenVINO's, or TensorFlow's)
+        if default.ov_forward is None:
+            return float("nan")
+        t0 = time.perf_counter()
+        for b in host:
+            default.ov_forward(b)
+        return len(paths) / (time.perf_counter() - t0)
+
     def pipeline(i: int, precision: str) -> tuple[float, float, float, dict]:
         ds = fo.Dataset(f"bench-pipeline-{os.getpid()}-{i}-{precision}")
         ds.add_samples([fo.Sample(filepath=p) for p in paths])
@@ -89,26 +104,33 @@ def main() -> None:
     raw()  # warm-up
     for prec in models:
         pipeline(-1, prec)
+    raw_default()
     rows = []
     for i in range(args.rounds):
         r = raw()
+        rd = raw_default()
         d = pipeline(i, "auto")
         f = pipeline(i, "float32")
-        rows.append((r, d, f))
+        t = pipeline(i, "tf-float32")
+        rows.append((r, d, f, t, rd))
         print(f"round {i + 1}: raw float32 forward {r:.1f}, default end to end {d[0]:.1f} ({d[0] / r:.3f}x), "
-              f"float32 end to end {f[0]:.1f} ({f[0] / r:.3f}x) images/s; default stages "
-              + ", ".join(f"{k} {v:.1f} s" for k, v in d[3].items()))
+              f"float32 end to end {f[0]:.1f} ({f[0] / r:.3f}x), TensorFlow float32 end to end {t[0]:.1f} "
+              f"({t[0] / r:.3f}x) images/s; default stages " + ", ".join(f"{k} {v:.1f} s" for k, v in d[3].items()))
     med = lambda v: float(np.median(v))  # noqa: E731
     r = med([row[0] for row in rows])
     e2e = med([row[1][0] / row[0] for row in rows])
     e2e32 = med([row[2][0] / row[0] for row in rows])
     sal = med([row[1][1] / row[0] for row in rows])
     vs32 = med([row[1][0] / row[2][0] for row in rows])
-    used = models["auto"].source.get("precision")
+    used = default.source.get("precision")
     print(f"{len(paths)} images, {args.method}, batch {args.batch_size}, {args.patches} patches of 96 px, "
           f"{args.rounds} interleaved rounds (medians of per-round ratios), {os.cpu_count()} CPUs; "
-          f"precision='auto' resolved to {used} ({models['auto'].source.get('precision_reason')})")
-    print(f"raw float32 forward only (decoded, preprocessed): {r:8.1f} images/s")
+          f"precision='auto' resolved to {used} ({default.source.get('precision_reason')}); "
+          f"engine='auto' resolved to {default.source.get('engine')} ({default.source.get('engine_reason')})")
+    print(f"raw float32 forward only (decoded, preprocessed): {r:8.1f} images/s  (TensorFlow)")
+    if default.ov_forward is not None:
+        print(f"raw forward of the default engine ({default.source.get('engine')}):    "
+              f"{med([row[4] for row in rows]):8.1f} images/s  {med([row[4] / row[0] for row in rows]):.3f}x")
     print(f"default run_saliency (decode, model, writes):     {med([row[1][1] for row in rows]):8.1f} images/s"
           f"  {sal:.3f}x raw float32")
     print(f"default run_patches (sampling + writes):          {med([row[1][2] for row in rows]):8.1f} images/s")
@@ -116,7 +138,10 @@ def main() -> None:
           f"  {e2e:.3f}x raw float32 forward (goal >= 1.3x)")
     print(f"precision='float32' end to end:                   {med([row[2][0] for row in rows]):8.1f} images/s"
           f"  {e2e32:.3f}x raw float32 forward")
+    print(f"TensorFlow float32 end to end:                    {med([row[3][0] for row in rows]):8.1f} images/s"
+          f"  {med([row[3][0] / row[0] for row in rows]):.3f}x raw float32 forward")
     print(f"default vs forced float32, end to end: {vs32:.3f}x")
+    print(f"default vs TensorFlow float32, end to end: {med([row[1][0] / row[3][0] for row in rows]):.3f}x")
 
 
 if __name__ == "__main__":

@@ -768,3 +768,20 @@ def test_drop_property(scene, mode, scales, aspects, replace, max_iou):
         assert (r.n_draws, r.reason, r.degenerate) == (e.n_draws, e.reason, e.degenerate)
     else:
         assert f"left out box shapes larger than the image {W}x{H}" in r.reason
+
+
+def test_integer_temperatures_by_squaring_match_pow():
+    from xpatch_core.sampler.maps import weight_map
+
+    rng = np.random.default_rng(3)
+    v = rng.integers(0, 256, (48, 64)).astype(np.float64) / 255.0
+    v[0, 0] = 1e-200  # underflows to zero either way
+    before = v.copy()
+    for t in (2.0, 3.0, 5.0, 8.0, 13.0, 64.0):
+        w = weight_map(v, float(v.max()), t, False)
+        ref = (v / v.max()) ** t
+        assert np.array_equal(w == 0, ref == 0), t
+        nz = ref > 0
+        assert np.max(np.abs(w[nz] - ref[nz]) / ref[nz]) < 1e-14, t
+        assert w is not v and np.array_equal(v, before)  # the map itself is never changed
+    assert np.array_equal(weight_map(v, float(v.max()), 2.5, False), (v / v.max()) ** 2.5)  # pow otherwise

@@ -9,7 +9,7 @@ STAMP = $(VENV)/.xpatch-installed
 # plugin and library tests that run there (`make test-oldest`, also run by CI).
 OLDEST ?= .venv-oldest
 OLDEST_STAMP = $(OLDEST)/.xpatch-installed
-OLDEST_TESTS ?= tests/test_plugin.py tests/test_panel.py tests/test_big_runs.py tests/test_noop.py tests/test_saliency.py \
+OLDEST_TESTS ?= tests/test_plugin.py tests/test_engine.py tests/test_panel.py tests/test_big_runs.py tests/test_noop.py tests/test_saliency.py \
 	tests/test_sampler.py tests/test_export.py tests/test_cli.py tests/test_storage.py \
 	--deselect tests/test_saliency.py::test_coco_peak_beats_centre
 

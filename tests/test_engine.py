@@ -162,3 +162,33 @@ def test_patch_embeddings_from_openvino_features_equal_tensorflow_ones(xception_
     assert [f.shape for f in a] == [f.shape for f in b]
     for fa, fb in zip(a, b):
         assert np.abs(fa - fb).max() < 1e-3 * max(1.0, float(np.abs(fb).max()))
+
+
+_NO_TELEMETRY = """
+import os, sys
+import numpy as np
+import keras
+import xpatch_core as xp
+inp = keras.Input((32, 32, 3))
+x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inp)
+model = keras.Model(inp, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x)))
+sm = xp.load_model(model, engine="openvino", precision="float32", cache=False)
+xp.compute_saliency([np.zeros((40, 40, 3), np.uint8)], sm, "gradcam")
+import openvino.tools.ovc.convert_impl as ci
+print(sm.source["engine"], ci.tm.__name__, "openvino_telemetry" in sys.modules)
+"""
+
+
+def test_openvino_sends_no_telemetry_and_writes_nothing_in_home(tmp_path):
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = dict(os.environ, HOME=str(home))
+    env.pop("CI", None)  # OpenVINO turns its telemetry off by itself in CI; not on a user's machine
+    out = subprocess.run([sys.executable, "-c", _NO_TELEMETRY], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[-3:] == ["openvino", "openvino.tools.ovc.telemetry_stub", "False"]
+    assert not (home / "intel").exists()  # OpenVINO's client id and stats files

@@ -17,10 +17,17 @@ Rules:
     :func:`xpatch_core.load_model` then keeps TensorFlow for ``"auto"``.
 -   One inference request per call: calls from several threads are safe,
     and the GIL is released while OpenVINO computes.
+-   OpenVINO's model converter sends usage telemetry to Google Analytics
+    by default and writes a client id under ``~/intel``;
+    :func:`import_openvino` imports it with its telemetry package hidden, so
+    that it binds its own no-op stub (for this process only; a user's
+    consent file is never read or written).
 """
 
 from __future__ import annotations
 
+import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +37,30 @@ from xpatch_core.errors import ModelError
 
 #: OpenVINO's names of the precisions.
 _HINTS = {"float32": "f32", "mixed_bfloat16": "bf16"}
+#: The telemetry modules hidden while OpenVINO is first imported.
+_TELEMETRY = ("openvino_telemetry", "openvino_telemetry.backend", "openvino_telemetry.backend.backend_ga4")
+_IMPORT_LOCK = threading.Lock()
+
+
+def import_openvino() -> Any:
+    """Imports OpenVINO with its usage telemetry off (see the module's rules).
+
+    Returns:
+        the ``openvino`` module
+    """
+    with _IMPORT_LOCK:
+        if "openvino" in sys.modules or any(m in sys.modules for m in _TELEMETRY):
+            import openvino  # already imported (by us, or by the user with their own consent)
+
+            return openvino
+        for name in _TELEMETRY:
+            sys.modules[name] = None  # import fails: OpenVINO falls back to its no-op stub
+        try:
+            import openvino
+        finally:
+            for name in _TELEMETRY:
+                sys.modules.pop(name, None)
+        return openvino
 
 
 class OpenVinoForward:
@@ -82,9 +113,9 @@ def compile_forward(parts: dict[str, Any], input_size: tuple[int, int], precisio
     Raises:
         ModelError: if OpenVINO cannot convert or compile the model
     """
-    import openvino as ov
     import tensorflow as tf
 
+    ov = import_openvino()
     h, w = input_size
     outputs, fn = _graph(parts)
     spec = tf.TensorSpec([None, h, w, 3], tf.float32)
@@ -155,4 +186,4 @@ def attach_forward(sm: Any, engine: str, requested: str, reason: str, precision:
     sm.source.update({"engine": engine, "engine_requested": requested, "engine_reason": reason})
 
 
-__all__ = ["OpenVinoForward", "attach_forward", "compile_forward"]
+__all__ = ["OpenVinoForward", "attach_forward", "compile_forward", "import_openvino"]

@@ -44,6 +44,8 @@ def test_xpatch_engine_variable_sets_what_auto_means(monkeypatch):
     assert resolve_engine("openvino", "float32", gpus=(), available=True)[0] == "openvino"  # explicit wins
     monkeypatch.setenv("XPATCH_ENGINE", "openvino")
     assert resolve_engine("auto", "mixed_bfloat16", gpus=(A100,), available=True)[0] == "openvino"
+    with pytest.raises(ParameterError, match="XPATCH_ENGINE=openvino needs the openvino package"):
+        resolve_engine("auto", "float32", gpus=(), available=False)
     monkeypatch.setenv("XPATCH_ENGINE", "torch")
     with pytest.raises(ParameterError, match="XPATCH_ENGINE"):
         resolve_engine("auto", "float32", gpus=(), available=True)
@@ -92,16 +94,19 @@ def test_openvino_activations_feed_tensorflow_gradients(kitchen, photos):
         assert max(abs(p.confidence - q.confidence) for p, q in zip(ia, ib)) < 1e-4
 
 
+def _py_relu(a):
+    return np.maximum(a, 0).astype(np.float32)
+
+
 def _unconvertible_model():
     """A model OpenVINO cannot convert: its middle layer calls back into
-    Python (``tf.numpy_function``)."""
+    Python (``tf.numpy_function``); returns ``(model, custom_objects)``."""
     import keras
     import tensorflow as tf
 
     class PyRelu(keras.layers.Layer):
         def call(self, x):
-            y = tf.numpy_function(lambda a: np.maximum(a, 0).astype(np.float32), [x], tf.float32)
-            return tf.reshape(y, tf.shape(x))
+            return tf.reshape(tf.numpy_function(_py_relu, [x], tf.float32), tf.shape(x))
 
         def compute_output_shape(self, shape):
             return shape
@@ -111,19 +116,40 @@ def _unconvertible_model():
     x = PyRelu(name="py_relu")(x)
     x = keras.layers.Conv2D(4, 3, activation="relu", name="conv2")(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inp, keras.layers.Dense(3)(x))
+    return keras.Model(inp, keras.layers.Dense(3)(x)), {"PyRelu": PyRelu}
 
 
-def test_a_model_openvino_cannot_convert_stays_on_tensorflow():
-    model = _unconvertible_model()
-    sm = xp.load_model(model, precision="float32", engine="auto", cache=False)
+def test_a_model_openvino_cannot_convert_stays_on_tensorflow(tmp_path, monkeypatch):
+    monkeypatch.delenv("XPATCH_ENGINE", raising=False)
+    model, custom = _unconvertible_model()
+    path = str(tmp_path / "py_relu.keras")
+    model.save(path)
+    sm = xp.load_model(path, precision="float32", engine="auto", custom_objects=custom)
     if hardware.resolve_engine("auto", "float32")[0] == "openvino":
         assert sm.source["engine"] == "tensorflow" and "OpenVINO could not run" in sm.source["engine_reason"]
     assert sm.ov_forward is None
     maps = xp.compute_saliency([np.full((40, 40, 3), 100, np.uint8)], sm, "gradcam")
     assert maps[0].shape == (28, 28)
+    # asked for by name (argument or variable), it fails, even after 'auto' cached the fallback
     with pytest.raises(ModelError, match="OpenVINO cannot run model"):
-        xp.load_model(model, precision="float32", engine="openvino", cache=False)
+        xp.load_model(path, precision="float32", engine="openvino", custom_objects=custom)
+    monkeypatch.setenv("XPATCH_ENGINE", "openvino")
+    with pytest.raises(ModelError, match="OpenVINO cannot run model"):
+        xp.load_model(path, precision="float32", custom_objects=custom)
+
+
+def test_a_keras_model_in_memory_stays_on_tensorflow_under_auto(monkeypatch):
+    monkeypatch.delenv("XPATCH_ENGINE", raising=False)
+    import keras
+
+    inp = keras.Input((32, 32, 3))
+    model = keras.Model(inp, keras.layers.Conv2D(4, 3, activation="relu")(inp))
+    sm = xp.load_model(model, precision="float32", input_size=(32, 32))
+    assert sm.source["engine"] == "tensorflow" and sm.ov_forward is None
+    if hardware.resolve_engine("auto", "float32")[0] == "openvino":
+        assert "in memory" in sm.source["engine_reason"]
+    converted = xp.load_model(model, precision="float32", engine="openvino")
+    assert converted.ov_forward is not None and converted.source["engine"] == "openvino"
 
 
 def test_runs_record_the_engine_and_resume_across_engines(tmp_path, kitchen):

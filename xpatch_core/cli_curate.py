@@ -43,6 +43,9 @@ def add_parser(sub: Any, positive_int: Any, unit_float: Any) -> None:
     p.add_argument("--weights", default=None, help="weights file for a named model (offline)")
     p.add_argument("--precision", choices=CHOICES["precision"], default=SALIENCY["precision"],
                    help="'auto' (default): bfloat16 where the hardware has it")
+    p.add_argument("--engine", choices=CHOICES["engine"], default=SALIENCY["engine"],
+                   help="what runs the forward pass ('auto' (default): OpenVINO on a CPU without native "
+                        "bfloat16, TensorFlow elsewhere)")
     p.add_argument("--batch-size", type=positive_int, default=EMBEDDINGS["batch_size"])
     p.add_argument("--allow-unsafe-model", action="store_true",
                    help="load a saved model with Keras' safe mode OFF (only for files you trust)")
@@ -117,6 +120,7 @@ def cmd(args: argparse.Namespace, usage_error: type[Exception]) -> int:
     ds = fo.load_dataset(args.dataset)
     field = _patches_field(ds, args.patches_field)
     summary = run_embeddings(ds, field, model=args.model, weights=args.weights, precision=args.precision,
+                             engine=args.engine,
                              batch_size=args.batch_size, allow_unsafe=args.allow_unsafe_model,
                              overwrite=args.recompute, progress=True)
     print(f"embeddings of {field!r}: {summary.describe()}")

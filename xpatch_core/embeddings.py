@@ -351,6 +351,7 @@ def load_embedder(
     sampling_ratio: int = EMBEDDINGS["sampling_ratio"],
     precision: str = SALIENCY["precision"],
     allow_unsafe: bool = False,
+    engine: str = SALIENCY["engine"],
 ) -> PatchEmbedder:
     """Loads a model for patch embeddings and checks its layers.
 
@@ -370,6 +371,8 @@ def load_embedder(
         sampling_ratio: ``"align"`` sampling points per cell of extent (>= 1)
         precision: ``"float32"``, ``"bfloat16"`` or ``"mixed_bfloat16"``
         allow_unsafe: load saved models with Keras' safe mode off
+        engine: what runs the forward pass, ``"auto"``, ``"tensorflow"`` or
+            ``"openvino"`` (see :func:`xpatch_core.load_model`)
 
     Returns:
         a :class:`PatchEmbedder`
@@ -395,7 +398,7 @@ def load_embedder(
         sm = load_model(model, layer=layer)
     else:
         sm = load_model(model, weights=weights, layer=layer, fuse_layer=fuse, precision=precision,
-                        allow_unsafe=allow_unsafe)
+                        allow_unsafe=allow_unsafe, engine=engine)
     if fine_layer is None or sm.fused is None:
         if fine_layer not in (None, "auto"):
             raise ModelError(f"model {sm.name!r} is loaded without the fine layer {fine_layer!r}; pass "

@@ -234,15 +234,16 @@ def resolve_engine(engine: str, precision: str, *, gpus: Sequence[GpuInfo] | Non
     """
     if engine not in ENGINES:
         raise ParameterError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    asked = f"engine={engine!r}"
     if engine == "auto" and settings.engine_override():
-        engine = settings.engine_override()
+        engine, asked = settings.engine_override(), f"XPATCH_ENGINE={settings.engine_override()}"
     available = openvino_available() if available is None else available
     if engine == "tensorflow":
-        return "tensorflow", "tensorflow was asked for"
+        return "tensorflow", f"{asked} was asked for"
     if engine == "openvino":
         if not available:
-            raise ParameterError("engine='openvino' needs the openvino package (pip install openvino)")
-        return "openvino", "openvino was asked for"  # the CPU; bfloat16 where OpenVINO finds it native
+            raise ParameterError(f"{asked} needs the openvino package (pip install openvino)")
+        return "openvino", f"{asked} was asked for"  # the CPU; bfloat16 where OpenVINO finds it native
     gpus = detect_gpus() if gpus is None else tuple(gpus)
     if gpus:
         return "tensorflow", "TensorFlow runs the model on the GPU"

@@ -13,7 +13,8 @@ Rules:
     hint. OpenVINO computes in bfloat16 only where the run's precision asks
     for it and the CPU has it natively; the precision it reports is the one
     recorded.
--   A model OpenVINO cannot convert or compile raises :class:`ModelError`;
+-   A model OpenVINO cannot convert or compile, or an OpenVINO install that
+    cannot be imported, raises :class:`ModelError`;
     :func:`xpatch_core.load_model` then keeps TensorFlow for ``"auto"``.
 -   One inference request per call: calls from several threads are safe,
     and the GIL is released while OpenVINO computes.
@@ -115,7 +116,11 @@ def compile_forward(parts: dict[str, Any], input_size: tuple[int, int], precisio
     """
     import tensorflow as tf
 
-    ov = import_openvino()
+    try:
+        ov = import_openvino()
+    except Exception as e:  # noqa: BLE001 - a broken install (native library, NumPy ABI)
+        raise ModelError(f"OpenVINO cannot be imported ({type(e).__name__}: {str(e)[:300]}); "
+                         "use engine='tensorflow' or reinstall openvino") from e
     h, w = input_size
     outputs, fn = _graph(parts)
     spec = tf.TensorSpec([None, h, w, 3], tf.float32)
@@ -125,11 +130,11 @@ def compile_forward(parts: dict[str, Any], input_size: tuple[int, int], precisio
         compiled = ov.Core().compile_model(converted, "CPU", {
             "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": _HINTS.get(precision, "f32"),
         })
-        used = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        bf16 = compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16
     except Exception as e:  # noqa: BLE001 - any conversion failure is the model's matter
         raise ModelError(f"OpenVINO cannot run model {name!r} ({type(e).__name__}: {str(e)[:300]}); "
                          "use engine='tensorflow'") from e
-    return OpenVinoForward(compiled, outputs, "mixed_bfloat16" if "bf16" in used else "float32")
+    return OpenVinoForward(compiled, outputs, "mixed_bfloat16" if bf16 else "float32")
 
 
 def _graph(parts: dict[str, Any]) -> tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]]]:
@@ -182,7 +187,9 @@ def attach_forward(sm: Any, engine: str, requested: str, reason: str, precision:
         else:
             if sm.ov_forward.precision != precision:
                 sm.source["precision"] = sm.ov_forward.precision
-                sm.source["precision_reason"] = "OpenVINO found no native bfloat16 on this CPU"
+                sm.source["precision_reason"] = (
+                    "OpenVINO found no native bfloat16 on this CPU" if precision == "mixed_bfloat16"
+                    else "OpenVINO chose bfloat16")
     sm.source.update({"engine": engine, "engine_requested": requested, "engine_reason": reason})
 
 

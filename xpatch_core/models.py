@@ -22,7 +22,9 @@ the hardware has it natively and in float32 elsewhere
 (:func:`xpatch_core.hardware.auto_precision`); the target layer and the head
 always compute in float32, so features, logits and gradients are float32.
 The same mechanism (each layer's Keras dtype policy, weights kept in float32)
-serves applications, saved models and nested backbones.
+serves applications, saved models and nested backbones. With the OpenVINO
+engine (:mod:`xpatch_core.model_openvino`) the Keras parts stay float32 and
+OpenVINO computes the forward pass in the precision asked for.
 
 Loaded models are kept per process in a bounded cache
 (:mod:`xpatch_core.model_cache`), keyed by the arguments and by the identity
@@ -489,6 +491,12 @@ def _request(model: Any, weights: str | None, layer: Any, fuse_layer: str | None
     """Validates and normalises the arguments (no TensorFlow, no file reads)."""
     resolved, reason = resolve_precision(precision)
     engine_used, engine_reason = resolve_engine(engine, resolved)
+    if engine == "auto" and settings.engine_override():
+        engine = settings.engine_override()  # the variable's choice is a request: failures raise
+    elif engine == "auto" and engine_used == "openvino" and not isinstance(model, str):
+        # a model in memory is not cached: converting it on every call would cost more than it saves
+        engine_used, engine_reason = "tensorflow", ("a Keras model in memory stays on TensorFlow under 'auto' "
+                                                    "(load it once with engine='openvino' to convert it)")
     if isinstance(input_size, (int, np.integer)):
         input_size = (int(input_size), int(input_size))
     if input_size is not None and (len(input_size) != 2 or min(input_size) < 8):
@@ -541,7 +549,7 @@ def _cache_key(req: _Request) -> tuple | None:
         None if ident is None else (ident.size, ident.mtime_ns, ident.inode, ident.sha256),
         req.layer, req.fuse_layer, req.input_size,
         tuple(req.class_names) if req.class_names else None,
-        req.preprocess, req.precision, req.allow_unsafe, custom, req.engine,
+        req.preprocess, req.precision, req.allow_unsafe, custom, req.engine, req.engine_requested,
     )
 
 
@@ -715,7 +723,9 @@ def load_model(
             natively, see :func:`xpatch_core.hardware.auto_precision`),
             ``"float32"``, or ``"mixed_bfloat16"`` (``"bfloat16"`` is an
             alias); the backbone computes in it, the target layer and the
-            head in float32. ``source["precision"]`` says what was used
+            head in float32 (with the OpenVINO engine, OpenVINO computes
+            the whole forward pass in it). ``source["precision"]`` says what
+            was used
         allow_unsafe: load saved models with Keras' safe mode off; only for
             files you trust
         custom_objects: classes a saved model needs beyond Keras' own: a
@@ -727,8 +737,9 @@ def load_model(
             :mod:`xpatch_core.model_cache`)
         engine: what runs the forward pass: ``"auto"`` (OpenVINO on a CPU
             without native bfloat16 where the ``openvino`` package is
-            installed, TensorFlow elsewhere; ``XPATCH_ENGINE`` overrides it;
-            see :func:`xpatch_core.hardware.resolve_engine`),
+            installed, TensorFlow elsewhere and for a Keras model in memory;
+            ``XPATCH_ENGINE`` overrides it; see
+            :func:`xpatch_core.hardware.resolve_engine`),
             ``"tensorflow"`` or ``"openvino"`` (the CPU; gradients still come
             from TensorFlow). ``source["engine"]`` says what was used
 
@@ -755,7 +766,8 @@ def load_model(
     sm = _assemble(req, keras_model, info, pre_mode, name, in_memory)
     if key is not None:
         paths = (req.identity.path,) if req.identity is not None else ()
-        _CACHE.put(key, sm, parameter_bytes(sm.keras_model), name, paths)
+        copies = 2 if sm.ov_forward is not None else 1  # OpenVINO keeps its own copy of the weights
+        _CACHE.put(key, sm, copies * parameter_bytes(sm.keras_model), name, paths)
     return sm
 
 

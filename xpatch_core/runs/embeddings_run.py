@@ -102,13 +102,15 @@ class EmbeddingsRun(RunKind):
                  fine_layer: str | None = EMBEDDINGS["fine_layer"], pooling: str = EMBEDDINGS["pooling"],
                  sampling_ratio: int = EMBEDDINGS["sampling_ratio"], border: str = EMBEDDINGS["border"],
                  batch_size: int = EMBEDDINGS["batch_size"], allow_unsafe: bool = False,
-                 precision: str = SALIENCY["precision"], run_key: str | None = None, **common: Any) -> None:
+                 precision: str = SALIENCY["precision"], engine: str = SALIENCY["engine"],
+                 run_key: str | None = None, **common: Any) -> None:
         super().__init__(f"{patches_field}.detections.{attribute}",
                          run_key=run_key or f"{patches_field}_{attribute}", **common)
         self.patches_field, self.attribute = patches_field, attribute
         self.model, self.weights, self.layer, self.fine_layer = model, weights, layer, fine_layer
         self.pooling, self.sampling_ratio, self.border = pooling, sampling_ratio, border
         self.batch_size, self.allow_unsafe, self.precision = batch_size, allow_unsafe, precision
+        self.engine = engine
         self.declared = False
         self.embedder: Any = None
         self.patch_failures = 0
@@ -189,7 +191,8 @@ class EmbeddingsRun(RunKind):
 
         self.embedder = emb = load_embedder(
             self.model, weights=self.weights, layer=self.layer, fine_layer=self.fine_layer, pooling=self.pooling,
-            sampling_ratio=int(self.sampling_ratio), precision=self.precision, allow_unsafe=self.allow_unsafe)
+            sampling_ratio=int(self.sampling_ratio), precision=self.precision, allow_unsafe=self.allow_unsafe,
+            engine=self.engine)
         return EmbeddingsConfig(
             field=self.field, request=self.request(), patches_field=self.patches_field, attribute=self.attribute,
             model_source={k: v for k, v in emb.model.source.items() if k not in ("wnids", *ENGINE_SOURCE_KEYS)},
@@ -311,7 +314,8 @@ def run_embeddings(sample_collection: Any, patches_field: str = EMBEDDINGS["patc
             ``border`` (defaults in
             :data:`xpatch_core.defaults.EMBEDDINGS`, chosen by
             ``benchmarks/bench_embeddings.py``), ``batch_size``,
-            ``allow_unsafe``, ``precision``, ``overwrite``, ``run_key``
+            ``allow_unsafe``, ``precision``, ``engine`` (see
+            :func:`xpatch_core.load_model`), ``overwrite``, ``run_key``
             (default ``<patches_field>_<attribute>``), ``sample_ids``,
             ``id_range``
 

@@ -56,8 +56,9 @@ class SaliencyConfig(RunConfig):
         input_size: the network's input ``(height, width)``
         precision: the precision requested (``auto`` resolves per machine)
         precision_used: the precision used
-        engine_used: what ran the forward pass, ``"tensorflow"`` or
-            ``"openvino"``
+        engine_used: what ran the forward pass, ``"tensorflow"``,
+            ``"openvino"``, or ``"openvino+tensorflow"`` (high-resolution
+            maps: their second pass runs on TensorFlow)
         map_dir: the folder of the PNG maps, or None
         storage: ``"database"`` or ``"png"``
     """
@@ -85,6 +86,13 @@ class SaliencyConfig(RunConfig):
 #: Model-source entries that describe this machine, not the model: a run resumed on
 #: other hardware (``precision="auto"``) keeps its parameters.
 _MACHINE_KEYS = ("wnids", "precision", "precision_requested", "precision_reason", *ENGINE_SOURCE_KEYS)
+
+
+def _engine_used(sm: Any, map_resolution: str) -> str:
+    """What runs a run's forward passes (the high-resolution pass runs on
+    TensorFlow: OpenVINO's model is compiled for the standard input size)."""
+    engine = str(sm.source.get("engine", "tensorflow"))
+    return f"{engine}+tensorflow" if map_resolution == "high" and engine != "tensorflow" else engine
 
 
 def heatmap_son(map: np.ndarray | None = None, range: Sequence[float] = (0, 255), *,
@@ -217,7 +225,7 @@ class SaliencyRun(RunKind):
             method=self.method_cls.name, layer=self.runner.layer_description, target=target,
             target_field=self.target_field, batch_size=int(self.batch_size), input_size=list(sm.input_size),
             precision=self.precision, precision_used=str(sm.source.get("precision", self.precision)),
-            engine_used=str(sm.source.get("engine", "tensorflow")),
+            engine_used=_engine_used(sm, self.map_resolution),
             map_dir=self.map_root, storage="png" if self.map_root else "database",
             map_resolution=self.map_resolution,
         )

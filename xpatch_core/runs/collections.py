@@ -330,6 +330,43 @@ def validate_field_name(sample_collection: Any, name: str, kind: str, *, run_key
     return True
 
 
+def keep_declared(dataset: Any, field_name: str, declare: Any, tries: int = 5) -> bool:
+    """Makes sure a field a run declared is still in the dataset's schema.
+
+    FiftyOne saves a schema change as a ``$set`` of the dataset document's
+    field list from the process's own copy, so two processes declaring two
+    different fields at the same moment can lose one of them (seen with two
+    saliency runs started together). This reads the stored schema and, where
+    the field is missing, reloads the dataset and declares it again until it
+    stays.
+
+    Args:
+        dataset: a FiftyOne dataset
+        field_name: the top-level field
+        declare: a callable that declares it again (writes one value the
+            run wrote, through the declaring path)
+        tries: attempts before giving up
+
+    Returns:
+        True if the field had to be declared again
+    """
+    import time
+
+    import fiftyone.core.odm as foodm
+
+    datasets = foodm.get_db_conn().datasets
+    again = False
+    for attempt in range(tries):
+        doc = datasets.find_one({"_id": dataset._doc.id}, {"sample_fields.name": 1}) or {}
+        if any(f.get("name") == field_name for f in doc.get("sample_fields", [])):
+            return again
+        dataset.reload()  # only now: the schema in memory is stale
+        declare()
+        again = True
+        time.sleep(0.05 * (attempt + 1))
+    return again
+
+
 def done_ids(dataset: Any, ids: Sequence[str], field_name: str) -> set[str]:
     """The samples among ``ids`` that have a value in ``field_name``, read
     from the dataset (whatever fields a view shows).

@@ -168,6 +168,11 @@ class RunKind:
     def finish(self, dataset: Any, summary: RunSummary) -> None:
         """After a run that wrote something (App settings, say); nothing by default."""
 
+    def declare_again(self, dataset: Any) -> None:
+        """Declares the run's field again if a concurrent schema change lost
+        it (:func:`xpatch_core.runs.collections.keep_declared`); nothing by
+        default."""
+
     def tally(self, values: list[Any]) -> dict[str, int]:
         """Counts of values already in the database (for a shard's recovery).
 
@@ -370,6 +375,7 @@ def _loop(run: RunKind, view: Any, todo: list[str], summary: RunSummary, recorde
     rates.record_rate(run.rate_key(), summary.images_per_s, summary.timings.get(run.setup_stage, 0.0),
                       summary.processed)
     if summary.processed:
+        run.declare_again(view._dataset)
         run.finish(view._dataset, summary)
 
 

@@ -302,16 +302,26 @@ class PatchesRun(RunKind):
     def write(self, dataset: Any, values: dict[str, Any]) -> None:
         """Writes detections in their stored form; the first one as a real
         document, which declares the field and its attributes."""
-        import fiftyone as fo
 
         items = list(values.items())
         if not self.declared:
-            first_id, first = items.pop(0)
-            doc = fo.Detections(detections=[fo.Detection.from_dict(d) for d in first["detections"]])
-            dataset.set_values(self.field, {first_id: doc}, key_field="id", validate=False, dynamic=True)
+            self.first_value = first_id, first = items.pop(0)
+            self._declare(dataset, first_id, first)
             self.declared = True
         if items:
             dataset.set_values(self.field, dict(items), key_field="id", validate=False, expand_schema=False)
+
+    def _declare(self, dataset: Any, sample_id: str, value: dict[str, Any]) -> None:
+        import fiftyone as fo
+
+        doc = fo.Detections(detections=[fo.Detection.from_dict(d) for d in value["detections"]])
+        dataset.set_values(self.field, {sample_id: doc}, key_field="id", validate=False, dynamic=True)
+
+    def declare_again(self, dataset: Any) -> None:
+        """Declares the detections field again if a concurrent run's schema
+        change lost it (the first value this run wrote, rewritten)."""
+        if self.declared:
+            colls.keep_declared(dataset, self.field, lambda: self._declare(dataset, *self.first_value))
 
     def tally(self, values: list[Any]) -> dict[str, int]:
         """Detections and degenerate maps among stored values."""

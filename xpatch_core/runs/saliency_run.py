@@ -329,11 +329,21 @@ class SaliencyRun(RunKind):
 
         items = list(values.items())
         if not self.declared:
-            first_id, first = items.pop(0)
+            self.first_value = first_id, first = items.pop(0)
             dataset.set_values(self.field, {first_id: fo.Heatmap.from_dict(first)}, key_field="id")
             self.declared = True
         if items:
             dataset.set_values(self.field, dict(items), key_field="id", validate=False, expand_schema=False)
+
+    def declare_again(self, dataset: Any) -> None:
+        """Declares the heatmap field again if a concurrent run's schema
+        change lost it (the first value this run wrote, rewritten)."""
+        import fiftyone as fo
+
+        if self.declared:
+            first_id, first = self.first_value
+            colls.keep_declared(dataset, self.field, lambda: dataset.set_values(
+                self.field, {first_id: fo.Heatmap.from_dict(first)}, key_field="id"))
 
     def start_message(self, count: int) -> str:
         """The first progress line."""

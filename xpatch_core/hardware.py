@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from xpatch_core import settings
+from xpatch_core.defaults import CHOICES
 from xpatch_core.errors import ParameterError
 
 #: Where the CPU's flags are read (Linux).
@@ -46,7 +47,7 @@ NVIDIA_DRIVER_FILES = ("/proc/driver/nvidia/version", "/dev/nvidiactl")
 #: of ``"mixed_bfloat16"``).
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "bfloat16")
 #: Engines :func:`resolve_engine` accepts.
-ENGINES = ("auto", "tensorflow", "openvino")
+ENGINES = CHOICES["engine"]
 #: The entries of a model's ``source`` that name the engine: they describe
 #: the machine, not the model (runs resume across engines).
 ENGINE_SOURCE_KEYS = ("engine", "engine_requested", "engine_reason")

@@ -123,3 +123,15 @@ def test_demo_runs_offline(tmp_path, kitchen):
     assert len(crops) == 18 * 8
     assert "fiftyone app launch" in out.stdout
     fo.delete_dataset(f"demo-{os.getpid()}")
+
+
+def test_a_bad_xpatch_engine_fails_before_ingestion(tmp_path, monkeypatch):
+    import fiftyone as fo
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (120, 30, 200)).save(tmp_path / "a.png")
+    name = f"xpatch-bad-engine-{os.getpid()}"
+    monkeypatch.setenv("XPATCH_ENGINE", "onnx")
+    out = _xpatch("run", str(tmp_path), "--dataset", name, timeout=300)
+    assert out.returncode != 0 and "XPATCH_ENGINE must be tensorflow, openvino or auto" in out.stderr
+    assert not fo.dataset_exists(name)  # nothing ingested

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from xpatch_core import cli_curate
+from xpatch_core import cli_curate, settings
 from xpatch_core.defaults import CHOICES, PATCHES, SALIENCY
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".jfif"}
@@ -311,6 +311,8 @@ def _check_before_work(args: argparse.Namespace) -> None:
     from xpatch_core.paths import check_apart, check_disjoint, check_not_holding, real
     from xpatch_core.runs import check_patch_parameters, validate_field_name
     from xpatch_core.runs.collections import stored_folders
+
+    settings.engine_override()  # a bad XPATCH_ENGINE fails here, not after ingestion
 
     if args.heatmap_field == args.patches_field:
         raise UsageError("--heatmap-field and --patches-field must differ")

@@ -7,7 +7,10 @@ where the hardware has it; ``engine="auto"``: OpenVINO on a CPU without
 it), with ``precision="float32"`` forced, and with TensorFlow float32 forced
 (the engine before OpenVINO), next to the raw forward-only rate of
 TensorFlow's float32 backbone on the same images, already decoded and
-preprocessed (and the default engine's raw forward). Each round measures
+preprocessed (and the default engine's raw forward). On a CPU with native
+bfloat16 (or with ``--openvino-bf16``) it also measures OpenVINO's own
+bfloat16, raw and end to end: ``auto`` keeps TensorFlow's ``mixed_bfloat16``
+there, and this row says whether OpenVINO should take over. Each round measures
 them one after the other (interleaved rounds, medians of per-round ratios;
 this machine is shared and noisy). Goal (issue 15): default end to end >=
 1.3x the float32 raw forward.
@@ -46,11 +49,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--patches", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--openvino-bf16", action="store_true",
+                        help="also measure OpenVINO with precision mixed_bfloat16 where 'auto' resolves to float32")
     args = parser.parse_args()
 
     import fiftyone as fo
 
     import xpatch_core as xp
+    from xpatch_core.hardware import detect_gpus
     from xpatch_core.images import load_image
     from xpatch_core.offline import extract_xception_weights, kitchenware_images
     from xpatch_core.runs import run_patches, run_saliency
@@ -60,6 +66,16 @@ def main() -> None:
     weights = extract_xception_weights()
     models = {p: xp.load_model("xception", weights=weights, precision=p) for p in ("auto", "float32")}
     models["tf-float32"] = xp.load_model("xception", weights=weights, precision="float32", engine="tensorflow")
+    # On a CPU with native bfloat16, 'auto' keeps TensorFlow's mixed_bfloat16 (the measured path);
+    # OpenVINO's own bfloat16 is measured next to it, so that one run shows which engine should win there.
+    ov_bf16 = None
+    if args.openvino_bf16 or (models["auto"].source.get("precision") == "mixed_bfloat16" and not detect_gpus()):
+        try:
+            ov_bf16 = xp.load_model("xception", weights=weights, precision="mixed_bfloat16", engine="openvino")
+        except Exception as e:  # noqa: BLE001 - reported, the rest still runs
+            print(f"OpenVINO bfloat16 not measured: {e}")
+        else:
+            models["ov-bf16"] = ov_bf16
     sm = models["tf-float32"]
     import tensorflow as tf
 
@@ -81,12 +97,12 @@ def main() -> None:
     default = models["auto"]
     host = [x[i : i + args.batch_size] for i in range(0, len(x), args.batch_size)]
 
-    def raw_default() -> float:  # the default engine's own forward (OpenVINO's, or TensorFlow's)
-        if default.ov_forward is None:
+    def raw_ov(model: object) -> float:  # an OpenVINO model's own forward
+        if model is None or model.ov_forward is None:
             return float("nan")
         t0 = time.perf_counter()
         for b in host:
-            default.ov_forward(b)
+            model.ov_forward(b)
         return len(paths) / (time.perf_counter() - t0)
 
     def pipeline(i: int, precision: str) -> tuple[float, float, float, dict]:
@@ -104,15 +120,17 @@ def main() -> None:
     raw()  # warm-up
     for prec in models:
         pipeline(-1, prec)
-    raw_default()
+    raw_ov(default)
+    raw_ov(ov_bf16)
     rows = []
     for i in range(args.rounds):
         r = raw()
-        rd = raw_default()
+        rd = raw_ov(default)
         d = pipeline(i, "auto")
         f = pipeline(i, "float32")
         t = pipeline(i, "tf-float32")
-        rows.append((r, d, f, t, rd))
+        ob = (raw_ov(ov_bf16), pipeline(i, "ov-bf16")[0]) if ov_bf16 is not None else (float("nan"),) * 2
+        rows.append((r, d, f, t, rd, ob))
         print(f"round {i + 1}: raw float32 forward {r:.1f}, default end to end {d[0]:.1f} ({d[0] / r:.3f}x), "
               f"float32 end to end {f[0]:.1f} ({f[0] / r:.3f}x), TensorFlow float32 end to end {t[0]:.1f} "
               f"({t[0] / r:.3f}x) images/s; default stages " + ", ".join(f"{k} {v:.1f} s" for k, v in d[3].items()))
@@ -140,6 +158,12 @@ def main() -> None:
           f"  {e2e32:.3f}x raw float32 forward")
     print(f"TensorFlow float32 end to end:                    {med([row[3][0] for row in rows]):8.1f} images/s"
           f"  {med([row[3][0] / row[0] for row in rows]):.3f}x raw float32 forward")
+    if ov_bf16 is not None:
+        print(f"OpenVINO bfloat16 raw forward ({ov_bf16.source.get('precision')}):   "
+              f"{med([row[5][0] for row in rows]):8.1f} images/s  {med([row[5][0] / row[0] for row in rows]):.3f}x")
+        print(f"OpenVINO bfloat16 end to end:                     {med([row[5][1] for row in rows]):8.1f} images/s"
+              f"  {med([row[5][1] / row[0] for row in rows]):.3f}x raw float32 forward; vs default "
+              f"{med([row[5][1] / row[1][0] for row in rows]):.3f}x (above 1: make it 'auto' on this CPU)")
     print(f"default vs forced float32, end to end: {vs32:.3f}x")
     print(f"default vs TensorFlow float32, end to end: {med([row[1][0] / row[3][0] for row in rows]):.3f}x")
 

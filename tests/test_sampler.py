@@ -785,3 +785,30 @@ def test_integer_temperatures_by_squaring_match_pow():
         assert np.max(np.abs(w[nz] - ref[nz]) / ref[nz]) < 1e-14, t
         assert w is not v and np.array_equal(v, before)  # the map itself is never changed
     assert np.array_equal(weight_map(v, float(v.max()), 2.5, False), (v / v.max()) ** 2.5)  # pow otherwise
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 300), st.integers(1, 40), st.sampled_from([None, 0.0, 0.3, 0.7, 1.0]),
+       st.sampled_from([None, 0.0, 5.0, 40.0]), st.integers(0, 2**31 - 1))
+def test_greedy_by_pairwise_matrix_matches_the_walk(count, need, max_iou, min_distance, seed):
+    from xpatch_core.sampler import overlap
+
+    rng = np.random.default_rng(seed)
+    xy = rng.integers(0, 200, (count, 2)).astype(np.float64)
+    wh = rng.integers(1, 80, (count, 2)).astype(np.float64)
+    cand = np.concatenate([xy, xy + wh], axis=1)
+    if count > 3:
+        cand[3] = cand[1]  # an exact duplicate: IoU 1, distance 0
+    fast = overlap.greedy(cand, need, max_iou, min_distance)  # <= 256 candidates: the pairwise matrix
+    saved = overlap._PAIRWISE_MAX
+    overlap._PAIRWISE_MAX = -1  # the one-box-at-a-time walk
+    try:
+        walk = overlap.greedy(cand, need, max_iou, min_distance)
+    finally:
+        overlap._PAIRWISE_MAX = saved
+    assert fast.dtype == walk.dtype == np.int64
+    np.testing.assert_array_equal(fast, walk)
+    assert len(fast) <= need
+    if len(fast) > 1:  # and what it keeps holds the constraints
+        assert not (overlap.conflict_matrix(cand[fast], cand[fast], max_iou, min_distance)
+                    & ~np.eye(len(fast), dtype=bool)).any()

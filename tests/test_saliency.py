@@ -426,3 +426,55 @@ def test_decoding_pipeline_prefetch_and_callable_size(monkeypatch):
     assert settings.decode_workers() == min(16, settings.usable_cores())
     monkeypatch.setenv("XPATCH_DECODE_WORKERS", "5")
     assert settings.decode_workers() == 5
+
+
+def test_eigencam_on_a_layer_with_more_positions_than_channels_matches_the_svd():
+    """A 60x60 layer of 16 channels: EigenCAM iterates on the 16x16 Gram
+    matrix (not 3600x3600), on both of its TensorFlow paths."""
+    import tensorflow as tf
+
+    from xpatch_core.saliency import EigenCAM, eigencam_reference
+    from xpatch_core.saliency.methods import _gram_side
+
+    assert _gram_side(3600, 16) == "channels" and _gram_side(361, 728) == "positions"
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[0:60, 0:60] / 60.0
+    blobs = np.stack([np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 0.02) for cy, cx in ((0.3, 0.4), (0.7, 0.6))], -1)
+    mix = rng.uniform(0, 1, (2, 2, 16)) * np.array([[3.0], [1.0]])  # the first blob dominates
+    acts = np.maximum(np.einsum("hwk,bkc->bhwc", blobs, mix) + rng.normal(0, 0.05, (2, 60, 60, 16)), 0)
+    acts = acts.astype(np.float32)
+    ref, _ = normalize_maps(eigencam_reference(acts))
+    e = EigenCAM.__new__(EigenCAM)
+    got, _ = normalize_maps(e.combine(acts, None))
+    np.testing.assert_allclose(got, ref, atol=2e-3)
+    fused = tf.function(e.combine_tf, input_signature=[tf.TensorSpec([None, 60, 60, 16], tf.float32)])
+    got_tf, _ = normalize_maps(np.asarray(fused(acts)))
+    np.testing.assert_allclose(got_tf, ref, atol=2e-3)
+    assert np.corrcoef(got[0].ravel(), blobs[..., 0].ravel())[0, 1] > 0.9  # and it is the dominant blob
+
+
+def test_eigencam_memory_does_not_grow_with_the_square_of_the_layer(tmp_path):
+    """A model whose target layer is 126x126 with 8 channels: a Gram matrix
+    over positions would take 1 GB per image (4 GB for this batch of 4)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import resource, numpy as np, keras, xpatch_core as xp
+        inp = keras.Input((128, 128, 3))
+        x = keras.layers.Conv2D(8, 3, activation="relu", name="big")(inp)
+        out = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x))
+        sm = xp.load_model(keras.Model(inp, out), layer="big", cache=False)
+        imgs = [np.random.default_rng(i).uniform(0, 255, (128, 128, 3)) for i in range(4)]
+        xp.compute_saliency(imgs[:1], model=sm, method="eigencam", batch_size=4)  # warm-up
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        maps = xp.compute_saliency(imgs, model=sm, method="eigencam", batch_size=4)
+        grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+        print("SHAPE", maps[0].shape, "GREW_KB", grew)
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    line = [ln for ln in r.stdout.splitlines() if ln.startswith("SHAPE")][-1]
+    assert "(126, 126)" in line
+    assert int(line.split("GREW_KB")[1]) < 300_000, line  # KB: far below one 1 GB Gram matrix

@@ -361,34 +361,61 @@ class EigenCAM(SaliencyMethod):
         import tensorflow as tf
 
         shape = tf.shape(acts)
-        x = tf.reshape(tf.cast(acts, tf.float32), [shape[0], shape[1] * shape[2], shape[3]])
-        return tf.reshape(_first_component_tf(x, self.iterations), shape[:3])
+        h, w, c = acts.shape[1:4]
+        if None in (h, w, c):
+            x = tf.reshape(tf.cast(acts, tf.float32), [shape[0], shape[1] * shape[2], shape[3]])
+            side = "positions"
+        else:  # static sizes: the smaller Gram matrix can be chosen
+            x = tf.reshape(tf.cast(acts, tf.float32), [-1, h * w, c])
+            side = _gram_side(h * w, c)
+        return tf.reshape(_first_component_tf(x, self.iterations, side), shape[:3])
 
 
-def _first_component_tf(x: Any, iterations: int) -> Any:
+def _gram_side(n: int, c: int) -> str:
+    """Which Gram matrix EigenCAM iterates on: ``"positions"`` (``n x n``)
+    unless the layer has more positions than channels, then ``"channels"``
+    (``c x c``): a 112x112 layer of 16 channels would otherwise need a
+    12544 x 12544 matrix (630 MB) per image."""
+    return "channels" if n > c else "positions"
+
+
+def _first_component_tf(x: Any, iterations: int, side: str = "positions") -> Any:
     """First principal component scores of each ``(n, c)`` matrix of a
-    batch (TensorFlow ops), signed to correlate positively with the channel
-    mean."""
+    batch (TensorFlow ops), unit length, signed to correlate positively with
+    the channel mean.
+
+    ``side="positions"`` iterates on the ``(n, n)`` Gram matrix of the
+    centred rows, ``"channels"`` on the ``(c, c)`` one and projects the rows
+    on its top vector: the same component (scores ``X u = sigma v``), from
+    the smaller matrix."""
     import tensorflow as tf
 
     # Block (subspace) iteration with a Rayleigh-Ritz step: the top
     # vector converges like (lambda_{k+1} / lambda_1) ** iterations,
     # robust where the first two components are nearly tied.
     xc = x - tf.reduce_mean(x, axis=1, keepdims=True)
-    gram = tf.matmul(xc, xc, transpose_b=True)
-    gram = gram / (tf.reduce_max(tf.abs(gram), axis=(1, 2), keepdims=True) + 1e-30)
-    n = tf.shape(x)[1]
     mean_map = tf.reduce_mean(x, axis=2)
     v0 = mean_map - tf.reduce_mean(mean_map, axis=1, keepdims=True)
-    idx = tf.cast(tf.range(n), x.dtype)
+    if side == "channels":
+        gram = tf.matmul(xc, xc, transpose_a=True)
+        start = tf.einsum("bnc,bn->bc", xc, v0)  # the mean map, carried into channel space
+    else:
+        gram = tf.matmul(xc, xc, transpose_b=True)
+        start = v0
+    gram = gram / (tf.reduce_max(tf.abs(gram), axis=(1, 2), keepdims=True) + 1e-30)
+    m = tf.shape(gram)[1]
+    idx = tf.cast(tf.range(m), x.dtype)
     probes = tf.stack([tf.cos(idx * (0.7 + 0.9 * j)) for j in range(_BLOCK - 1)], axis=1)
-    basis = tf.concat([v0[:, :, None], tf.broadcast_to(probes[None], [tf.shape(x)[0], n, _BLOCK - 1])], axis=2)
+    basis = tf.concat([start[:, :, None], tf.broadcast_to(probes[None], [tf.shape(x)[0], m, _BLOCK - 1])], axis=2)
     q, _ = tf.linalg.qr(basis)
     for _ in range(iterations):
         q, _ = tf.linalg.qr(tf.matmul(gram, q))
     small = tf.matmul(q, tf.matmul(gram, q), transpose_a=True)
     _, vecs = tf.linalg.eigh(small)
-    v = tf.einsum("bnk,bk->bn", q, vecs[:, :, -1])
+    v = tf.einsum("bmk,bk->bm", q, vecs[:, :, -1])
+    if side == "channels":
+        v = tf.einsum("bnc,bc->bn", xc, v)
+        v = v / (tf.norm(v, axis=1, keepdims=True) + 1e-30)
     sign = tf.where(tf.reduce_sum(v * v0, axis=1, keepdims=True) < 0, -1.0, 1.0)
     return v * sign
 
@@ -397,9 +424,11 @@ def _first_component(x: np.ndarray, iterations: int) -> np.ndarray:
     """:func:`_first_component_tf` on a NumPy batch, on TensorFlow's threads."""
     import tensorflow as tf
 
-    fn = _POWER.get(iterations)
+    side = _gram_side(x.shape[1], x.shape[2])
+    fn = _POWER.get((iterations, side))
     if fn is None:
-        fn = _POWER[iterations] = tf.function(lambda x: _first_component_tf(x, iterations), reduce_retracing=True)
+        fn = _POWER[(iterations, side)] = tf.function(lambda x: _first_component_tf(x, iterations, side),
+                                                      reduce_retracing=True)
     return fn(tf.convert_to_tensor(x, tf.float32)).numpy().astype(np.float64)
 
 
@@ -452,14 +481,14 @@ def normalize_maps_tf(maps: Any) -> tuple[Any, Any]:
     return tf.where(degenerate[:, None, None], 1.0, out), degenerate
 
 
-_POWER: dict[str, Any] = {}
+_POWER: dict[tuple[int, str], Any] = {}
 
 
 _BLOCK = 6
 
 
 def eigencam_reference(acts: np.ndarray) -> np.ndarray:
-    """EigenCAM by a full eigendecomposition (float64), for tests.
+    """EigenCAM by a full (thin) singular value decomposition (float64), for tests.
 
     Args:
         acts: ``(B, h, w, C)`` activations
@@ -470,8 +499,8 @@ def eigencam_reference(acts: np.ndarray) -> np.ndarray:
     b, h, w, c = acts.shape
     x = acts.reshape(b, h * w, c).astype(np.float64)
     xc = x - x.mean(axis=1, keepdims=True)
-    evals, evecs = np.linalg.eigh(xc @ np.swapaxes(xc, 1, 2))
-    proj = evecs[:, :, -1] * np.sqrt(np.maximum(evals[:, -1:], 0.0))
+    u, sv, _ = np.linalg.svd(xc, full_matrices=False)  # thin SVD: no (hw, hw) matrix
+    proj = u[:, :, 0] * sv[:, :1]
     mean_map = x.mean(axis=2)
     mean_map = mean_map - mean_map.mean(axis=1, keepdims=True)
     sign = np.where((proj * mean_map).sum(axis=1) < 0, -1.0, 1.0)

@@ -83,3 +83,30 @@ def test_a_changed_request_with_nothing_to_do_still_checks_parameters(done_ds, t
     # batch size changes no result: not a new request, still nothing to do
     s = runs.run_saliency(done_ds, "sal", tiny_file, "gradcam", batch_size=7)
     assert (s.status, s.processed, s.skipped) == ("nothing to do", 0, 5)
+
+
+def test_a_run_times_loading_decoding_inference_and_writing(tmp_path, tiny_file):
+    """The summary (and the run record) time each stage; decoding and
+    inference overlap inside ``compute`` and are shown within it."""
+    from xpatch_core.runs.progress import RunSummary
+
+    rng = np.random.default_rng(1)
+    ds = fo.Dataset()
+    try:
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(tmp_path / f"t{i}.png")
+        ds.add_samples([fo.Sample(filepath=str(tmp_path / f"t{i}.png")) for i in range(6)])
+        s = runs.run_saliency(ds, "sal", tiny_file, "gradcam", batch_size=4)
+        t = s.timings
+        assert {"load_model", "compute", "decode", "inference", "write"} <= set(t), t
+        assert all(v > 0 for v in t.values()), t
+        assert t["inference"] <= t["compute"] + 0.05, t  # the model's time is within the stream's
+        stored = runs.get_run_info(ds, "sal")["results"]
+        assert {"decode", "inference"} <= set(stored["timings"]), stored
+    finally:
+        ds.delete()
+    line = RunSummary(run_key="k", field="f", type="saliency", processed=3, elapsed=1.0, images_per_s=3.0,
+                      timings={"decode": 0.4, "write": 0.2, "inference": 0.9, "compute": 1.1,
+                               "load_model": 2.0}).describe()
+    assert line.endswith("time: load model 2.0 s, compute 1.1 s (decoding in threads 0.4 s, inference 0.9 s), "
+                         "write 0.2 s"), line

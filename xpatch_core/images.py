@@ -10,6 +10,7 @@ import itertools
 import os
 import re
 import stat
+import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -278,6 +279,15 @@ def _decode_one(index: int, src: Any, size: Any,
         return ImageDecodeError(_name(src)[:200], f"{type(e).__name__}: {e}")
 
 
+def _decode_timed(clock: Callable[[str, float], None], index: int, src: Any, size: Any,
+                  max_pixels: int | None) -> DecodedImage | ImageDecodeError:
+    t = time.perf_counter()
+    try:
+        return _decode_one(index, src, size, max_pixels)
+    finally:
+        clock("decode", time.perf_counter() - t)
+
+
 def iter_decoded_batches(
     sources: Iterable[Any],
     size: tuple[int, int] | Callable[[tuple[int, int]], tuple[int, int]] | None,
@@ -286,6 +296,7 @@ def iter_decoded_batches(
     workers: int | None = None,
     max_pixels: int | None = None,
     prefetch: int | None = None,
+    clock: Callable[[str, float], None] | None = None,
 ) -> Iterator[list[tuple[int, Any, DecodedImage | ImageDecodeError]]]:
     """Decodes images in batches on a thread pool, ahead of their use.
 
@@ -304,6 +315,8 @@ def iter_decoded_batches(
             usable cores, at most 16)
         max_pixels: the pixel limit (default :data:`DEFAULT_MAX_PIXELS`)
         prefetch: batches decoded ahead (default ``DECODE_PREFETCH``, 2)
+        clock: called as ``clock("decode", seconds)`` after each image, from
+            the decoding threads (it must be thread-safe), or None
 
     Returns:
         an iterator of batches, each a list of ``(index, source, decoded
@@ -319,7 +332,9 @@ def iter_decoded_batches(
         chunk = list(itertools.islice(it, batch_size))
         if not chunk:
             return None
-        return [(i, src, pool.submit(_decode_one, i, src, size, max_pixels)) for i, src in chunk]
+        if clock is None:
+            return [(i, src, pool.submit(_decode_one, i, src, size, max_pixels)) for i, src in chunk]
+        return [(i, src, pool.submit(_decode_timed, clock, i, src, size, max_pixels)) for i, src in chunk]
 
     try:
         queue: collections.deque = collections.deque()

@@ -22,6 +22,7 @@ Rules (besides the lifecycle's, :mod:`xpatch_core.runs.lifecycle`):
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
@@ -266,13 +267,19 @@ class SaliencyRun(RunKind):
             keep = [k for k, sid in enumerate(ids) if sid not in self.target_errors]
             ids, targets = [ids[k] for k in keep], [targets[k] for k in keep]
         paths: dict[int, str | None] = {}
+        lock = threading.Lock()
+
+        def clock(stage: str, seconds: float) -> None:  # from the decoding and model threads
+            with lock:
+                summary.add_time(stage, seconds)
+
         items = iter_saliency(self._paths(dataset, ids, paths), self.sm, self.method_cls.name, targets,
-                              self.batch_size, map_resolution=self.map_resolution)
+                              self.batch_size, map_resolution=self.map_resolution, clock=clock)
         names = self.sm.class_names if self.sm.has_head else None
         while True:
             t = time.perf_counter()
             item = next(items, None)
-            summary.add_time("compute", time.perf_counter() - t)
+            clock("compute", time.perf_counter() - t)
             if item is None:
                 return
             sid, path = ids[item.index], paths.pop(item.index, None)

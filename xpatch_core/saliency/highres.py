@@ -27,8 +27,9 @@ is the one of the standard pass. A head that needs a fixed size (e.g.
 from __future__ import annotations
 
 import math
+import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -95,6 +96,7 @@ def iter_high_resolution(
     *,
     workers: int | None = None,
     max_pixels: int | None = None,
+    clock: Callable[[str, float], None] | None = None,
 ) -> Iterator[SaliencyItem]:
     """High-resolution maps, one :class:`SaliencyItem` per image in input order.
 
@@ -105,6 +107,8 @@ def iter_high_resolution(
         batch_size: images per model call
         workers: decoding threads
         max_pixels: the pixel limit
+        clock: called as ``clock("decode" | "inference", seconds)`` (see
+            :func:`xpatch_core.saliency.iter_saliency`), or None
 
     Returns:
         an iterator of items
@@ -121,13 +125,13 @@ def iter_high_resolution(
                          f"of any size; {probe.source.get('head_error')}. Use map_resolution='standard'")
     window: list[tuple[int, Any, Any]] = []
     for batch in iter_decoded_batches(images, lambda size: high_input_size(size, sm.input_size), batch_size,
-                                      workers=workers, max_pixels=max_pixels):
+                                      workers=workers, max_pixels=max_pixels, clock=clock):
         window.extend(batch)
         if len(window) >= WINDOW_BATCHES * batch_size:
-            yield from _run_window(window, runner, targets, batch_size)
+            yield from _run_window(window, runner, targets, batch_size, clock)
             window = []
     if window:
-        yield from _run_window(window, runner, targets, batch_size)
+        yield from _run_window(window, runner, targets, batch_size, clock)
 
 
 def _chunks(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
@@ -142,8 +146,9 @@ def _squash(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def _run_window(window: list[tuple[int, Any, Any]], runner: SaliencyMethod, targets: Any,
-                batch_size: int) -> Iterator[SaliencyItem]:
+                batch_size: int, clock: Callable[[str, float], None] | None = None) -> Iterator[SaliencyItem]:
     """Both passes on a window of decoded images; items in input order."""
+    started = time.perf_counter()
     sm = runner.model
     h, w = sm.input_size
     items: dict[int, SaliencyItem] = {}
@@ -172,5 +177,7 @@ def _run_window(window: list[tuple[int, Any, Any]], runner: SaliencyMethod, targ
                     image_size=d.size, target=std["target"], predicted=std["predicted"],
                     confidence=std["confidence"], source=source_name(src),
                 )
+    if clock is not None:
+        clock("inference", time.perf_counter() - started)
     for i, _, _ in window:
         yield items[i]

@@ -11,7 +11,8 @@ Rules:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -39,6 +40,7 @@ def iter_saliency(
     precision: str = SALIENCY["precision"],
     map_resolution: str = SALIENCY["map_resolution"],
     engine: str = SALIENCY["engine"],
+    clock: Callable[[str, float], None] | None = None,
 ) -> Iterator[SaliencyItem]:
     """Computes saliency maps, streaming one :class:`SaliencyItem` per image.
 
@@ -66,6 +68,10 @@ def iter_saliency(
             :mod:`xpatch_core.highres`)
         engine: what runs the forward pass, ``"auto"``, ``"tensorflow"`` or
             ``"openvino"`` (see :func:`xpatch_core.load_model`)
+        clock: called as ``clock(stage, seconds)``, from worker threads (it
+            must be thread-safe): ``"decode"`` after each image decoded,
+            ``"inference"`` after each batch through the model (input
+            preparation, forward pass, maps); or None
 
     Returns:
         an iterator of :class:`SaliencyItem`, in input order
@@ -91,15 +97,17 @@ def iter_saliency(
         from xpatch_core.saliency.highres import iter_high_resolution
 
         yield from iter_high_resolution(images, runner, targets, batch_size, workers=num_workers,
-                                        max_pixels=max_pixels)
+                                        max_pixels=max_pixels, clock=clock)
         return
     h, w = sm.input_size
-    batches = iter_decoded_batches(images, (w, h), batch_size, workers=num_workers, max_pixels=max_pixels)
-    for items in _one_batch_ahead(batches, lambda batch: _batch_items(batch, runner, targets)):
+    batches = iter_decoded_batches(images, (w, h), batch_size, workers=num_workers, max_pixels=max_pixels,
+                                   clock=clock)
+    for items in _one_batch_ahead(batches, lambda batch: _batch_items(batch, runner, targets, clock)):
         yield from items
 
 
-def _batch_items(batch: list[tuple[int, Any, Any]], runner: Any, targets: Any) -> list[SaliencyItem]:
+def _batch_items(batch: list[tuple[int, Any, Any]], runner: Any, targets: Any,
+                 clock: Callable[[str, float], None] | None = None) -> list[SaliencyItem]:
     """One decoded batch through the model: its items, in input order."""
     results: dict[int, SaliencyItem] = {}
     good = []
@@ -109,7 +117,10 @@ def _batch_items(batch: list[tuple[int, Any, Any]], runner: Any, targets: Any) -
         else:
             good.append((i, src, d))
     if good:
+        t = time.perf_counter()
         found = run_arrays(runner, [d.array for _, _, d in good], batch_targets(targets, [i for i, _, _ in good]))
+        if clock is not None:
+            clock("inference", time.perf_counter() - t)
         for (i, src, d), r in zip(good, found):
             results[i] = SaliencyItem(index=i, image_size=d.size, source=source_name(src), **r)
     return [results[i] for i, _, _ in batch]

@@ -718,3 +718,27 @@ def test_the_cli_exits_1_when_no_image_gets_patches(tmp_path, tiny_path, cli_dat
     rc, out, err = _cli(args, capsys)
     assert rc == 1 and "no image could be given patches" in err
     assert out.count("heatmap missing or unreadable") == 2
+
+
+def test_a_users_file_at_the_contact_sheet_path_is_never_overwritten(tmp_path, tiny_path, cli_dataset, capsys):
+    """The default sheet name (and --contact-sheet) replaced a user's file of
+    that name, even a JPEG under a .jpg name; only our own sheets are replaced."""
+    from xpatch_core.contact import is_contact_sheet
+
+    _photos(tmp_path / "imgs", [(64, 48)] * 2)
+    base = ["--dataset", cli_dataset(), "--model", tiny_path, "--method", "activation", "-n", "2", "--size", "16"]
+    mine = tmp_path / "mine.png"
+    mine.write_text("the user's notes, not an image")
+    rc, _, err = _cli(["run", str(tmp_path / "imgs"), *base, "--contact-sheet", str(mine)], capsys)
+    assert rc == 2 and "is not a contact sheet xpatch wrote" in err
+    assert mine.read_text() == "the user's notes, not an image" and not fo.dataset_exists(base[1])
+    photo = tmp_path / "photo.jpg"
+    Image.new("RGB", (8, 8)).save(photo)
+    rc, _, err = _cli(["run", str(tmp_path / "imgs"), *base, "--contact-sheet", str(photo)], capsys)
+    assert rc == 2 and "must be a .png file path" in err
+    sheet = tmp_path / "sheet.png"
+    for _ in range(2):  # our own sheet is replaced on a rerun
+        rc, out, err = _cli(["run", str(tmp_path / "imgs"), *base, "--contact-sheet", str(sheet)], capsys)
+        assert rc == 0, err
+        assert is_contact_sheet(str(sheet)) and f"contact sheet: {sheet}" in out
+    assert not is_contact_sheet(str(mine)) and not is_contact_sheet(str(photo))

@@ -308,6 +308,8 @@ def _check_before_work(args: argparse.Namespace) -> None:
     points to."""
     import fiftyone as fo
 
+    from xpatch_core.contact import check_sheet_path
+    from xpatch_core.errors import ParameterError
     from xpatch_core.paths import check_apart, check_disjoint, check_not_holding, real
     from xpatch_core.runs import check_patch_parameters, validate_field_name
     from xpatch_core.runs.collections import stored_folders
@@ -335,6 +337,10 @@ def _check_before_work(args: argparse.Namespace) -> None:
         check_apart(outputs["--contact-sheet"], "--contact-sheet", stored)
         if outputs["--map-dir"]:  # the field's own folder is where its earlier maps are
             check_apart(outputs["--map-dir"], "--map-dir", [p for p in stored if p != real(outputs["--map-dir"])])
+    try:  # a .png name, and never a file of the user's (a sheet we wrote is replaced)
+        check_sheet_path(outputs["--contact-sheet"])
+    except ParameterError as e:
+        raise UsageError(f"--contact-sheet: {e}") from None
 
 
 def _saliency_step(ds: Any, args: argparse.Namespace, class_names: list[str] | None) -> Any:

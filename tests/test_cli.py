@@ -128,13 +128,18 @@ def test_demo_runs_offline(tmp_path, kitchen):
     fo.delete_dataset(f"demo-{os.getpid()}")
 
 
-def test_a_bad_xpatch_engine_fails_before_ingestion(tmp_path, monkeypatch):
+@pytest.mark.parametrize("var,value,message", [
+    ("XPATCH_ENGINE", "onnx", "XPATCH_ENGINE must be tensorflow, openvino or auto"),
+    ("XPATCH_DECODE_WORKERS", "0", "XPATCH_DECODE_WORKERS must be >= 1, got 0"),
+    ("XPATCH_DECODE_WORKERS", "abc", "XPATCH_DECODE_WORKERS must be an integer, got 'abc'"),
+])
+def test_a_bad_setting_fails_before_ingestion(tmp_path, monkeypatch, var, value, message):
     import fiftyone as fo
     from PIL import Image
 
     Image.new("RGB", (40, 30), (120, 30, 200)).save(tmp_path / "a.png")
-    name = f"xpatch-bad-engine-{os.getpid()}"
-    monkeypatch.setenv("XPATCH_ENGINE", "onnx")
+    name = f"xpatch-bad-setting-{os.getpid()}"
+    monkeypatch.setenv(var, value)
     out = _xpatch("run", str(tmp_path), "--dataset", name, timeout=300)
-    assert out.returncode != 0 and "XPATCH_ENGINE must be tensorflow, openvino or auto" in out.stderr
+    assert out.returncode != 0 and message in out.stderr, out.stderr[-2000:]
     assert not fo.dataset_exists(name)  # nothing ingested

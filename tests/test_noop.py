@@ -110,3 +110,18 @@ def test_a_run_times_loading_decoding_inference_and_writing(tmp_path, tiny_file)
                                "load_model": 2.0}).describe()
     assert line.endswith("time: load model 2.0 s, compute 1.1 s (decoding in threads 0.4 s, inference 0.9 s), "
                          "write 0.2 s"), line
+
+
+def test_a_bad_decode_workers_setting_fails_before_the_model_loads(tmp_path, monkeypatch):
+    from xpatch_core.errors import ParameterError
+
+    Image.new("RGB", (40, 30)).save(tmp_path / "a.png")
+    ds = fo.Dataset()
+    try:
+        ds.add_sample(fo.Sample(filepath=str(tmp_path / "a.png")))
+        monkeypatch.setenv("XPATCH_DECODE_WORKERS", "-3")
+        with pytest.raises(ParameterError, match="XPATCH_DECODE_WORKERS must be >= 1"):
+            runs.run_saliency(ds, "sal", str(tmp_path / "no-such-model.keras"))  # not loaded: no model error
+        assert "sal" not in ds.list_runs() and not ds.has_sample_field("sal")  # no run left behind
+    finally:
+        ds.delete()

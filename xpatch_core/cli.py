@@ -315,6 +315,7 @@ def _check_before_work(args: argparse.Namespace) -> None:
     from xpatch_core.runs.collections import stored_folders
 
     settings.engine_override()  # a bad XPATCH_ENGINE fails here, not after ingestion
+    settings.decode_workers()  # and a bad XPATCH_DECODE_WORKERS
 
     if args.heatmap_field == args.patches_field:
         raise UsageError("--heatmap-field and --patches-field must differ")

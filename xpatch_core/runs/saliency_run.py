@@ -174,6 +174,7 @@ class SaliencyRun(RunKind):
         colls.validate_field_name(view, self.field, "saliency", run_key=self.run_key)
         self.method_cls = get_method(self.method)
         self.batch_size = settings.batch_size_override() or self.batch_size
+        settings.decode_workers()  # a bad XPATCH_DECODE_WORKERS fails here, before the model loads
         bs = self.batch_size
         if not isinstance(bs, (int, np.integer)) or isinstance(bs, bool) or bs < 1:
             raise ParameterError(f"batch_size must be a positive integer, got {bs!r}")

@@ -77,6 +77,28 @@ def test_load_model_auto_uses_the_cpuinfo(monkeypatch, tmp_path, cpuinfo, expect
     assert computes == {"bfloat16" if expected == "mixed_bfloat16" else "float32"}
 
 
+@pytest.mark.parametrize(("cpuinfo", "warns"), [(CPUINFO_BF16, False), (CPUINFO_NO_BF16, True)])
+def test_forcing_bfloat16_where_it_is_emulated_warns_and_says_why(monkeypatch, tmp_path, cpuinfo, warns):
+    import warnings
+
+    path = tmp_path / "cpuinfo"
+    path.write_text(cpuinfo)
+    monkeypatch.setattr(hardware, "CPUINFO_PATH", str(path))
+    monkeypatch.setattr(hardware, "detect_gpus", lambda: ())
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        precision, reason = hardware.resolve_precision("mixed_bfloat16")
+    assert precision == "mixed_bfloat16" and reason.startswith("mixed_bfloat16 was asked for")
+    said = [str(w.message) for w in caught if "precision='mixed_bfloat16'" in str(w.message)]
+    if warns:
+        assert "no native bfloat16" in reason and len(said) == 1 and "emulated and slower" in said[0]
+    else:
+        assert "no native bfloat16" not in reason and not said
+    engine, why = hardware.resolve_engine("auto", precision, gpus=[], available=True)
+    assert engine == "tensorflow" and "native" not in why  # no claim about this CPU
+
+
 def test_auto_precision_without_gpu_driver_does_not_import_tensorflow():
     code = ("import sys; from xpatch_core.hardware import auto_precision, gpu_driver_present; "
             "p, why = auto_precision(); print(p, gpu_driver_present(), 'tensorflow' in sys.modules)")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -199,7 +200,13 @@ def resolve_precision(precision: str) -> tuple[str, str]:
         return auto_precision()
     if precision == "float32":
         return "float32", "float32 was asked for"
-    return "mixed_bfloat16", f"{precision} was asked for (bfloat16 compute, float32 weights and head)"
+    reason = f"{precision} was asked for (bfloat16 compute, float32 weights and head)"
+    native, why = auto_precision()
+    if native != "mixed_bfloat16":  # forced where 'auto' would not: say so, it is slower here
+        warnings.warn(f"precision={precision!r} on this machine: {why}; precision='auto' picks float32",
+                      stacklevel=3)
+        reason += f", although {why}"
+    return "mixed_bfloat16", reason
 
 
 def openvino_available() -> bool:
@@ -249,7 +256,7 @@ def resolve_engine(engine: str, precision: str, *, gpus: Sequence[GpuInfo] | Non
     if gpus:
         return "tensorflow", "TensorFlow runs the model on the GPU"
     if precision != "float32":
-        return "tensorflow", "TensorFlow's bfloat16 path is the measured one on a CPU with native bfloat16"
+        return "tensorflow", "bfloat16 runs on TensorFlow's mixed_bfloat16 (the measured bfloat16 path)"
     if not available:
         return "tensorflow", "the openvino package is not installed"
     return "openvino", "OpenVINO's CPU runtime computes the float32 forward faster than TensorFlow"

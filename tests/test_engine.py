@@ -130,6 +130,22 @@ def test_a_model_openvino_cannot_convert_stays_on_tensorflow(tmp_path, monkeypat
     assert sm.ov_forward is None
     maps = xp.compute_saliency([np.full((40, 40, 3), 100, np.uint8)], sm, "gradcam")
     assert maps[0].shape == (28, 28)
+    # a run records why it fell back (the README says the record does)
+    import fiftyone as fo
+    from PIL import Image
+
+    from xpatch_core import runs
+
+    Image.new("RGB", (40, 40), (90, 120, 30)).save(tmp_path / "a.png")
+    ds = fo.Dataset()
+    try:
+        ds.add_sample(fo.Sample(filepath=str(tmp_path / "a.png")))
+        runs.run_saliency(ds, "sal", path, "gradcam", precision="float32", custom_objects=custom)
+        cfg = runs.get_run_info(ds, "sal")["config"]
+        assert cfg["engine_used"] == "tensorflow" and cfg["engine_reason"] == sm.source["engine_reason"]
+        assert cfg["precision_used"] == "float32" and cfg["precision_reason"] == "float32 was asked for"
+    finally:
+        ds.delete()
     # asked for by name (argument or variable), it fails, even after 'auto' cached the fallback
     with pytest.raises(ModelError, match="OpenVINO cannot run model"):
         xp.load_model(path, precision="float32", engine="openvino", custom_objects=custom)

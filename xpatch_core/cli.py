@@ -359,6 +359,12 @@ def _saliency_step(ds: Any, args: argparse.Namespace, class_names: list[str] | N
         allow_unsafe=getattr(args, "allow_unsafe_model", False), progress=True,
     )
     _print_summary("saliency", sal)
+    if sal.processed:
+        from xpatch_core.runs import get_run_info
+
+        cfg = get_run_info(ds, args.heatmap_field)["config"]
+        print(f"  computed on {cfg.get('engine_used')} in {cfg.get('precision_used')}: "
+              f"{cfg.get('engine_reason') or '-'}; {cfg.get('precision_reason') or '-'}")
     return sal
 
 

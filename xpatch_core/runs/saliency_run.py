@@ -60,6 +60,9 @@ class SaliencyConfig(RunConfig):
         engine_used: what ran the forward pass, ``"tensorflow"``,
             ``"openvino"``, or ``"openvino+tensorflow"`` (high-resolution
             maps: their second pass runs on TensorFlow)
+        precision_reason: why that precision (for people)
+        engine_reason: why that engine (for people; says why OpenVINO
+            could not run a model it fell back from)
         map_dir: the folder of the PNG maps, or None
         storage: ``"database"`` or ``"png"``
     """
@@ -78,6 +81,8 @@ class SaliencyConfig(RunConfig):
     precision: str = SALIENCY["precision"]
     precision_used: str = SALIENCY["precision"]
     engine_used: str = "tensorflow"
+    precision_reason: str = ""
+    engine_reason: str = ""
     map_dir: str | None = None
     storage: str = "database"
     map_resolution: str = SALIENCY["map_resolution"]
@@ -228,6 +233,8 @@ class SaliencyRun(RunKind):
             target_field=self.target_field, batch_size=int(self.batch_size), input_size=list(sm.input_size),
             precision=self.precision, precision_used=str(sm.source.get("precision", self.precision)),
             engine_used=_engine_used(sm, self.map_resolution),
+            precision_reason=str(sm.source.get("precision_reason", "")),
+            engine_reason=str(sm.source.get("engine_reason", "")),
             map_dir=self.map_root, storage="png" if self.map_root else "database",
             map_resolution=self.map_resolution,
         )

@@ -125,3 +125,27 @@ def test_a_bad_decode_workers_setting_fails_before_the_model_loads(tmp_path, mon
         assert "sal" not in ds.list_runs() and not ds.has_sample_field("sal")  # no run left behind
     finally:
         ds.delete()
+
+
+def test_a_resumed_run_keeps_the_history_of_its_earlier_parts(tmp_path, tiny_file):
+    """Re-registering a run on resume dropped its stored results, so its
+    history held only the last part."""
+    rng = np.random.default_rng(2)
+    ds = fo.Dataset()
+    try:
+        def add(i):
+            Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(tmp_path / f"h{i}.png")
+            ds.add_sample(fo.Sample(filepath=str(tmp_path / f"h{i}.png")))
+
+        for i in range(3):
+            add(i)
+        assert runs.run_saliency(ds, "sal", tiny_file, "gradcam").processed == 3
+        runs.update_run_results(ds, "sal", evaluation={"note": "kept across resumes"})
+        add(3)
+        assert runs.run_saliency(ds, "sal", tiny_file, "gradcam").processed == 1
+        results = runs.get_run_info(ds, "sal")["results"]
+        assert [h["processed"] for h in results["history"]] == [3, 1], results["history"]
+        assert results["processed"] == 1 and results["skipped"] == 3
+        assert "evaluation" not in results  # an evaluation of results that changed is dropped
+    finally:
+        ds.delete()

@@ -157,10 +157,10 @@ class DistributedTask(ShardWorker):
 
     def _register_now(self, view: Any, run: Any, config: records.RunConfig) -> None:
         sharding = {"run_id": self.run_id, "num_shards": self.num_tasks, "ranges": None, "orchestrator": "fiftyone"}
-        records.start_run(view, run.run_key, config, run.overwrite, extra={"sharding": sharding})
+        previous = records.start_run(view, run.run_key, config, run.overwrite, extra={"sharding": sharding})
         summary = RunSummary(run_key=run.run_key, field=config.field, type=config.kind)
         records.save_results(view, run.run_key, summary, "running",
-                             {"num_shards": self.num_tasks, "run_id": self.run_id})
+                             {"num_shards": self.num_tasks, "run_id": self.run_id}, previous=previous)
 
 
 __all__ = ["DistributedTask", "batch_range", "task_run_id"]

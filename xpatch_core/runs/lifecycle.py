@@ -251,16 +251,19 @@ class LocalRecorder:
         """Refuses other parameters on an existing run (before the lock)."""
         records.check_rerun(dataset, run_key, config, overwrite)
 
+    def __init__(self) -> None:
+        self._previous: dict[str, dict[str, Any]] = {}
+
     def start(self, view: Any, run: RunKind, config: records.RunConfig) -> None:
-        """Registers the run."""
-        records.start_run(view, run.run_key, config, run.overwrite)
+        """Registers the run (keeping its earlier results for its history)."""
+        self._previous[run.run_key] = records.start_run(view, run.run_key, config, run.overwrite)
 
     def pending(self, ids: Sequence[str]) -> None:
         """Nothing to note: a plain run's counts come from its summary."""
 
     def save(self, view: Any, run_key: str, summary: RunSummary, status: str, extra: dict) -> None:
         """Saves the summary as the run's results."""
-        records.save_results(view, run_key, summary, status, extra)
+        records.save_results(view, run_key, summary, status, extra, previous=self._previous.get(run_key))
 
 
 def select_todo(run: RunKind, sample_collection: Any,

@@ -184,7 +184,7 @@ def same_request(dataset: Any, run_key: str, kind: str, request: dict[str, Any])
 
 
 def start_run(sample_collection: Any, run_key: str, config: RunConfig, overwrite: bool,
-              extra: dict[str, Any] | None = None) -> None:
+              extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Registers (or re-registers) a run after :func:`check_rerun`.
 
     Args:
@@ -193,9 +193,15 @@ def start_run(sample_collection: Any, run_key: str, config: RunConfig, overwrite
         config: the run's config
         overwrite: whether every sample will be redone
         extra: more config entries (a sharded run's ``sharding``)
+
+    Returns:
+        the results stored before (FiftyOne drops them when the run is
+        registered again): pass them to :func:`save_results`, which carries
+        their history on
     """
     dataset = sample_collection._dataset
     check_rerun(dataset, run_key, config, overwrite)
+    previous = load_results(dataset, run_key) if run_key in dataset.list_runs() else {}
     cfg = dataset.init_run(
         xpatch_type=config.kind,
         xpatch_version=__version__,
@@ -204,9 +210,11 @@ def start_run(sample_collection: Any, run_key: str, config: RunConfig, overwrite
         **jsonable(extra or {}),
     )
     sample_collection.register_run(run_key, cfg, overwrite=True, cleanup=False)
+    return previous
 
 
-def save_results(sample_collection: Any, run_key: str, summary: Any, status: str, extra: dict) -> None:
+def save_results(sample_collection: Any, run_key: str, summary: Any, status: str, extra: dict,
+                 previous: dict[str, Any] | None = None) -> None:
     """Saves a run's summary as its results.
 
     Args:
@@ -215,9 +223,11 @@ def save_results(sample_collection: Any, run_key: str, summary: Any, status: str
         summary: a :class:`xpatch_core.runs.progress.RunSummary`
         status: the run's status
         extra: more entries
+        previous: what :func:`start_run` returned, used where no results
+            are stored since (the first save after a run starts again)
     """
     dataset = sample_collection._dataset
-    previous = load_results(dataset, run_key)
+    previous = load_results(dataset, run_key) or previous or {}
     data = summary.to_dict()
     data.pop("run_key", None)
     data.update(extra)

@@ -138,7 +138,7 @@ class ShardPlan:
         self.ranges = shard_ranges(view, self.num_shards)
         self.dataset, self.run_key = view._dataset, run.run_key
         sharding = {"run_id": self.run_id, "num_shards": len(self.ranges), "ranges": [list(r) for r in self.ranges]}
-        records.start_run(view, run.run_key, config, run.overwrite, extra={"sharding": sharding})
+        previous = records.start_run(view, run.run_key, config, run.overwrite, extra={"sharding": sharding})
         field = config.field
         if run.overwrite and colls.field_exists(view._dataset, field):
             # children always resume; "redo every sample" is a cleared field
@@ -157,7 +157,7 @@ class ShardPlan:
         ])
         summary = RunSummary(run_key=run.run_key, field=field, type=config.kind, total=len(view))
         records.save_results(view, run.run_key, summary, "queued",
-                             {"num_shards": len(self.ranges), "run_id": self.run_id})
+                             {"num_shards": len(self.ranges), "run_id": self.run_id}, previous=previous)
 
     def save(self, view: Any, run_key: str, summary: Any, status: str, extra: dict) -> None:
         """Saves the run results (only reached on an error in the parent)."""

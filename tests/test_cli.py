@@ -46,8 +46,8 @@ def test_run_on_folder_with_a_corrupt_file(photo_dir, tmp_path, xception_weights
     assert "summary: 6 images, 5 with heatmaps, 25 patches, 1 failures" in text
     assert "corrupt.jpg: truncated or corrupt image data" in text
     assert "images/s" in text and sheet.is_file()
-    assert re.search(r"saliency: .*time: load model [\d.]+ s, compute [\d.]+ s "
-                     r"\(decoding in threads [\d.]+ s, inference [\d.]+ s\)", text), text
+    assert re.search(r"saliency: .*time: load model [\d.]+ s, compute [\d.]+ s.*; "
+                     r"in threads, overlapped: decoding [\d.]+ s, inference [\d.]+ s", text), text
     assert re.search(r"computed on (tensorflow|openvino) in (float32|mixed_bfloat16): \S", text), text
     ds = fo.load_dataset(name)
     try:

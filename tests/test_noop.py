@@ -87,7 +87,7 @@ def test_a_changed_request_with_nothing_to_do_still_checks_parameters(done_ds, t
 
 def test_a_run_times_loading_decoding_inference_and_writing(tmp_path, tiny_file):
     """The summary (and the run record) time each stage; decoding and
-    inference overlap inside ``compute`` and are shown within it."""
+    inference run in threads that overlap the rest, and are shown apart."""
     from xpatch_core.runs.progress import RunSummary
 
     rng = np.random.default_rng(1)
@@ -100,7 +100,7 @@ def test_a_run_times_loading_decoding_inference_and_writing(tmp_path, tiny_file)
         t = s.timings
         assert {"load_model", "compute", "decode", "inference", "write"} <= set(t), t
         assert all(v > 0 for v in t.values()), t
-        assert t["inference"] <= t["compute"] + 0.05, t  # the model's time is within the stream's
+        assert t["inference"] <= s.elapsed and t["decode"] <= 2 * s.elapsed, (t, s.elapsed)  # <= 2 threads
         stored = runs.get_run_info(ds, "sal")["results"]
         assert {"decode", "inference"} <= set(stored["timings"]), stored
     finally:
@@ -108,8 +108,8 @@ def test_a_run_times_loading_decoding_inference_and_writing(tmp_path, tiny_file)
     line = RunSummary(run_key="k", field="f", type="saliency", processed=3, elapsed=1.0, images_per_s=3.0,
                       timings={"decode": 0.4, "write": 0.2, "inference": 0.9, "compute": 1.1,
                                "load_model": 2.0}).describe()
-    assert line.endswith("time: load model 2.0 s, compute 1.1 s (decoding in threads 0.4 s, inference 0.9 s), "
-                         "write 0.2 s"), line
+    assert line.endswith("time: load model 2.0 s, compute 1.1 s, write 0.2 s; "
+                         "in threads, overlapped: decoding 0.4 s, inference 0.9 s"), line
 
 
 def test_a_bad_decode_workers_setting_fails_before_the_model_loads(tmp_path, monkeypatch):

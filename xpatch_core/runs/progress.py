@@ -65,8 +65,8 @@ class RunSummary:
         timings: seconds spent per stage (``load_model``, ``read``,
             ``compute``, ``write``; a stage that did not run is absent);
             a saliency run adds ``decode`` (summed over the decoding
-            threads) and ``inference`` (the model's batches), both
-            overlapped within ``compute``
+            threads) and ``inference`` (the model's batches on its own
+            thread), which overlap the other stages
     """
 
     run_key: str
@@ -113,25 +113,22 @@ class RunSummary:
         if self.processed and self.elapsed > 0:
             line += f" ({self.images_per_s:.1f} images/s)"
         times = dict(self.timings)
-        parts_of = {k: times.pop(k) for k in _WITHIN_COMPUTE if k in times}
+        threads = {k: times.pop(k) for k in _IN_THREADS if k in times}
         order = [k for k in _STAGE_ORDER if k in times] + [k for k in times if k not in _STAGE_ORDER]
-        stages = []
-        for k in order:
-            text = f"{k.replace('_', ' ')} {times[k]:.1f} s"
-            if k == "compute" and parts_of:
-                text += " (" + ", ".join(f"{_WITHIN_COMPUTE[p]} {v:.1f} s" for p, v in parts_of.items()) + ")"
-            if times[k] >= 0.05 or k == "compute":
-                stages.append(text)
+        stages = [f"{k.replace('_', ' ')} {times[k]:.1f} s" for k in order if times[k] >= 0.05 or k == "compute"]
         if stages:
             line += "; time: " + ", ".join(stages)
+        if threads:
+            line += "; in threads, overlapped: " + ", ".join(f"{_IN_THREADS[k]} {v:.1f} s" for k, v in threads.items())
         return line
 
 
 #: Stages in the order a run passes through them (others follow).
 _STAGE_ORDER = ("load_model", "read", "compute", "write")
-#: Parts of ``compute`` that overlap in threads: the time summed over the
-#: decoding threads, and the model's own time (input, forward pass, maps).
-_WITHIN_COMPUTE = {"decode": "decoding in threads", "inference": "inference"}
+#: Work done in threads beside the main one, overlapping it and each other:
+#: decoding (summed over the decoding threads) and the model's batches (input,
+#: forward pass, maps) on the model thread.
+_IN_THREADS = {"decode": "decoding", "inference": "inference"}
 
 
 def drive(gen: Generator[Progress, Any, Any], progress: Any) -> Any:

@@ -149,3 +149,96 @@ def test_a_resumed_run_keeps_the_history_of_its_earlier_parts(tmp_path, tiny_fil
         assert "evaluation" not in results  # an evaluation of results that changed is dropped
     finally:
         ds.delete()
+
+
+_RERUN_FAILED = """
+import json, sys
+import fiftyone as fo
+from xpatch_core import runs
+ds = fo.load_dataset(sys.argv[1])
+s = runs.run_saliency(ds, "sal", sys.argv[2], "gradcam")
+print(json.dumps({"tf": "tensorflow" in sys.modules, "keras": "keras" in sys.modules,
+                  "saliency": [s.status, s.processed, s.skipped, s.failed],
+                  "reasons": sorted(f["reason"].split(" (")[0] for f in s.failures)}))
+"""
+
+
+def test_a_rerun_whose_samples_left_still_fail_loads_no_model(tmp_path, tiny_file):
+    """Samples whose files cannot be read stay to do; a rerun used to load
+    the model (seconds) only to fail them again. Files still broken fail
+    again from a decode, without the model; a file mended since is computed."""
+    rng = np.random.default_rng(3)
+    good = tmp_path / "good.png"
+    Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(good)
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.png").write_text("not an image")
+    buf = tmp_path / "whole.jpg"
+    Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(buf, quality=90)
+    (tmp_path / "cut.jpg").write_bytes(buf.read_bytes()[:400])
+    names = ["good.png", "empty.jpg", "text.png", "cut.jpg"]
+    ds = fo.Dataset()
+    ds.persistent = True
+    try:
+        ds.add_samples([fo.Sample(filepath=str(tmp_path / n)) for n in names])
+        first = runs.run_saliency(ds, "sal", tiny_file, "gradcam")
+        assert (first.processed, first.failed) == (1, 3), first.failures
+        before = runs.get_run_info(ds, "sal")["results"]
+
+        out = subprocess.run([sys.executable, "-c", textwrap.dedent(_RERUN_FAILED), ds.name, tiny_file],
+                             capture_output=True, text=True, timeout=300, env=os.environ.copy())
+        assert out.returncode == 0, out.stderr[-3000:]
+        res = json.loads(out.stdout.strip().splitlines()[-1])
+        assert res["saliency"] == ["nothing to do", 0, 1, 3], res
+        assert res["tf"] is False and res["keras"] is False, res
+        assert res["reasons"] == sorted(["empty file", "not a recognised image format",
+                                         "truncated or corrupt image data"]), res
+        assert runs.get_run_info(ds, "sal")["results"]["updated_at"] == before["updated_at"]
+
+        # a mended file is computed; the others fail again in that run, with the model loaded
+        Image.fromarray(rng.integers(0, 255, (30, 30, 3), dtype=np.uint8)).save(tmp_path / "text.png")
+        again = runs.run_saliency(ds, "sal", tiny_file, "gradcam")
+        assert (again.processed, again.skipped, again.failed) == (1, 1, 2), again
+        assert "load_model" in again.timings
+        assert ds.count_sample_tags().get("xpatch:sal:failed") == 2
+
+        # another request is not the same run: it loads the model and is refused or run as usual
+        with pytest.raises(Exception, match="other parameters"):
+            runs.run_saliency(ds, "sal", tiny_file, "gradcam++")
+    finally:
+        ds.delete()
+
+
+def test_precision_is_compared_by_what_was_asked_or_what_was_used(tmp_path, tiny_file, monkeypatch):
+    """After a default run (``auto``, float32 on a CPU without bfloat16),
+    ``precision="float32"`` was refused as other parameters; the maps are
+    the same precision. Another precision in use is still refused."""
+    from xpatch_core import hardware
+    from xpatch_core.errors import ParameterError
+
+    cpuinfo = tmp_path / "cpuinfo"
+    monkeypatch.setattr(hardware, "CPUINFO_PATH", str(cpuinfo))
+    monkeypatch.setattr(hardware, "detect_gpus", lambda: ())
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    rng = np.random.default_rng(4)
+    ds = fo.Dataset()
+    try:
+        def add(i):
+            Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(tmp_path / f"p{i}.png")
+            ds.add_sample(fo.Sample(filepath=str(tmp_path / f"p{i}.png")))
+
+        add(0)
+        cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 fma\n\n")  # no bfloat16: auto is float32
+        s = runs.run_saliency(ds, "sal", tiny_file, "gradcam", precision="auto")
+        assert s.processed == 1 and runs.get_run_info(ds, "sal")["config"]["precision_used"] == "float32"
+        add(1)
+        assert runs.run_saliency(ds, "sal", tiny_file, "gradcam", precision="float32").processed == 1
+        add(2)
+        with pytest.raises(ParameterError, match=r"other parameters \(precision\)"), \
+                pytest.warns(UserWarning, match="emulated and slower"):
+            runs.run_saliency(ds, "sal", tiny_file, "gradcam", precision="mixed_bfloat16")
+        cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 fma avx512_bf16 amx_bf16\n\n")
+        with pytest.raises(ParameterError, match=r"other parameters \(precision\)"):  # auto is bfloat16 here
+            runs.run_saliency(ds, "sal", tiny_file, "gradcam", precision="auto")
+        assert ds.exists("sal").count() == 2
+    finally:
+        ds.delete()

@@ -279,6 +279,21 @@ def _decode_one(index: int, src: Any, size: Any,
         return ImageDecodeError(_name(src)[:200], f"{type(e).__name__}: {e}")
 
 
+def decode_error(src: Any, *, max_pixels: int | None = None) -> str | None:
+    """Why an image cannot be used, found by decoding it as a run would
+    (at a small size: JPEGs decode at a reduced scale), or None if it can.
+
+    Args:
+        src: a path or a Pillow image
+        max_pixels: the pixel limit; defaults to :data:`DEFAULT_MAX_PIXELS`
+
+    Returns:
+        the reason, or None
+    """
+    got = _decode_one(0, src, (8, 8), max_pixels)
+    return got.reason if isinstance(got, ImageDecodeError) else None
+
+
 def _decode_timed(clock: Callable[[str, float], None], index: int, src: Any, size: Any,
                   max_pixels: int | None) -> DecodedImage | ImageDecodeError:
     t = time.perf_counter()

@@ -11,7 +11,11 @@ in order, the same for every kind:
     do (an empty collection, or the same request as the stored run), return
     at once: no model is loaded, TensorFlow is not imported, and the record
     is untouched unless it was left ``interrupted`` or ``running`` by a
-    process stopped after its last write (it is then marked ``completed``);
+    process stopped after its last write (it is then marked ``completed``).
+    The same holds when, for the same request, every sample left is one that
+    failed before and fails the kind's cheap :meth:`RunKind.recheck` again
+    (a broken file, unchanged): the summary counts them as failed, with
+    their reasons, and the run's record keeps them as it had them;
 3.  **setup**: heavy preparation (loading a model) and the typed
     :class:`~xpatch_core.runs.records.RunConfig`;
 4.  **check** that an existing run of the field has the same parameters
@@ -165,6 +169,20 @@ class RunKind:
         todo = [i for i in ids if i not in done]
         return todo, len(ids) - len(todo)
 
+    def recheck(self, dataset: Any, ids: list[str]) -> dict[str, str]:  # noqa: ARG002
+        """Checks cheaply, without the model, samples that failed in an
+        earlier run of the same request: those that would fail again.
+
+        Args:
+            dataset: the dataset
+            ids: samples tagged as failed in this run's field
+
+        Returns:
+            ``{id: reason}`` for the samples that still fail (by default
+            none is known to: every sample is tried again)
+        """
+        return {}
+
     def finish(self, dataset: Any, summary: RunSummary) -> None:
         """After a run that wrote something (App settings, say); nothing by default."""
 
@@ -317,6 +335,10 @@ def execute(run: RunKind, sample_collection: Any, recorder: Any = None) -> Gener
         if summary.total:
             _settle(run, view, summary, recorder)
         return summary
+    if not run.overwrite and recorder.may_skip and _still_failing(run, view, todo, summary):
+        summary.status = "nothing to do"
+        _settle(run, view, summary, recorder)
+        return summary
     t = time.perf_counter()
     config = run.setup(view, todo)
     summary.add_time(run.setup_stage, time.perf_counter() - t)
@@ -338,6 +360,28 @@ def execute(run: RunKind, sample_collection: Any, recorder: Any = None) -> Gener
         raise
     finally:
         release_lock(lock)
+
+
+def _still_failing(run: RunKind, view: Any, todo: list[str], summary: RunSummary) -> bool:
+    """Whether every sample to do failed before, for the same request, and
+    fails :meth:`RunKind.recheck` again; if so, counts them in ``summary``
+    as failed with their reasons (nothing is written)."""
+    dataset = view._dataset
+    tag = colls.FAILED_TAG.format(field=run.field)
+    if tag not in view.distinct("tags"):
+        return False
+    failed_before = set(view.match_tags(tag).values("id"))
+    if not failed_before.issuperset(todo) or not records.same_request(dataset, run.run_key, run.kind,
+                                                                      run.request()):
+        return False
+    reasons = run.recheck(dataset, todo)
+    if len(reasons) < len(todo) or not set(reasons).issuperset(todo):
+        return False
+    paths = colls.filepaths(dataset, todo)
+    summary.failed = len(todo)
+    summary.failures = [{"id": sid, "filepath": paths.get(sid, ""), "reason": reasons[sid]}
+                        for sid in todo[:records.MAX_FAILURES_KEPT]]
+    return True
 
 
 def _settle(run: RunKind, view: Any, summary: RunSummary, recorder: Any) -> None:

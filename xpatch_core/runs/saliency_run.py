@@ -3,7 +3,9 @@
 Rules (besides the lifecycle's, :mod:`xpatch_core.runs.lifecycle`):
 
 -   The model is loaded only when there is work; parameters are checked
-    before it (a method, a batch size, a target, the heatmap folder).
+    before it (a method, a batch size, a target, the heatmap folder). A
+    rerun whose samples left all failed before and whose files still
+    cannot be decoded loads no model (:meth:`SaliencyRun.recheck`).
 -   One decoding stream covers the whole run, so decoding keeps overlapping
     inference across write chunks; file paths are read a chunk at a time,
     and a sample deleted meanwhile is counted as vanished, not failed.
@@ -15,8 +17,10 @@ Rules (besides the lifecycle's, :mod:`xpatch_core.runs.lifecycle`):
     written fails its sample. A run with work to do never writes into a
     heatmap folder that another dataset's heatmaps point into (a clone has
     the same sample ids, so the same file names).
--   The requested precision is compared between runs of a field (``auto``
-    resumes on any hardware); the precision actually used is recorded.
+-   The precision is compared between runs of a field: a run resumes one
+    that asked for the same precision (``auto`` resumes on any hardware) or
+    that used the precision this one uses (``float32`` resumes a run whose
+    ``auto`` gave float32); the precision actually used is recorded.
 """
 
 from __future__ import annotations
@@ -87,6 +91,23 @@ class SaliencyConfig(RunConfig):
     storage: str = "database"
     map_resolution: str = SALIENCY["map_resolution"]
     display_long_side: int = HEATMAP["long_side"]
+
+    def differences(self, stored: dict[str, Any]) -> list[str]:
+        """Names the compared parameters that differ from a stored config;
+        the precision differs only if both the precision asked for and the
+        one used differ (``float32`` resumes a run whose ``auto`` gave
+        float32, and ``auto`` one run in the precision it gives here).
+
+        Args:
+            stored: a stored config
+
+        Returns:
+            a list of parameter names
+        """
+        diff = super().differences(stored)
+        if "precision" in diff and stored.get("precision_used") == self.precision_used:
+            diff.remove("precision")
+        return diff
 
 
 #: Model-source entries that describe this machine, not the model: a run resumed on
@@ -238,6 +259,19 @@ class SaliencyRun(RunKind):
             map_dir=self.map_root, storage="png" if self.map_root else "database",
             map_resolution=self.map_resolution,
         )
+
+    def recheck(self, dataset: Any, ids: list[str]) -> dict[str, str]:
+        """Decodes the images of samples that failed before, without the
+        model (small sizes: a JPEG decodes at a reduced scale): those whose
+        file still cannot be read fail again without a model load."""
+        from xpatch_core.images import decode_error
+
+        reasons = {}
+        for sid, path in colls.filepaths(dataset, ids).items():
+            reason = decode_error(path)
+            if reason is not None:
+                reasons[sid] = reason
+        return reasons
 
     def _field_targets(self, view: Any, todo: list[str]) -> list[int]:
         """Each sample's class index from the target field (-1: predicted);

@@ -79,6 +79,11 @@ def saliency_params(params: dict) -> dict[str, Any]:
     overwrite = params.get("overwrite", False)
     if not isinstance(overwrite, bool):
         raise ParameterError("overwrite must be true or false")
+    size_text = text(params, "input_size")
+    if size_text:
+        from xpatch_core.models import parse_input_size
+
+        input_size = parse_input_size(size_text)
     return {
         "field": text(params, "field", SALIENCY["field"]),
         "model": model,
@@ -95,6 +100,7 @@ def saliency_params(params: dict) -> dict[str, Any]:
         "precision": precision,
         "engine": engine,
         "overwrite": overwrite,
+        **({"input_size": input_size} if size_text else {}),
     }
 
 
@@ -124,6 +130,9 @@ class ComputeSaliency(DelegableOperator):
         if picked == "saved":
             inputs.str("class_names", label="Class names",
                        description="Comma-separated, in output order (optional)")
+        inputs.str("input_size", label="Input size (optional)",
+                   description="The network's input in pixels, e.g. 299 or 224x320 (height x width): needed "
+                               "for a saved model that takes any size; default: the model's own")
         methods = types.RadioGroup()
         for value, label, _ in method_choices():
             methods.add_choice(value, label=label)
@@ -199,7 +208,7 @@ class ComputeSaliency(DelegableOperator):
                  weights: str | None = None, layer: str | None = None, batch_size: int = SALIENCY["batch_size"],
                  class_names: list[str] | None = None, map_dir: str | None = None,
                  map_resolution: str = SALIENCY["map_resolution"], precision: str = SALIENCY["precision"],
-                 engine: str = SALIENCY["engine"], overwrite: bool = False,
+                 engine: str = SALIENCY["engine"], input_size: int | str | None = None, overwrite: bool = False,
                  delegate: bool = False, num_shards: int = 1) -> Any:
         """Computes saliency heatmaps, as the App does.
 
@@ -221,6 +230,8 @@ class ComputeSaliency(DelegableOperator):
             precision: ``"auto"``, ``"float32"`` or ``"mixed_bfloat16"``
             engine: ``"auto"``, ``"tensorflow"`` or ``"openvino"`` (what
                 runs the forward pass)
+            input_size: the network's input, e.g. 299 or ``"224x320"``
+                (height x width), for a model that takes any size
             overwrite: recompute samples that have a heatmap
             delegate: schedule as a delegated (background) operation
             num_shards: split the run into this many delegated operations
@@ -237,6 +248,8 @@ class ComputeSaliency(DelegableOperator):
                                   "delegate": delegate, "view_target": api_view_target(sample_collection),
                                   "num_shards": num_shards, "map_resolution": map_resolution,
                                   "precision": precision, "engine": engine}
+        if input_size is not None:
+            params["input_size"] = str(input_size)
         params.update(model_call_params(model))
         if class_names:
             params["class_names"] = ",".join(class_names)

@@ -514,7 +514,7 @@ def test_the_panel_shows_the_run_records(page, app, coco, shots):
         cells = [rows.nth(k).locator("th, td").all_inner_texts() for k in range(rows.count())]
         assert cells[0] == ["Run", "Kind", "Status", "Samples", "Patches", "Time"]
         for key, row in zip(("saliency", "patches"), cells[1:], strict=True):
-            r = overview.run_row(get_run_info(coco, key))
+            r = overview.run_row(get_run_info(coco, key), coco)
             assert row == [r["run"], r["kind"], r["status"], r["samples"], str(r["patches"]), r["time"] or "-"]
 
         # the score histogram: the patch scores of the run, counted again here

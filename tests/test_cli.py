@@ -63,6 +63,13 @@ def test_run_on_folder_with_a_corrupt_file(photo_dir, tmp_path, xception_weights
         assert "(1 added)" in out.stdout and "saliency: 1 processed, 5 already done, 1 failed" in out.stdout
         ds.reload()
         assert len(ds) == 7 and ds.count("saliency") == 6
+        # the run list counts what the fields hold, not only the last part
+        listed = _xpatch("runs", name)
+        assert listed.returncode == 0, listed.stderr[-2000:]
+        assert ("saliency: saliency in 'saliency', completed: 6 samples with results, 1 failed; "
+                "last run 1 processed, 5 already done") in listed.stdout, listed.stdout
+        assert ("patches: patches in 'patches', completed: 6 samples with results, 0 failed, 30 patches; "
+                "last run 1 processed, 5 already done") in listed.stdout, listed.stdout
     finally:
         ds.delete()
 
@@ -111,6 +118,12 @@ def test_nothing_processed_exits_1(tmp_path, xception_weights):
         assert out.returncode == 1, out.stdout + out.stderr
         assert "no image could be processed" in out.stderr
         assert "a.jpg: empty file" in out.stdout
+        # the same again: the files are still broken, found without loading the model
+        again = _xpatch("run", str(folder), "--dataset", name, "--weights", xception_weights)
+        assert again.returncode == 1, again.stdout + again.stderr
+        assert "a.jpg: empty file" in again.stdout and "b.png: not a recognised image format" in again.stdout
+        assert "saliency: 0 processed, 0 already done, 2 failed" in again.stdout
+        assert "load model" not in again.stdout, again.stdout
     finally:
         if fo.dataset_exists(name):
             fo.delete_dataset(name)
@@ -144,3 +157,59 @@ def test_a_bad_setting_fails_before_ingestion(tmp_path, monkeypatch, var, value,
     out = _xpatch("run", str(tmp_path), "--dataset", name, timeout=300)
     assert out.returncode != 0 and message in out.stderr, out.stderr[-2000:]
     assert not fo.dataset_exists(name)  # nothing ingested
+
+
+def test_a_model_that_takes_any_input_size_gets_one_from_the_command(tmp_path, photo_dir):
+    """``--input-size`` (the library's ``input_size``); errors name the
+    command's flags, not Python's keywords."""
+    import keras
+
+    inp = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inp)
+    out = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x))
+    model = str(tmp_path / "anysize.keras")
+    keras.Model(inp, out).save(model)
+    name = f"cli-anysize-{os.getpid()}"
+    common = ("run", str(photo_dir), "--dataset", name, "--model", model, "--method", "gradcam",
+              "-n", "2", "--size", "32", "--contact-sheet", str(tmp_path / "sheet.png"))
+    try:
+        bad = _xpatch(*common, "--input-size", "3")
+        assert bad.returncode == 2 and "from 8 to 8192" in bad.stderr, bad.stderr
+        missing = _xpatch(*common)
+        assert missing.returncode == 2, missing.stdout + missing.stderr
+        assert "accepts any input size; pass --input-size" in missing.stderr, missing.stderr
+        ok = _xpatch(*common, "--input-size", "64x48")
+        assert ok.returncode == 0, ok.stdout + ok.stderr[-3000:]
+        assert "saliency: 5 processed" in ok.stdout, ok.stdout
+        ds = fo.load_dataset(name)
+        cfg = ds.get_run_info("saliency").config.serialize()
+        assert cfg["input_size"] == [64, 48] and cfg["request"]["input_size"] == [64, 48]
+        again = _xpatch(*common, "--input-size", "64x48")
+        assert again.returncode == 0 and "saliency: 0 processed, 5 already done" in again.stdout
+        assert "load model" not in again.stdout.split("patches:")[0], again.stdout
+        other = _xpatch(*[a if a != "gradcam" else "gradcam++" for a in common], "--input-size", "64x48")
+        assert other.returncode == 2, other.stdout + other.stderr
+        assert "pass --overwrite to redo" in other.stderr and "overwrite=True" not in other.stderr, other.stderr
+    finally:
+        if fo.dataset_exists(name):
+            fo.delete_dataset(name)
+
+
+def test_library_messages_are_spelled_as_flags():
+    from xpatch_core.cli import cli_spelling
+
+    cases = {
+        "pass overwrite=True to redo every sample": "pass --overwrite to redo every sample",
+        "Pass weights=PATH to a weights file": "Pass --weights PATH to a weights file",
+        "use engine='tensorflow' or reinstall openvino": "use --engine tensorflow or reinstall openvino",
+        "pass precision='float32'": "pass --precision float32",
+        "Use map_resolution='standard'": "Use --map-resolution standard",
+        "border='pad' / border='clip'": "--border pad / --border clip",
+        "load it with load_model(..., layer='block4') or": "load it with --layer block4 or",
+        "pass class_names= to load_model or use an index": "pass --class-names or use an index",
+        "any input size; pass input_size=": "any input size; pass --input-size",
+        "choose an earlier layer with layer=)": "choose an earlier layer with --layer)",
+        "a file named overwrite=Truex stays": "a file named overwrite=Truex stays",  # words, not parts
+    }
+    for message, expected in cases.items():
+        assert cli_spelling(message) == expected, (message, cli_spelling(message))

@@ -242,3 +242,46 @@ def test_precision_is_compared_by_what_was_asked_or_what_was_used(tmp_path, tiny
         assert ds.exists("sal").count() == 2
     finally:
         ds.delete()
+
+
+@pytest.mark.parametrize("size", [3, (64,), (64, 48, 3), "64", 1.5, True, (9000, 64)])
+def test_a_bad_input_size_fails_before_the_model_loads(tmp_path, size):
+    from xpatch_core.errors import ParameterError
+
+    Image.new("RGB", (40, 30)).save(tmp_path / "a.png")
+    ds = fo.Dataset()
+    try:
+        ds.add_sample(fo.Sample(filepath=str(tmp_path / "a.png")))
+        with pytest.raises(ParameterError, match="input_size must be one or two whole numbers"):
+            runs.run_saliency(ds, "sal", str(tmp_path / "no-such-model.keras"), input_size=size)
+        assert "sal" not in ds.list_runs()
+    finally:
+        ds.delete()
+
+
+def test_a_model_that_takes_any_size_is_fixed_at_the_size_asked_for(tmp_path):
+    """Every part of a model with a ``(None, None, 3)`` input is traced at
+    ``input_size`` (its feature shape was read as None and loading failed)."""
+    import keras
+
+    import xpatch_core as xp
+
+    inp = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inp)
+    out = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x))
+    path = str(tmp_path / "anysize.keras")
+    keras.Model(inp, out).save(path)
+    for engine in ("tensorflow", "openvino"):
+        sm = xp.load_model(path, input_size=(64, 48), engine=engine, cache=False)
+        assert sm.input_size == (64, 48) and sm.feature_shape == (62, 46, 4)
+        assert sm.source["feature_shape"] == [62, 46, 4] and sm.has_head
+        assert sm.source["engine"] == engine
+    Image.fromarray(np.random.default_rng(5).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(tmp_path / "b.png")
+    ds = fo.Dataset()
+    try:
+        ds.add_sample(fo.Sample(filepath=str(tmp_path / "b.png")))
+        s = runs.run_saliency(ds, "sal", path, "gradcam", input_size=64)
+        assert s.processed == 1 and ds.first()["sal"].network_map is not None
+        assert runs.get_run_info(ds, "sal")["config"]["input_size"] == [64, 64]
+    finally:
+        ds.delete()

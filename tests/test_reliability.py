@@ -478,6 +478,9 @@ def test_plugin_parameters_are_validated_on_the_server(photos_ds, xception_weigh
     pat = _plugin_module("patches_ops")
     ok = sal.saliency_params({"field": "heat", "batch_size": "8", "allow_unsafe": True})
     assert ok["batch_size"] == 8 and "allow_unsafe" not in ok  # the App cannot switch safe mode off
+    assert "input_size" not in ok  # not given: the model's own (older requests stay the same)
+    assert sal.saliency_params({"input_size": " 224 x 320 "})["input_size"] == (224, 320)
+    assert sal.saliency_params({"input_size": "299"})["input_size"] == (299, 299)
     for params, match in (
         ({"model": "resnet9000"}, "unknown model"),
         ({"model": "other", "model_name": "os.system"}, "unknown keras.applications model"),
@@ -499,6 +502,10 @@ def test_plugin_parameters_are_validated_on_the_server(photos_ds, xception_weigh
         ({"storage": "png", "map_dir": 5}, "map_dir must be text"),
         ({"target_mode": "class"}, "class name or index"),
         ({"target_mode": "everything"}, "unknown target mode"),
+        ({"input_size": "big"}, "input size must be pixels"),
+        ({"input_size": "4"}, "from 8 to 8192"),
+        ({"input_size": "224x320x3"}, "one or two whole numbers"),
+        ({"input_size": 299}, "input_size must be text"),
     ):
         with pytest.raises(ParameterError, match=match):
             sal.saliency_params(params)

@@ -72,6 +72,16 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _input_size(text: str) -> tuple[int, int]:
+    from xpatch_core.errors import ParameterError
+    from xpatch_core.models import parse_input_size
+
+    try:
+        return parse_input_size(text)
+    except ParameterError as e:
+        raise argparse.ArgumentTypeError(cli_spelling(str(e))) from None
+
+
 def _unit(text: str) -> float:
     try:
         v = float(text)
@@ -119,6 +129,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="'high': sharper maps from a second pass keeping the image's aspect ratio at a higher "
                         "resolution (about 4x the time); default standard")
     g.add_argument("--class-names", default=None, help="comma-separated class names of a saved classifier")
+    g.add_argument("--input-size", type=_input_size, default=None, metavar="SIZE",
+                   help="the network's input, e.g. 299 or 224x320 (height x width): needed for a model that takes "
+                        "any size; default: the model's own")
     g.add_argument("--batch-size", type=_positive_int, default=SALIENCY["batch_size"],
                    help=f"images per model call (default {SALIENCY['batch_size']})")
     g.add_argument("--precision", choices=CHOICES["precision"], default=SALIENCY["precision"],
@@ -357,6 +370,7 @@ def _saliency_step(ds: Any, args: argparse.Namespace, class_names: list[str] | N
         engine=getattr(args, "engine", SALIENCY["engine"]),
         custom_objects=getattr(args, "custom_objects", None),
         allow_unsafe=getattr(args, "allow_unsafe_model", False), progress=True,
+        input_size=getattr(args, "input_size", None),
     )
     _print_summary("saliency", sal)
     if sal.processed:
@@ -541,19 +555,21 @@ def _cmd_plugin_install(args: argparse.Namespace) -> int:
 def _cmd_runs(args: argparse.Namespace) -> int:
     import fiftyone as fo
 
-    from xpatch_core.runs import get_run_info, list_runs
+    from xpatch_core.overview import run_infos, run_row
 
     if not fo.dataset_exists(args.dataset):
         raise UsageError(f"dataset not found: {args.dataset}")
     ds = fo.load_dataset(args.dataset)
-    keys = list_runs(ds)
-    if not keys:
+    infos = run_infos(ds)
+    if not infos:
         print("no xpatch runs")
-    for key in keys:
-        info = get_run_info(ds, key)
-        r = info["results"]
-        print(f"{key}: {info['type']} {r.get('status', '?')}, {r.get('processed', 0)} processed, "
-              f"{r.get('failed', 0)} failed, {r.get('patches', 0)} patches")
+    for info in infos:
+        r = run_row(info, ds)
+        patches = f", {r['patches']:,} patches" if r["kind"] != "saliency" else ""
+        last = f"; last run {r['processed']:,} processed, {r['skipped']:,} already done"
+        when = f", started {r['started']} UTC" if r["started"] else ""
+        print(f"{r['run']}: {r['kind']} in '{r['field']}', {r['status']}: {r['done']:,} samples with results, "
+              f"{r['failed']:,} failed{patches}{last}{when}")
     return 0
 
 
@@ -580,6 +596,38 @@ def _cmd_patch_dataset(args: argparse.Namespace) -> int:
               f"to {done['export_dir']}: {done['files']} files")
     print(f"open it: fiftyone app launch {report.name}")
     return 0
+
+
+#: Python spellings in library messages, and what a command-line user types instead.
+_CLI_SPELLINGS: tuple[tuple[str, Any], ...] = (
+    (r"\boverwrite=True\b", "--overwrite"),
+    (r"\bweights=PATH\b", "--weights PATH"),
+    (r"\bpass it as weights= with the model's name", "pass it as --weights with --model NAME"),
+    (r"\ballow_unsafe=True \(CLI: (--[\w-]+)\)", r"\1"),
+    (r"\bpass class_names= to load_model\b", "pass --class-names"),
+    (r"Pass them with load_model\(path, custom_objects=.*\(CLI: (--custom-objects [^)]+)\)", r"Pass them with \1"),
+    (r"\bload_model\(\.\.\., (layer|fuse_layer)=([^)]*)\)",
+     lambda m: f"--{m[1].replace('_', '-')} {m[2].strip(chr(39))}"),
+    (r"\b(engine|precision|map_resolution|border|mode)=['\"]([\w+-]+)['\"]",
+     lambda m: f"--{m[1].replace('_', '-')} {m[2]}"),
+    (r"\b(input_size|layer)=(?=[\s,.;)]|$)", lambda m: f"--{m[1].replace('_', '-')}"),
+)
+
+
+def cli_spelling(message: str) -> str:
+    """Rewrites a library message's Python spellings (``overwrite=True``,
+    ``engine='tensorflow'``) as the command's flags (``--overwrite``,
+    ``--engine tensorflow``).
+
+    Args:
+        message: an error message
+
+    Returns:
+        the message for a command-line user
+    """
+    for pattern, repl in _CLI_SPELLINGS:
+        message = re.sub(pattern, repl, message)
+    return message
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -615,7 +663,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     except UsageError as e:
-        print(f"xpatch: error: {e}", file=sys.stderr)
+        print(f"xpatch: error: {cli_spelling(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("xpatch: interrupted; run the same command again to resume", file=sys.stderr)
@@ -624,7 +672,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from xpatch_core.errors import XpatchError
 
         if isinstance(e, XpatchError):
-            print(f"xpatch: error: {e}", file=sys.stderr)
+            print(f"xpatch: error: {cli_spelling(str(e))}", file=sys.stderr)
             return 2
         raise
 

@@ -263,10 +263,6 @@ class SaliencyModel:
             ParameterError: for a size under 32 pixels
             ModelError: if the backbone's layers cannot take that size
         """
-        import dataclasses
-
-        import keras
-
         h, w = int(height), int(width)
         if min(h, w) < 32:
             raise ParameterError(f"input size must be at least 32x32, got {h}x{w}")
@@ -276,6 +272,17 @@ class SaliencyModel:
             cached = self._compiled.get(("size", h, w))
         if cached is not None:
             return cached
+        sized = self._retraced(h, w)
+        with self.lock:
+            return self._compiled.setdefault(("size", h, w), sized)
+
+    def _retraced(self, h: int, w: int) -> SaliencyModel:
+        """This model's parts traced again on a ``(h, w)`` input (see
+        :meth:`backbone_for`), on TensorFlow."""
+        import dataclasses
+
+        import keras
+
         inp = keras.Input((h, w, 3), dtype=self.backbone.inputs[0].dtype, name="xpatch_input")
         try:
             if self.fused is not None:
@@ -305,12 +312,10 @@ class SaliencyModel:
             head = joint = None
             source["head_error"] = (f"the classifier head of {self.name!r} does not take "
                                     f"{tuple(feat.shape[1:3])} features ({type(e).__name__})")
-        sized = dataclasses.replace(
+        return dataclasses.replace(
             self, backbone=backbone, head=head, joint=joint, fused=fused, input_size=(h, w),
             source=dict(source, engine="tensorflow"), ov_forward=None, _compiled={}, lock=threading.Lock(),
         )
-        with self.lock:
-            return self._compiled.setdefault(("size", h, w), sized)
 
     def class_index(self, target: int | str) -> int:
         """Resolves a class index or name to an index.
@@ -485,6 +490,60 @@ class _Request:
     identity: FileIdentity | None = None
 
 
+#: The largest network input side accepted (a 8192 x 8192 float32 batch of one is 800 MB).
+MAX_INPUT_SIDE = 8192
+
+
+def normalize_input_size(input_size: Any) -> tuple[int, int]:
+    """Checks a network input size and returns it as ``(height, width)``.
+
+    Args:
+        input_size: an int (a square input) or a pair ``(height, width)``
+
+    Returns:
+        ``(height, width)``
+
+    Raises:
+        ParameterError: if it is not one or two whole numbers from 8 to
+            :data:`MAX_INPUT_SIDE`
+    """
+    if isinstance(input_size, (int, np.integer)) and not isinstance(input_size, bool):
+        input_size = (int(input_size), int(input_size))
+    try:
+        pair = tuple(input_size)
+        ok = len(pair) == 2 and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in pair)
+    except TypeError:
+        ok = False
+    if not ok or not all(8 <= int(v) <= MAX_INPUT_SIDE for v in pair):
+        raise ParameterError(f"input_size must be one or two whole numbers of pixels (height, width) from 8 to "
+                             f"{MAX_INPUT_SIDE}, got {input_size!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def parse_input_size(text: str) -> tuple[int, int]:
+    """Reads an input size as people write it: ``"299"`` or ``"224x320"``
+    (height x width; a comma works too).
+
+    Args:
+        text: the text
+
+    Returns:
+        ``(height, width)``
+
+    Raises:
+        ParameterError: if it is not one or two sides of 8 to
+            :data:`MAX_INPUT_SIDE` pixels
+    """
+    import re
+
+    try:
+        parts = [int(v) for v in re.split(r"\s*[x,]\s*", str(text).strip().lower())]
+    except ValueError:
+        raise ParameterError(f"input size must be pixels, e.g. 299 or 224x320 (height x width), "
+                             f"got {text!r}") from None
+    return normalize_input_size(parts[0] if len(parts) == 1 else parts)
+
+
 def _request(model: Any, weights: str | None, layer: Any, fuse_layer: str | None, input_size: Any,
              class_names: Sequence[str] | None, preprocess: Any, precision: str, allow_unsafe: bool,
              custom_objects: Any, engine: str) -> _Request:
@@ -497,10 +556,7 @@ def _request(model: Any, weights: str | None, layer: Any, fuse_layer: str | None
         # a model in memory is not cached: converting it on every call would cost more than it saves
         engine_used, engine_reason = "tensorflow", ("a Keras model in memory stays on TensorFlow under 'auto' "
                                                     "(load it once with engine='openvino' to convert it)")
-    if isinstance(input_size, (int, np.integer)):
-        input_size = (int(input_size), int(input_size))
-    if input_size is not None and (len(input_size) != 2 or min(input_size) < 8):
-        raise ParameterError(f"input_size must be >= 8 pixels, got {input_size!r}")
+    input_size = normalize_input_size(input_size) if input_size is not None else None
     if isinstance(layer, str) and not layer.strip():
         layer = None
     if isinstance(layer, (list, tuple)):
@@ -624,7 +680,8 @@ def _input_size(backbone: Any, name: str, input_size: tuple[int, int] | None) ->
         return tuple(input_size)
     size = (int(in_shape[0]), int(in_shape[1]))
     if input_size is not None and tuple(input_size) != size:
-        raise ParameterError(f"model {name!r} takes {size} inputs; input_size={input_size} differs")
+        raise ParameterError(f"model {name!r} takes {size[0]}x{size[1]} inputs (height x width); the input size "
+                             f"asked for, {input_size[0]}x{input_size[1]}, differs")
     return size
 
 
@@ -644,6 +701,7 @@ def _assemble(req: _Request, keras_model: Any, info: dict, pre_mode: str, name: 
             raise ModelError(f"fuse layer {'/'.join(fuse_path)!r} ({fine}) must be at least as fine as the "
                              f"target layer ({coarse})")
     size = _input_size(backbone, name, req.input_size)
+    any_size = None in tuple(backbone.inputs[0].shape[1:3])
     info.update(split_info)
     info.update({
         "name": name, "layer": "/".join(path), "input_size": list(size), "preprocess": pre_name,
@@ -652,7 +710,7 @@ def _assemble(req: _Request, keras_model: Any, info: dict, pre_mode: str, name: 
         "fuse_layer": "/".join(fuse_path) if fuse_path else None,
         "fuse_explicit": req.fuse_layer not in (None, "auto", ""),
         "has_head": head is not None or joint is not None, "head_split": head is not None,
-        "feature_shape": [int(d) for d in backbone.outputs[0].shape[1:]],
+        "feature_shape": None if any_size else [int(d) for d in backbone.outputs[0].shape[1:]],
     })
     n = info.get("num_classes")
     if req.class_names is not None and n is not None and len(req.class_names) != n:
@@ -662,6 +720,8 @@ def _assemble(req: _Request, keras_model: Any, info: dict, pre_mode: str, name: 
         fuse_layer="/".join(fuse_path) if fuse_path else None, fused=fused, input_size=size,
         preprocess=preprocess_fn, source=info, _class_names=list(req.class_names) if req.class_names else None,
     )
+    if any_size:  # a model that takes any size: every part fixed at the size asked for
+        sm = sm._retraced(*size)  # a head that cannot be retraced is dropped, with source["head_error"]
     if info.get("include_top") and n == 1000 and not req.class_names:
         sm._class_loader = lambda: _imagenet_class_names(sm)
     attach_forward(sm, req.engine, req.engine_requested, req.engine_reason, req.precision)
@@ -796,5 +856,7 @@ __all__ = [
     "is_application",
     "list_applications",
     "load_model",
+    "normalize_input_size",
+    "parse_input_size",
     "resolve_layer",
 ]

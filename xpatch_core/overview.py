@@ -70,32 +70,46 @@ def run_infos(sample_collection: Any) -> list[dict[str, Any]]:
     return sorted(infos, key=lambda i: (str(i["config"].get("started_at") or i.get("timestamp") or ""), i["key"]))
 
 
-def run_row(info: dict[str, Any]) -> dict[str, Any]:
+def run_row(info: dict[str, Any], dataset: Any = None) -> dict[str, Any]:
     """One row of the panel's run table.
+
+    A run's record holds the counts of its last part (a resumed run's
+    ``processed`` are the samples of that part); ``done`` and ``samples``
+    are the samples with a result after it (``processed + skipped``), and
+    with ``dataset`` a patch run's ``patches`` are counted in its field.
 
     Args:
         info: a :func:`xpatch_core.runs.get_run_info` dict
+        dataset (None): the dataset, to count a patch run's patches
 
     Returns:
         ``{"run", "kind", "field", "status", "processed", "skipped",
-        "failed", "samples", "patches", "time", "speed", "started"}``
-        (counts as integers, the rest as text; ``samples`` is the processed
-        count with the failures)
+        "failed", "done", "samples", "patches", "time", "speed",
+        "started"}`` (counts as integers, the rest as text; ``samples`` is
+        the ``done`` count with the failures)
     """
     cfg, res = info["config"], info["results"]
     elapsed = _num(res.get("elapsed"))
     speed = _num(res.get("images_per_s"))
+    done = int(_num(res.get("processed"))) + int(_num(res.get("skipped")))
+    patches = int(_num(res.get("patches")))
+    field = str(cfg.get("field") or "")
+    if dataset is not None and info.get("type") == "patches" and field:
+        try:
+            patches = int(dataset.count(f"{field}.detections"))
+        except Exception:  # noqa: BLE001 - a field renamed or of another type: the record's count
+            pass
     return {
         "run": info["key"],
         "kind": str(info.get("type") or ""),
-        "field": str(cfg.get("field") or ""),
+        "field": field,
         "status": str(res.get("status") or "registered"),
         "processed": int(_num(res.get("processed"))),
         "skipped": int(_num(res.get("skipped"))),
         "failed": int(_num(res.get("failed"))),
-        "samples": f"{int(_num(res.get('processed'))):,}" + (
-            f" ({int(_num(res.get('failed'))):,} failed)" if _num(res.get("failed")) else ""),
-        "patches": int(_num(res.get("patches"))),
+        "done": done,
+        "samples": f"{done:,}" + (f" ({int(_num(res.get('failed'))):,} failed)" if _num(res.get("failed")) else ""),
+        "patches": patches,
         "time": _duration(elapsed),
         "speed": f"{speed:.1f}/s" if speed > 0 else "",
         "started": str(cfg.get("started_at") or "")[:19].replace("T", " "),
@@ -138,21 +152,23 @@ def parameters(info: dict[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
-def details_markdown(info: dict[str, Any]) -> str:
+def details_markdown(info: dict[str, Any], dataset: Any = None) -> str:
     """One run for people: what it wrote, its status, parameters, counts,
     timings and the first failures with their reasons.
 
     Args:
         info: a :func:`xpatch_core.runs.get_run_info` dict
+        dataset (None): the dataset, to count a patch run's patches
 
     Returns:
         Markdown text
     """
-    row = run_row(info)
+    row = run_row(info, dataset)
     res = info["results"]
     head = f"**Run `{row['run']}`**: {row['kind']} in `{row['field']}`, {row['status']}."
-    counts = (f"{row['processed']:,} processed, {row['skipped']:,} already done, {row['failed']:,} failed"
-              + (f"; {row['patches']:,} patches" if row["patches"] else ""))
+    counts = (f"{row['done']:,} samples with results, {row['failed']:,} failed; the last run "
+              f"{row['processed']:,} processed, {row['skipped']:,} already done"
+              + (f", {row['patches']:,} patches" if row["patches"] else ""))
     if row["time"]:
         counts += f"; {row['time']}" + (f" at {row['speed'].replace('/s', ' samples/s')}" if row["speed"] else "")
     lines = [head, f"**Counts**: {counts}."]
@@ -379,7 +395,7 @@ def panel_content(sample_collection: Any, run_key: str | None = None) -> dict[st
     """
     dataset = sample_collection._dataset
     infos = run_infos(dataset)
-    out: dict[str, Any] = {"rows": [run_row(i) for i in infos], "run_key": None, "details": "", "hits": None,
+    out: dict[str, Any] = {"rows": [run_row(i, dataset) for i in infos], "run_key": None, "details": "", "hits": None,
                            "scores": None, "evaluation": None, "steps": []}
     if not infos:
         return out
@@ -388,7 +404,7 @@ def panel_content(sample_collection: Any, run_key: str | None = None) -> dict[st
         patches = [i for i in infos if i.get("type") == "patches"]
         run_key = (patches or infos)[-1]["key"]
     info = by_key[run_key]
-    out.update(run_key=run_key, details=details_markdown(info), steps=next_steps(info, dataset))
+    out.update(run_key=run_key, details=details_markdown(info, dataset), steps=next_steps(info, dataset))
     if info.get("type") == "patches":
         out["scores"] = score_histogram(dataset, info["config"]["field"])
         ev = evaluation_of(info)

@@ -178,8 +178,9 @@ class SaliencyRun(RunKind):
                  class_names: Sequence[str] | None = None, allow_unsafe: bool = False,
                  custom_objects: Any = None,
                  precision: str = SALIENCY["precision"], map_resolution: str = SALIENCY["map_resolution"],
-                 engine: str = SALIENCY["engine"], **common: Any) -> None:
+                 engine: str = SALIENCY["engine"], input_size: Any = None, **common: Any) -> None:
         super().__init__(field, **common)
+        self.input_size = input_size
         self.model, self.method, self.target, self.target_field = model, method, target, target_field
         self.weights, self.layer, self.fuse_layer = weights, layer, fuse_layer
         self.batch_size, self.map_dir, self.class_names = batch_size, map_dir, class_names
@@ -204,6 +205,10 @@ class SaliencyRun(RunKind):
         bs = self.batch_size
         if not isinstance(bs, (int, np.integer)) or isinstance(bs, bool) or bs < 1:
             raise ParameterError(f"batch_size must be a positive integer, got {bs!r}")
+        if self.input_size is not None:
+            from xpatch_core.models import normalize_input_size
+
+            self.input_size = normalize_input_size(self.input_size)
         if self.map_resolution not in CHOICES["map_resolution"]:
             raise ParameterError(f"map_resolution must be one of {', '.join(CHOICES['map_resolution'])}, "
                                  f"got {self.map_resolution!r}")
@@ -221,7 +226,9 @@ class SaliencyRun(RunKind):
                 "target_field": self.target_field, "weights": self.weights, "layer": self.layer,
                 "fuse_layer": self.fuse_layer, "map_dir": self.map_root, "precision": self.precision,
                 "map_resolution": self.map_resolution,
-                "class_names": list(self.class_names) if self.class_names else None}
+                "class_names": list(self.class_names) if self.class_names else None,
+                # given only when asked for, so that older records still match a rerun's request
+                **({"input_size": list(self.input_size)} if self.input_size is not None else {})}
 
     @classmethod
     def speed_key(cls, request: dict[str, Any]) -> str:
@@ -240,7 +247,7 @@ class SaliencyRun(RunKind):
         self.sm = sm = load_model(self.model, weights=self.weights, layer=self.layer, fuse_layer=self.fuse_layer,
                                   class_names=self.class_names, allow_unsafe=self.allow_unsafe,
                                   precision=self.precision, custom_objects=self.custom_objects,
-                                  engine=self.engine)
+                                  engine=self.engine, input_size=self.input_size)
         self.runner = self.method_cls(sm)  # raises for gradient methods on a model without a head
         if self.target_field is None:
             self.targets: Any = resolve_targets(sm, self.target, None)
@@ -480,6 +487,9 @@ def run_saliency(sample_collection: Any, field: str = SALIENCY["field"], model: 
             forward pass, see :func:`xpatch_core.load_model`),
             ``map_resolution`` (``"standard"``, or ``"high"`` for sharper
             maps from a second, aspect-kept pass at a higher resolution),
+            ``input_size`` (the network's input, an int or ``(height,
+            width)``: needed for a model that takes any size, and a
+            ``keras.applications`` model built at another size),
             ``sample_ids``, ``id_range``
 
     Returns:

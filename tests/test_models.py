@@ -585,3 +585,26 @@ def test_joint_model_head_runs_in_float32():
     for x, y in zip(a_items, b_items):
         assert y.map.dtype == np.float32 and x.predicted == y.predicted
         assert _pearson(x.map, y.map) >= 0.99
+
+
+def test_the_form_a_weights_file_holds_is_built_first(tmp_path, xception_weights, monkeypatch):
+    """A notop weights file was first tried with the classifier top (a
+    whole model built in vain, about a second per load)."""
+    import keras
+
+    assert models._file_has_top(xception_weights) is False
+    top = keras.applications.MobileNetV2(input_shape=(96, 96, 3), weights=None, include_top=True, classes=5)
+    top.save_weights(str(tmp_path / "top.weights.h5"))
+    assert models._file_has_top(str(tmp_path / "top.weights.h5")) is True
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5")
+    assert models._file_has_top(str(tmp_path / "junk.h5")) is None
+    built = []
+    real = keras.applications.Xception
+
+    def counting(**kw):
+        built.append(kw["include_top"])
+        return real(**kw)
+
+    monkeypatch.setattr(keras.applications, "Xception", counting)
+    sm = xp.load_model("xception", weights=xception_weights, engine="tensorflow", cache=False)
+    assert built == [False] and sm.source["include_top"] is False

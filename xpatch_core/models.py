@@ -401,11 +401,31 @@ def _resolve_weights(name: str, weights: str | None) -> tuple[str, str]:
     return weights, "file"
 
 
+def _file_has_top(path: str) -> bool | None:
+    """Whether a weights file holds a classifier top (a dense layer), read
+    from its layer names without loading a weight; None if unsure."""
+    try:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            names = [str(n.decode() if isinstance(n, bytes) else n) for n in f.attrs.get("layer_names", [])]
+            if not names and isinstance(f.get("layers"), h5py.Group):  # Keras 3's .weights.h5
+                names = list(f["layers"].keys())
+    except Exception:  # noqa: BLE001 - not HDF5, or unreadable: try both forms
+        return None
+    if not names:
+        return None
+    return any(n == "predictions" or n.startswith("dense") for n in names)
+
+
 def _construct(ctor: Any, size: tuple[int, int], default: int, w: str) -> tuple[Any, list[str]]:
     """Builds an application with or without its top; returns the model (or
-    None) and the errors of the forms tried."""
+    None) and the errors of the forms tried (the form a weights file holds
+    first: building the other one costs about a second)."""
     errors = []
     tops = (True, False) if w != "random" else (True,)
+    if w not in ("random", "imagenet") and _file_has_top(w) is False:
+        tops = (False, True)
     for include_top in tops:
         if include_top and size != (default, default) and w != "random":
             continue

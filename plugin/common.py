@@ -264,12 +264,15 @@ def run_result_lines(summary: Any, what: str) -> tuple[str, list[str]]:
     """
     from xpatch_core.runs.estimate import duration
 
-    if summary.status == "nothing to do":
+    if summary.status == "nothing to do" and not summary.failed:
         return (f"Nothing to do: all {summary.total:,} samples already have {what} in '{summary.field}'", [])
     if summary.status == "queued":
         return (f"Run '{summary.run_key}' is queued as shards", [
             "Start workers with `fiftyone delegated launch`; see its progress with *xpatch: get run info*."])
     title = f"{what.capitalize()} in '{summary.field}'"
+    if summary.status == "nothing to do":  # every sample left failed before and still fails
+        title += (f": nothing computed; {summary.failed:,} samples failed before and still cannot be read "
+                  "(mend or remove their files, then run again)")
     lines = [f"{summary.processed:,} processed, {summary.skipped:,} already done, {summary.failed:,} failed"
              + (f", {summary.vanished:,} deleted during the run" if summary.vanished else "")
              + (f"; {summary.patches:,} patches" if summary.patches else "")

@@ -249,7 +249,8 @@ class ComputeSaliency(DelegableOperator):
                                   "num_shards": num_shards, "map_resolution": map_resolution,
                                   "precision": precision, "engine": engine}
         if input_size is not None:
-            params["input_size"] = str(input_size)
+            params["input_size"] = (str(input_size) if isinstance(input_size, (int, str))
+                                    else "x".join(str(v) for v in input_size))
         params.update(model_call_params(model))
         if class_names:
             params["class_names"] = ",".join(class_names)

@@ -15,6 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["KERAS_HOME"] = os.path.join(_SESSION_DIR, "keras")
 os.environ.pop("XPATCH_WEIGHTS", None)
 os.environ["XPATCH_RATES"] = os.path.join(_SESSION_DIR, "rates.json")  # measured speeds stay in the session
+os.environ["XPATCH_OPENVINO_CACHE"] = os.path.join(_SESSION_DIR, "openvino")  # converted models too
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.abspath(os.path.join(ROOT, "..", "shared"))

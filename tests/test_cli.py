@@ -174,7 +174,7 @@ def test_a_model_that_takes_any_input_size_gets_one_from_the_command(tmp_path, p
               "-n", "2", "--size", "32", "--contact-sheet", str(tmp_path / "sheet.png"))
     try:
         bad = _xpatch(*common, "--input-size", "3")
-        assert bad.returncode == 2 and "from 8 to 8192" in bad.stderr, bad.stderr
+        assert bad.returncode == 2 and "sides of 8 to 8192 pixels" in bad.stderr and "'3'" in bad.stderr, bad.stderr
         missing = _xpatch(*common)
         assert missing.returncode == 2, missing.stdout + missing.stderr
         assert "accepts any input size; pass --input-size" in missing.stderr, missing.stderr

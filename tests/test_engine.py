@@ -234,3 +234,58 @@ def test_openvino_sends_no_telemetry_and_writes_nothing_in_home(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split()[-3:] == ["openvino", "openvino.tools.ovc.telemetry_stub", "False"]
     assert not (home / "intel").exists()  # OpenVINO's client id and stats files
+
+
+def _tiny_saved(path, seed):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inp)
+    out = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x))
+    keras.Model(inp, out).save(str(path))
+    return str(path)
+
+
+def test_converted_models_are_kept_on_disk_keyed_by_their_weights(tmp_path, monkeypatch):
+    """A second load reads the conversion (tracing and converting Xception
+    costs about 2 s); other weights at the same path are converted again; a
+    damaged entry is replaced; the cache keeps the most recent KEEP entries;
+    a cache that cannot be written, or none, changes nothing but the time."""
+    from xpatch_core import model_openvino
+
+    cache = tmp_path / "ovcache"
+    monkeypatch.setenv("XPATCH_OPENVINO_CACHE", str(cache))
+    path = _tiny_saved(tmp_path / "m.keras", 1)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+
+    def load():
+        sm = xp.load_model(path, engine="openvino", cache=False)
+        assert sm.source["engine"] == "openvino"
+        return sm.source["openvino_cache"], sm.ov_forward(sm.preprocess(x))
+
+    state, first = load()
+    assert state == "stored" and len(os.listdir(cache)) == 1
+    state, again = load()
+    assert state == "read" and all(np.array_equal(first[k], again[k]) for k in first)
+    _tiny_saved(path, 2)  # other weights, same file name
+    state, other = load()
+    assert state == "stored" and len(os.listdir(cache)) == 2
+    assert not np.allclose(first["acts"], other["acts"])
+    newest = max(cache.iterdir(), key=lambda p: p.stat().st_mtime)
+    (newest / "model.xml").write_text("<broken")
+    state, mended = load()
+    assert state == "stored" and all(np.array_equal(other[k], mended[k]) for k in other)
+    monkeypatch.setattr(model_openvino, "KEEP", 2)
+    _tiny_saved(path, 3)
+    assert load()[0] == "stored" and len(os.listdir(cache)) == 2  # the oldest entry went
+    assert not [p for p in cache.iterdir() if p.name.startswith(".tmp-")]
+    monkeypatch.setenv("XPATCH_OPENVINO_CACHE", "off")
+    assert load()[0] == "off"
+    blocked = tmp_path / "a-file"
+    blocked.write_text("mine")
+    monkeypatch.setenv("XPATCH_OPENVINO_CACHE", str(blocked))
+    state, out = load()
+    assert state == "not stored" and blocked.read_text() == "mine" and out["acts"].shape[0] == 2
+    # the cache entry is the machine's matter: a run's compared model source does not carry it
+    assert "openvino_cache" in hardware.ENGINE_SOURCE_KEYS

@@ -145,6 +145,17 @@ def test_a_resumed_run_keeps_the_history_of_its_earlier_parts(tmp_path, tiny_fil
         assert runs.run_saliency(ds, "sal", tiny_file, "gradcam").processed == 1
         results = runs.get_run_info(ds, "sal")["results"]
         assert [h["processed"] for h in results["history"]] == [3, 1], results["history"]
+        # a part run on a view: its record counts the view; the run list counts the field
+        from xpatch_core import overview
+
+        add(4)
+        newest = ds.last().id
+        assert runs.run_saliency(ds.select(newest), "sal", tiny_file, "gradcam").processed == 1
+        info = runs.get_run_info(ds, "sal")
+        assert (info["results"]["processed"], info["results"]["skipped"]) == (1, 0)
+        row = overview.run_row(info, ds)
+        assert (row["done"], row["failed"], row["samples"]) == (5, 0, "5")
+        assert overview.run_row(info)["done"] == 1  # without the dataset: the record's
         assert results["processed"] == 1 and results["skipped"] == 3
         assert "evaluation" not in results  # an evaluation of results that changed is dropped
     finally:
@@ -193,6 +204,25 @@ def test_a_rerun_whose_samples_left_still_fail_loads_no_model(tmp_path, tiny_fil
         assert res["reasons"] == sorted(["empty file", "not a recognised image format",
                                          "truncated or corrupt image data"]), res
         assert runs.get_run_info(ds, "sal")["results"]["updated_at"] == before["updated_at"]
+
+        # what the App says of it: no claim that every sample has a heatmap, and the reasons
+        import fiftyone.operators as foo
+
+        foo.list_operators()
+        common = next(m for name, m in sys.modules.items() if name.endswith("xpatch.common"))
+        skipped = runs.run_saliency(ds, "sal", tiny_file, "gradcam")
+        title, lines = common.run_result_lines(skipped, "heatmaps")
+        assert "3 samples failed before and still cannot be read" in title, title
+        assert "already have" not in title and "empty file" in lines[-1], lines
+        # a record left 'interrupted' by a process that died after its last write is settled
+        from xpatch_core.runs import records
+
+        records.save_results(ds, "sal", skipped, "interrupted", {})
+        runs.run_saliency(ds, "sal", tiny_file, "gradcam")
+        assert runs.get_run_info(ds, "sal")["results"]["status"] == "failed"  # as a part with only failures
+        # overwrite redoes every sample: the model is loaded
+        redo = runs.run_saliency(ds, "sal", tiny_file, "gradcam", overwrite=True)
+        assert (redo.processed, redo.failed) == (1, 3) and "load_model" in redo.timings
 
         # a mended file is computed; the others fail again in that run, with the model loaded
         Image.fromarray(rng.integers(0, 255, (30, 30, 3), dtype=np.uint8)).save(tmp_path / "text.png")
@@ -276,6 +306,15 @@ def test_a_model_that_takes_any_size_is_fixed_at_the_size_asked_for(tmp_path):
         assert sm.input_size == (64, 48) and sm.feature_shape == (62, 46, 4)
         assert sm.source["feature_shape"] == [62, 46, 4] and sm.has_head
         assert sm.source["engine"] == engine
+    # with a finer layer fused (its shape is known only at a size)
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="c1")(inp)
+    x = keras.layers.Conv2D(6, 3, strides=2, activation="relu", name="c2")(x)
+    deep = str(tmp_path / "deep.keras")
+    keras.Model(inp, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x))).save(deep)
+    sm = xp.load_model(deep, input_size=64, layer="c2", fuse_layer="c1", cache=False)
+    assert [tuple(t.shape[1:]) for t in sm.fused.outputs] == [(30, 30, 6), (62, 62, 4)]
+    with pytest.raises(Exception, match="must be at least as fine"):
+        xp.load_model(deep, input_size=64, layer="c1", fuse_layer="c2", cache=False)
     Image.fromarray(np.random.default_rng(5).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(tmp_path / "b.png")
     ds = fo.Dataset()
     try:

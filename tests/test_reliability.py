@@ -502,9 +502,9 @@ def test_plugin_parameters_are_validated_on_the_server(photos_ds, xception_weigh
         ({"storage": "png", "map_dir": 5}, "map_dir must be text"),
         ({"target_mode": "class"}, "class name or index"),
         ({"target_mode": "everything"}, "unknown target mode"),
-        ({"input_size": "big"}, "input size must be pixels"),
-        ({"input_size": "4"}, "from 8 to 8192"),
-        ({"input_size": "224x320x3"}, "one or two whole numbers"),
+        ({"input_size": "big"}, "input size must be one or two sides"),
+        ({"input_size": "4"}, "sides of 8 to 8192 pixels"),
+        ({"input_size": "224x320x3"}, "sides of 8 to 8192 pixels"),
         ({"input_size": 299}, "input_size must be text"),
     ):
         with pytest.raises(ParameterError, match=match):

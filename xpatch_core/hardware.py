@@ -51,7 +51,7 @@ PRECISIONS = ("auto", "float32", "mixed_bfloat16", "bfloat16")
 ENGINES = CHOICES["engine"]
 #: The entries of a model's ``source`` that name the engine: they describe
 #: the machine, not the model (runs resume across engines).
-ENGINE_SOURCE_KEYS = ("engine", "engine_requested", "engine_reason")
+ENGINE_SOURCE_KEYS = ("engine", "engine_requested", "engine_reason", "openvino_cache")
 
 
 @dataclass(frozen=True)

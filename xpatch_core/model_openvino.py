@@ -13,6 +13,15 @@ Rules:
     hint. OpenVINO computes in bfloat16 only where the run's precision asks
     for it and the CPU has it natively; the precision it reports is the one
     recorded.
+-   A converted model is kept on disk (``XPATCH_OPENVINO_CACHE``, the
+    :data:`KEEP` most recently used), keyed by a digest of everything the
+    conversion depends on: the parts' Keras configs, every weight's bytes,
+    the outputs, the input size and the versions of xpatch, Keras and
+    OpenVINO. A later load of the same model reads it (tracing and
+    converting Xception takes about 2 s; the digest 0.4 s). An entry is
+    written to a private temporary folder and renamed into place, so
+    concurrent loads never read half an entry; one that cannot be read is
+    converted again and replaced; the cache holds nothing but its entries.
 -   A model OpenVINO cannot convert or compile, or an OpenVINO install that
     cannot be imported, raises :class:`ModelError`;
     :func:`xpatch_core.load_model` then keeps TensorFlow for ``"auto"``.
@@ -34,8 +43,13 @@ from typing import Any
 
 import numpy as np
 
+from xpatch_core import settings
 from xpatch_core.errors import ModelError
 
+#: Converted models kept on disk (each about the size of the model's weights).
+KEEP = 4
+#: The files of one cached entry.
+_ENTRY_FILES = ("model.xml", "model.bin")
 #: OpenVINO's names of the precisions.
 _HINTS = {"float32": "f32", "mixed_bfloat16": "bf16"}
 #: The telemetry modules hidden while OpenVINO is first imported.
@@ -73,12 +87,17 @@ class OpenVinoForward:
             layer), ``"fine"`` (fuse layer) and ``"logits"``
         precision: the precision OpenVINO computes in, ``"float32"`` or
             ``"mixed_bfloat16"``
+        cache: how the conversion was had (see the module's rules)
     """
 
     def __init__(self, compiled: Any, outputs: tuple[str, ...], precision: str):
         self._compiled = compiled
         self.outputs = outputs
         self.precision = precision
+        #: ``"read"`` (from the disk cache), ``"stored"`` (converted, then
+        #: cached), ``"not stored"`` (the cache could not be written) or
+        #: ``"off"`` (converted; no cache)
+        self.cache = "off"
 
     def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Runs one batch.
@@ -124,9 +143,16 @@ def compile_forward(parts: dict[str, Any], input_size: tuple[int, int], precisio
     h, w = input_size
     outputs, fn = _graph(parts)
     spec = tf.TensorSpec([None, h, w, 3], tf.float32)
+    folder = settings.openvino_cache_dir()
+    key = _digest(parts, outputs, (h, w), ov) if folder else None
+    converted = _read_cached(ov, folder, key) if key else None
+    cache_state = "off" if key is None else "read" if converted is not None else "stored"
     try:
-        concrete = tf.function(fn, input_signature=[spec]).get_concrete_function()
-        converted = ov.convert_model(concrete, share_weights=False)
+        if converted is None:
+            concrete = tf.function(fn, input_signature=[spec]).get_concrete_function()
+            converted = ov.convert_model(concrete, share_weights=False)
+            if key and not _store(ov, converted, folder, key):
+                cache_state = "not stored"
         compiled = ov.Core().compile_model(converted, "CPU", {
             "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": _HINTS.get(precision, "f32"),
         })
@@ -134,7 +160,120 @@ def compile_forward(parts: dict[str, Any], input_size: tuple[int, int], precisio
     except Exception as e:  # noqa: BLE001 - any conversion failure is the model's matter
         raise ModelError(f"OpenVINO cannot run model {name!r} ({type(e).__name__}: {str(e)[:300]}); "
                          "use engine='tensorflow'") from e
-    return OpenVinoForward(compiled, outputs, "mixed_bfloat16" if bf16 else "float32")
+    forward = OpenVinoForward(compiled, outputs, "mixed_bfloat16" if bf16 else "float32")
+    forward.cache = cache_state
+    return forward
+
+
+def _digest(parts: dict[str, Any], outputs: tuple[str, ...], size: tuple[int, int], ov: Any) -> str | None:
+    """The cache key of a conversion (see the module's rules), or None if
+    a part's config cannot be written out (the model is then converted)."""
+    import hashlib
+    import json
+
+    import keras
+    import tensorflow as tf
+
+    from xpatch_core import __version__
+
+    digest = hashlib.blake2b(digest_size=20)
+    digest.update(json.dumps([__version__, keras.__version__, tf.__version__, ov.__version__, list(outputs),
+                              list(size)]).encode())
+    fused, backbone, head, joint = (parts.get(k) for k in ("fused", "backbone", "head", "joint"))
+    used = {"joint": joint} if joint is not None and head is None else {
+        "fused" if fused is not None else "backbone": fused if fused is not None else backbone, "head": head}
+    try:
+        for name, model in used.items():  # the parts :func:`_graph` converts
+            digest.update(name.encode())
+            if model is None:
+                continue
+            digest.update(_canonical(json.dumps(model.get_config(), sort_keys=True)).encode())
+            for v in model.weights:  # in the graph's order (their paths hold process-wide names)
+                a = np.ascontiguousarray(keras.ops.convert_to_numpy(v.value))
+                digest.update(f"{a.dtype}|{a.shape}".encode())
+                digest.update(a.view(np.uint8).reshape(-1))
+    except Exception:  # noqa: BLE001 - an odd custom layer's config: no cache for this model
+        return None
+    return digest.hexdigest()
+
+
+def _canonical(config: str) -> str:
+    """A model config (JSON) with the names Keras numbers process-wide
+    (``conv2d_4``, ``keras_tensor_17``: other in every load of a model)
+    renamed in order of appearance: the same graph gives the same text."""
+    import re
+
+    names: dict[str, str] = {}
+    for found in re.finditer(r'"name": "([^"\\]*)"|"(keras_tensor_\d+)', config):
+        names.setdefault(found[1] or found[2], f"n{len(names)}")
+    return re.sub(r'"([^"\\]*)"', lambda m: f'"{names[m[1]]}"' if m[1] in names else m[0],
+                  re.sub(r"keras_tensor_\d+", lambda m: names.get(m[0], m[0]), config))
+
+
+def _read_cached(ov: Any, folder: str, key: str) -> Any:
+    """The cached conversion of ``key``, or None (absent, or unreadable:
+    that entry is then removed, to be written again)."""
+    import os
+    import shutil
+
+    entry = os.path.join(folder, key)
+    if not all(os.path.isfile(os.path.join(entry, f)) for f in _ENTRY_FILES):
+        return None
+    try:
+        model = ov.Core().read_model(os.path.join(entry, "model.xml"))
+        os.utime(entry)  # most recently used
+        return model
+    except Exception:  # noqa: BLE001 - a damaged entry is converted again
+        shutil.rmtree(entry, ignore_errors=True)
+        return None
+
+
+def _store(ov: Any, converted: Any, folder: str, key: str) -> bool:
+    """Writes a conversion into the cache (atomically: a private folder
+    renamed into place) and keeps the :data:`KEEP` most recent entries.
+    Returns whether the entry is there (a full disk, a read-only folder:
+    the run goes on without it)."""
+    import os
+    import shutil
+    import tempfile
+
+    try:
+        os.makedirs(folder, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".tmp-", dir=folder)
+        try:
+            ov.save_model(converted, os.path.join(tmp, "model.xml"), compress_to_fp16=False)
+            os.replace(tmp, os.path.join(folder, key))
+        except OSError:
+            if not os.path.isdir(os.path.join(folder, key)):
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # a rename lost to a concurrent writer
+        _evict(folder)
+        return True
+    except Exception:  # noqa: BLE001 - a cache that cannot be written is not an error
+        return False
+
+
+def _evict(folder: str) -> None:
+    """Removes all but the :data:`KEEP` most recently used entries (and
+    temporary folders older than an hour: a writer that died)."""
+    import os
+    import re
+    import shutil
+    import time
+
+    entries, now = [], time.time()
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        if not os.path.isdir(path) or os.path.islink(path):
+            continue
+        if name.startswith(".tmp-"):
+            if now - os.path.getmtime(path) > 3600:
+                shutil.rmtree(path, ignore_errors=True)
+        elif re.fullmatch(r"[0-9a-f]{40}", name):
+            entries.append((os.path.getmtime(path), path))
+    for _, path in sorted(entries, reverse=True)[KEEP:]:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _graph(parts: dict[str, Any]) -> tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]]]:
@@ -185,6 +324,7 @@ def attach_forward(sm: Any, engine: str, requested: str, reason: str, precision:
                 raise
             engine, reason = "tensorflow", f"OpenVINO could not run this model: {e}"
         else:
+            sm.source["openvino_cache"] = sm.ov_forward.cache
             if sm.ov_forward.precision != precision:
                 sm.source["precision"] = sm.ov_forward.precision
                 sm.source["precision_reason"] = (

@@ -295,9 +295,11 @@ class SaliencyModel:
                 if None in t.shape[1:3] or min(t.shape[1:3]) < 1:
                     raise ValueError(f"features of shape {tuple(t.shape)}")
         except Exception as e:  # noqa: BLE001 - any layer that cannot take the size
+            built = ("" if None in tuple(self.backbone.inputs[0].shape[1:3])
+                     else f" were built for {self.input_size[0]}x{self.input_size[1]}")
             raise ModelError(
-                f"model {self.name!r} cannot take a {h}x{w} input (its layers up to {self.target_layer!r} "
-                f"were built for {self.input_size[0]}x{self.input_size[1]}: {type(e).__name__}: {e})"
+                f"model {self.name!r} cannot take a {h}x{w} input (its layers up to {self.target_layer!r}"
+                f"{built}: {type(e).__name__}: {e})"
             ) from e
         backbone = keras.Model(inp, feat, name="xpatch_backbone")
         head = joint = None
@@ -558,10 +560,10 @@ def parse_input_size(text: str) -> tuple[int, int]:
 
     try:
         parts = [int(v) for v in re.split(r"\s*[x,]\s*", str(text).strip().lower())]
-    except ValueError:
-        raise ParameterError(f"input size must be pixels, e.g. 299 or 224x320 (height x width), "
-                             f"got {text!r}") from None
-    return normalize_input_size(parts[0] if len(parts) == 1 else parts)
+        return normalize_input_size(parts[0] if len(parts) == 1 else parts)
+    except (ValueError, ParameterError):
+        raise ParameterError(f"input size must be one or two sides of 8 to {MAX_INPUT_SIDE} pixels, e.g. 299 or "
+                             f"224x320 (height x width), got {text!r}") from None
 
 
 def _request(model: Any, weights: str | None, layer: Any, fuse_layer: str | None, input_size: Any,
@@ -705,6 +707,14 @@ def _input_size(backbone: Any, name: str, input_size: tuple[int, int] | None) ->
     return size
 
 
+def _check_fusion(fused: Any, fuse_path: Any) -> None:
+    """Refuses a fuse layer coarser than the target layer."""
+    coarse, fine = fused.outputs[0].shape[1:3], fused.outputs[1].shape[1:3]
+    if None in (*coarse, *fine) or fine[0] < coarse[0] or fine[1] < coarse[1]:
+        raise ModelError(f"fuse layer {'/'.join(fuse_path)!r} ({fine}) must be at least as fine as the "
+                         f"target layer ({coarse})")
+
+
 def _assemble(req: _Request, keras_model: Any, info: dict, pre_mode: str, name: str,
               in_memory: bool) -> SaliencyModel:
     """Splits the loaded model and builds the :class:`SaliencyModel`."""
@@ -715,13 +725,10 @@ def _assemble(req: _Request, keras_model: Any, info: dict, pre_mode: str, name: 
     else:
         preprocess_fn, pre_name = _preprocess_fn(req.preprocess), req.preprocess
     path, fuse_path, (full, backbone, head, joint, fused, split_info) = _split(keras_model, req, info, in_memory)
-    if fused is not None:
-        coarse, fine = fused.outputs[0].shape[1:3], fused.outputs[1].shape[1:3]
-        if None in (*coarse, *fine) or fine[0] < coarse[0] or fine[1] < coarse[1]:
-            raise ModelError(f"fuse layer {'/'.join(fuse_path)!r} ({fine}) must be at least as fine as the "
-                             f"target layer ({coarse})")
     size = _input_size(backbone, name, req.input_size)
     any_size = None in tuple(backbone.inputs[0].shape[1:3])
+    if fused is not None and not any_size:
+        _check_fusion(fused, fuse_path)
     info.update(split_info)
     info.update({
         "name": name, "layer": "/".join(path), "input_size": list(size), "preprocess": pre_name,
@@ -742,6 +749,8 @@ def _assemble(req: _Request, keras_model: Any, info: dict, pre_mode: str, name: 
     )
     if any_size:  # a model that takes any size: every part fixed at the size asked for
         sm = sm._retraced(*size)  # a head that cannot be retraced is dropped, with source["head_error"]
+        if sm.fused is not None:
+            _check_fusion(sm.fused, fuse_path)
     if info.get("include_top") and n == 1000 and not req.class_names:
         sm._class_loader = lambda: _imagenet_class_names(sm)
     attach_forward(sm, req.engine, req.engine_requested, req.engine_reason, req.precision)

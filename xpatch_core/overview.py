@@ -74,9 +74,12 @@ def run_row(info: dict[str, Any], dataset: Any = None) -> dict[str, Any]:
     """One row of the panel's run table.
 
     A run's record holds the counts of its last part (a resumed run's
-    ``processed`` are the samples of that part); ``done`` and ``samples``
-    are the samples with a result after it (``processed + skipped``), and
-    with ``dataset`` a patch run's ``patches`` are counted in its field.
+    ``processed`` are the samples of that part, and its ``skipped`` only
+    those of the view it was given). With ``dataset``, a saliency or patch
+    run's ``done`` (and ``samples``) are the samples its field holds a
+    value for, ``failed`` the samples tagged as failed in it, and a patch
+    run's ``patches`` the detections in its field; without, they are the
+    record's (``done = processed + skipped``).
 
     Args:
         info: a :func:`xpatch_core.runs.get_run_info` dict
@@ -92,12 +95,18 @@ def run_row(info: dict[str, Any], dataset: Any = None) -> dict[str, Any]:
     elapsed = _num(res.get("elapsed"))
     speed = _num(res.get("images_per_s"))
     done = int(_num(res.get("processed"))) + int(_num(res.get("skipped")))
+    failed = int(_num(res.get("failed")))
     patches = int(_num(res.get("patches")))
     field = str(cfg.get("field") or "")
-    if dataset is not None and info.get("type") == "patches" and field:
+    if dataset is not None and info.get("type") in ("saliency", "patches") and field:
+        from xpatch_core.runs.collections import FAILED_TAG
+
         try:
-            patches = int(dataset.count(f"{field}.detections"))
-        except Exception:  # noqa: BLE001 - a field renamed or of another type: the record's count
+            done = int(dataset.exists(field).count())
+            failed = int(dataset.count_sample_tags().get(FAILED_TAG.format(field=field), 0))
+            if info.get("type") == "patches":
+                patches = int(dataset.count(f"{field}.detections"))
+        except Exception:  # noqa: BLE001 - a field renamed or of another type: the record's counts
             pass
     return {
         "run": info["key"],
@@ -106,9 +115,9 @@ def run_row(info: dict[str, Any], dataset: Any = None) -> dict[str, Any]:
         "status": str(res.get("status") or "registered"),
         "processed": int(_num(res.get("processed"))),
         "skipped": int(_num(res.get("skipped"))),
-        "failed": int(_num(res.get("failed"))),
+        "failed": failed,
         "done": done,
-        "samples": f"{done:,}" + (f" ({int(_num(res.get('failed'))):,} failed)" if _num(res.get("failed")) else ""),
+        "samples": f"{done:,}" + (f" ({failed:,} failed)" if failed else ""),
         "patches": patches,
         "time": _duration(elapsed),
         "speed": f"{speed:.1f}/s" if speed > 0 else "",
@@ -166,9 +175,9 @@ def details_markdown(info: dict[str, Any], dataset: Any = None) -> str:
     row = run_row(info, dataset)
     res = info["results"]
     head = f"**Run `{row['run']}`**: {row['kind']} in `{row['field']}`, {row['status']}."
-    counts = (f"{row['done']:,} samples with results, {row['failed']:,} failed; the last run "
-              f"{row['processed']:,} processed, {row['skipped']:,} already done"
-              + (f", {row['patches']:,} patches" if row["patches"] else ""))
+    counts = (f"{row['done']:,} samples with results, {row['failed']:,} failed"
+              + (f", {row['patches']:,} patches" if row["patches"] else "")
+              + f"; the last run {row['processed']:,} processed, {row['skipped']:,} already done")
     if row["time"]:
         counts += f"; {row['time']}" + (f" at {row['speed'].replace('/s', ' samples/s')}" if row["speed"] else "")
     lines = [head, f"**Counts**: {counts}."]

@@ -19,6 +19,7 @@ used (not at import), so a worker can change them between runs:
 | ``XPATCH_MODEL_CACHE`` | models kept loaded per process (0: none) | 3 |
 | ``XPATCH_MODEL_CACHE_MB`` | parameter memory of the kept models, in MiB | 2048 |
 | ``XPATCH_ENGINE`` | what ``engine="auto"`` means: ``tensorflow`` or ``openvino`` | chosen per machine |
+| ``XPATCH_OPENVINO_CACHE`` | folder of converted OpenVINO models (``off``: convert on every load) | ``<XPATCH_CACHE>/openvino`` |
 
 Read here too, because they decide what hardware xpatch uses:
 ``CUDA_VISIBLE_DEVICES`` (``""`` or ``-1`` hides the GPUs) and
@@ -150,6 +151,16 @@ def engine_override() -> str | None:
     return value
 
 
+def openvino_cache_dir() -> str | None:
+    """``XPATCH_OPENVINO_CACHE``: the folder of converted OpenVINO models
+    (default ``openvino`` in :func:`cache_dir`), or None when set to
+    ``off`` (or ``0``)."""
+    value = os.environ.get("XPATCH_OPENVINO_CACHE", "").strip()
+    if value.lower() in ("off", "0", "none", "false"):
+        return None
+    return value or os.path.join(cache_dir(), "openvino")
+
+
 def gpus_hidden() -> bool:
     """Whether ``CUDA_VISIBLE_DEVICES`` hides every GPU (``""`` or ``-1``)."""
     value = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -173,6 +184,7 @@ __all__ = [
     "gpu_memory_growth",
     "gpus_hidden",
     "lock_ttl",
+    "openvino_cache_dir",
     "max_pixels",
     "rates_file",
     "model_cache_bytes",

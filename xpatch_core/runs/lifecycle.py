@@ -15,7 +15,10 @@ in order, the same for every kind:
     The same holds when, for the same request, every sample left is one that
     failed before and fails the kind's cheap :meth:`RunKind.recheck` again
     (a broken file, unchanged): the summary counts them as failed, with
-    their reasons, and the run's record keeps them as it had them;
+    their reasons (status ``nothing to do``), and the record is untouched
+    unless it was left ``interrupted`` or ``running`` (it is then marked
+    ``failed`` if nothing was written in its last part, as a run that ends
+    with every sample failed is);
 3.  **setup**: heavy preparation (loading a model) and the typed
     :class:`~xpatch_core.runs.records.RunConfig`;
 4.  **check** that an existing run of the field has the same parameters
@@ -178,8 +181,9 @@ class RunKind:
             ids: samples tagged as failed in this run's field
 
         Returns:
-            ``{id: reason}`` for the samples that still fail (by default
-            none is known to: every sample is tried again)
+            ``{id: reason}`` for the samples that still fail; it may stop at
+            the first sample that would not (the run then goes on anyway).
+            By default none is known to fail: every sample is tried again
         """
         return {}
 
@@ -337,7 +341,7 @@ def execute(run: RunKind, sample_collection: Any, recorder: Any = None) -> Gener
         return summary
     if not run.overwrite and recorder.may_skip and _still_failing(run, view, todo, summary):
         summary.status = "nothing to do"
-        _settle(run, view, summary, recorder)
+        _settle(run, view, summary, recorder, "failed")
         return summary
     t = time.perf_counter()
     config = run.setup(view, todo)
@@ -367,12 +371,10 @@ def _still_failing(run: RunKind, view: Any, todo: list[str], summary: RunSummary
     fails :meth:`RunKind.recheck` again; if so, counts them in ``summary``
     as failed with their reasons (nothing is written)."""
     dataset = view._dataset
-    tag = colls.FAILED_TAG.format(field=run.field)
-    if tag not in view.distinct("tags"):
+    if not records.same_request(dataset, run.run_key, run.kind, run.request()):
         return False
-    failed_before = set(view.match_tags(tag).values("id"))
-    if not failed_before.issuperset(todo) or not records.same_request(dataset, run.run_key, run.kind,
-                                                                      run.request()):
+    failed_before = view.match_tags(colls.FAILED_TAG.format(field=run.field))
+    if failed_before.count() < len(todo) or not set(failed_before.values("id")).issuperset(todo):
         return False
     reasons = run.recheck(dataset, todo)
     if len(reasons) < len(todo) or not set(reasons).issuperset(todo):
@@ -384,8 +386,8 @@ def _still_failing(run: RunKind, view: Any, todo: list[str], summary: RunSummary
     return True
 
 
-def _settle(run: RunKind, view: Any, summary: RunSummary, recorder: Any) -> None:
-    """Records as completed a run with nothing left to do whose record still
+def _settle(run: RunKind, view: Any, summary: RunSummary, recorder: Any, status: str = "completed") -> None:
+    """Records as ``status`` a run with nothing left to do whose record still
     says ``interrupted`` or ``running`` (its process stopped after its last
     write), unless another run of the field holds the lock."""
     dataset = view._dataset
@@ -396,7 +398,7 @@ def _settle(run: RunKind, view: Any, summary: RunSummary, recorder: Any) -> None
     except XpatchError:
         return
     try:
-        recorder.save(view, run.run_key, summary, "completed", {})
+        recorder.save(view, run.run_key, summary, status, {})
     finally:
         release_lock(lock)
 

@@ -96,7 +96,9 @@ class SaliencyConfig(RunConfig):
         """Names the compared parameters that differ from a stored config;
         the precision differs only if both the precision asked for and the
         one used differ (``float32`` resumes a run whose ``auto`` gave
-        float32, and ``auto`` one run in the precision it gives here).
+        float32, and ``auto`` one run in the precision it gives here). The
+        last part's request is the one stored: after a ``float32`` part,
+        ``auto`` resumes only where it gives float32.
 
         Args:
             stored: a stored config
@@ -157,6 +159,18 @@ def heatmap_son(map: np.ndarray | None = None, range: Sequence[float] = (0, 255)
     son["range"] = [float(v) for v in range]
     son.update(attrs)
     return son
+
+
+def _size_text(input_size: Any) -> Any:
+    """An input size as a request stores it, ``[h, w]`` (as given if it is
+    not one: :meth:`SaliencyRun.validate` refuses it)."""
+    from xpatch_core.errors import ParameterError
+    from xpatch_core.models import normalize_input_size
+
+    try:
+        return list(normalize_input_size(input_size))
+    except ParameterError:
+        return repr(input_size)
 
 
 def _describe_model(model: Any) -> Any:
@@ -228,12 +242,13 @@ class SaliencyRun(RunKind):
                 "map_resolution": self.map_resolution,
                 "class_names": list(self.class_names) if self.class_names else None,
                 # given only when asked for, so that older records still match a rerun's request
-                **({"input_size": list(self.input_size)} if self.input_size is not None else {})}
+                **({"input_size": _size_text(self.input_size)} if self.input_size is not None else {})}
 
     @classmethod
     def speed_key(cls, request: dict[str, Any]) -> str:
-        """Saliency runs of one model, method and fusion run at one speed."""
-        return f"saliency|{request.get('model')}|{request.get('method')}|{request.get('fuse_layer')}"
+        """Saliency runs of one model, method, fusion and input size run at one speed."""
+        size = f"|{request['input_size']}" if request.get("input_size") is not None else ""
+        return f"saliency|{request.get('model')}|{request.get('method')}|{request.get('fuse_layer')}{size}"
 
     def setup(self, view: Any, todo: list[str]) -> SaliencyConfig:
         """Loads the model and resolves the targets."""
@@ -276,8 +291,9 @@ class SaliencyRun(RunKind):
         reasons = {}
         for sid, path in colls.filepaths(dataset, ids).items():
             reason = decode_error(path)
-            if reason is not None:
-                reasons[sid] = reason
+            if reason is None:
+                break  # one image that decodes: the run goes on, so the rest need no decode
+            reasons[sid] = reason
         return reasons
 
     def _field_targets(self, view: Any, todo: list[str]) -> list[int]:

@@ -63,12 +63,19 @@ def test_run_on_folder_with_a_corrupt_file(photo_dir, tmp_path, xception_weights
         assert "(1 added)" in out.stdout and "saliency: 1 processed, 5 already done, 1 failed" in out.stdout
         ds.reload()
         assert len(ds) == 7 and ds.count("saliency") == 6
+        # a non-empty export folder is refused before any work, naming the command's flag
+        (tmp_path / "full").mkdir()
+        (tmp_path / "full" / "mine.txt").write_text("keep")
+        refused = _xpatch("run", str(photo_dir), "--dataset", name, "--weights", xception_weights,
+                          "--export", f"imagefolder:{tmp_path / 'full'}", "--overwrite", cwd=str(tmp_path))
+        assert refused.returncode == 2 and "pass --export-overwrite" in refused.stderr, refused.stderr[-2000:]
+        assert "processed" not in refused.stdout and (tmp_path / "full" / "mine.txt").read_text() == "keep"
         # the run list counts what the fields hold, not only the last part
         listed = _xpatch("runs", name)
         assert listed.returncode == 0, listed.stderr[-2000:]
-        assert ("saliency: saliency in 'saliency', completed: 6 samples with results, 1 failed; "
+        assert ("saliency: saliency in 'saliency', completed: 6 of 7 samples with results, 1 failed; "
                 "last run 1 processed, 5 already done") in listed.stdout, listed.stdout
-        assert ("patches: patches in 'patches', completed: 6 samples with results, 0 failed, 30 patches; "
+        assert ("patches: patches in 'patches', completed: 6 of 7 samples with results, 0 failed, 30 patches; "
                 "last run 1 processed, 5 already done") in listed.stdout, listed.stdout
     finally:
         ds.delete()
@@ -209,6 +216,10 @@ def test_library_messages_are_spelled_as_flags():
         "pass class_names= to load_model or use an index": "pass --class-names or use an index",
         "any input size; pass input_size=": "any input size; pass --input-size",
         "choose an earlier layer with layer=)": "choose an earlier layer with --layer)",
+        "other parameters (n, max_iou, model_source); pass overwrite=True":
+            "other parameters (-n, --max-iou, --model/--weights/--layer/--input-size); pass --overwrite",
+        "export folder /e is not empty (2 entries); choose an empty or new folder, or pass overwrite=True to":
+            "export folder /e is not empty (2 entries); choose an empty or new folder, or pass --export-overwrite to",
         "a file named overwrite=Truex stays": "a file named overwrite=Truex stays",  # words, not parts
     }
     for message, expected in cases.items():

@@ -260,6 +260,9 @@ def test_precision_is_compared_by_what_was_asked_or_what_was_used(tmp_path, tiny
         cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 fma\n\n")  # no bfloat16: auto is float32
         s = runs.run_saliency(ds, "sal", tiny_file, "gradcam", precision="auto")
         assert s.processed == 1 and runs.get_run_info(ds, "sal")["config"]["precision_used"] == "float32"
+        # the precision it used, asked for by name, with nothing to do: no model loaded
+        same = runs.run_saliency(ds, "sal", tiny_file, "gradcam", precision="float32")
+        assert same.status == "nothing to do" and "load_model" not in same.timings
         add(1)
         assert runs.run_saliency(ds, "sal", tiny_file, "gradcam", precision="float32").processed == 1
         add(2)
@@ -324,3 +327,52 @@ def test_a_model_that_takes_any_size_is_fixed_at_the_size_asked_for(tmp_path):
         assert runs.get_run_info(ds, "sal")["config"]["input_size"] == [64, 64]
     finally:
         ds.delete()
+
+
+def test_a_run_that_wrote_nothing_never_blocks_other_parameters(tmp_path, tiny_file):
+    """A run that stopped before its first write (a model that failed after
+    the run was registered) left a record that refused any other
+    parameters, though its field held nothing."""
+    rng = np.random.default_rng(6)
+    ds = fo.Dataset()
+    try:
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(tmp_path / f"w{i}.png")
+        ds.add_samples([fo.Sample(filepath=str(tmp_path / f"w{i}.png")) for i in range(2)])
+        assert runs.run_saliency(ds, "sal", tiny_file, "gradcam").processed == 2
+        from xpatch_core.errors import ParameterError
+
+        with pytest.raises(ParameterError, match="other parameters"):  # values there: refused
+            runs.run_saliency(ds, "sal", tiny_file, "gradcam++")
+        ds.set_values("sal", [None, None])  # as if the run had stopped before writing
+        s = runs.run_saliency(ds, "sal", tiny_file, "gradcam++")
+        assert s.processed == 2 and runs.get_run_info(ds, "sal")["config"]["method"] == "gradcam++"
+    finally:
+        ds.delete()
+
+
+def test_a_model_with_one_free_side_keeps_its_fixed_side(tmp_path):
+    import keras
+
+    import xpatch_core as xp
+    from xpatch_core.errors import ParameterError
+
+    inp = keras.Input((None, 96, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inp)
+    path = str(tmp_path / "half.keras")
+    keras.Model(inp, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x))).save(path)
+    with pytest.raises(ParameterError, match=r"accepts any height \(its width is 96\)"):
+        xp.load_model(path, cache=False)
+    with pytest.raises(ParameterError, match="takes inputs of width 96; the input size asked for has width 128"):
+        xp.load_model(path, input_size=128, cache=False)
+    sm = xp.load_model(path, input_size=(64, 96), cache=False)
+    assert sm.input_size == (64, 96) and sm.feature_shape == (62, 94, 4)
+
+
+def test_a_weights_file_of_another_model_gets_a_short_error(xception_weights):
+    import xpatch_core as xp
+    from xpatch_core.errors import ModelError
+
+    with pytest.raises(ModelError, match="a file for another model or input size") as caught:
+        xp.load_model("mobilenetv2", weights=xception_weights, cache=False)
+    assert len(str(caught.value)) < 1200, len(str(caught.value))

@@ -71,11 +71,17 @@ def test_patch_dataset_command(source, tmp_path):
             ([source.name, "--patches-field", "pp", "--name", "z", "--out", str(out)], "holds the patch dataset"),
             ([source.name, "--patches-field", "pp", "--name", "w", "--out", str(tmp_path / "w"), "--gt-field",
               "filepath"], "expected fo.Detections"),
+            # export folders refused before any crop is written (were: after the whole dataset was made)
+            ([source.name, "--patches-field", "pp", "--name", "v", "--out", str(tmp_path / "v"), "--export",
+              f"coco:{tmp_path / 'coco'}"], "exists and is not an empty folder"),
+            ([source.name, "--patches-field", "pp", "--name", "u", "--out", str(tmp_path / "u"), "--export",
+              f"coco:{tmp_path / 'u' / 'exp'}"], "lies inside --out"),
         ):
             bad = _xpatch("patch-dataset", *args)
             assert bad.returncode == 2 and message in bad.stderr, (args, bad.stderr[-2000:])
             assert "Traceback" not in bad.stderr
-        assert not any(fo.dataset_exists(n) for n in ("x", "y", "z", "w"))
+        assert not any(fo.dataset_exists(n) for n in ("x", "y", "z", "w", "v", "u"))
+        assert not (tmp_path / "v").exists() and not (tmp_path / "u").exists()
     finally:
         if fo.dataset_exists(name):
             fo.delete_dataset(name)

@@ -338,6 +338,11 @@ def _check_before_work(args: argparse.Namespace) -> None:
         "--export": args.export[1] if args.export else None,
         "--contact-sheet": _sheet_path(args),
     }
+    export_dir = real(outputs["--export"]) if outputs["--export"] else None
+    if export_dir and os.path.isdir(export_dir) and any(os.scandir(export_dir)) and not getattr(
+            args, "export_overwrite", False):
+        raise UsageError(f"export folder {export_dir} is not empty; choose an empty or new folder, or pass "
+                         "--export-overwrite to replace its contents")
     if os.path.isdir(outputs["--contact-sheet"]):
         raise UsageError(f"--contact-sheet {real(outputs['--contact-sheet'])} is a folder: give a .png file path")
     check_disjoint(outputs, {"IMAGES_DIR": getattr(args, "images_dir", None)})
@@ -565,10 +570,11 @@ def _cmd_runs(args: argparse.Namespace) -> int:
         print("no xpatch runs")
     for info in infos:
         r = run_row(info, ds)
+        of = f" of {len(ds):,}" if r["kind"] in ("saliency", "patches") else ""
         patches = f", {r['patches']:,} patches" if r["kind"] != "saliency" else ""
         last = f"; last run {r['processed']:,} processed, {r['skipped']:,} already done"
         when = f", started {r['started']} UTC" if r["started"] else ""
-        print(f"{r['run']}: {r['kind']} in '{r['field']}', {r['status']}: {r['done']:,} samples with results, "
+        print(f"{r['run']}: {r['kind']} in '{r['field']}', {r['status']}: {r['done']:,}{of} samples with results, "
               f"{r['failed']:,} failed{patches}{last}{when}")
     return 0
 
@@ -582,6 +588,13 @@ def _cmd_patch_dataset(args: argparse.Namespace) -> int:
     exports = [parse_export(e) for e in args.export]
     if not fo.dataset_exists(args.dataset):
         raise UsageError(f"dataset not found: {args.dataset}")
+    out = os.path.realpath(os.path.abspath(os.path.expanduser(args.out)))
+    for fmt, folder in exports:  # what export_patch_dataset refuses, before any crop is written
+        root = os.path.realpath(os.path.abspath(os.path.expanduser(folder)))
+        if os.path.exists(root) and (not os.path.isdir(root) or os.listdir(root)):
+            raise UsageError(f"--export {fmt}:{folder}: {root} exists and is not an empty folder")
+        if os.path.commonpath([root, out]) == out:
+            raise UsageError(f"--export {fmt}:{folder}: {root} lies inside --out {out}, the patch dataset's own folder")
     gen = iter_make_patch_dataset(fo.load_dataset(args.dataset), args.patches_field, args.name, args.out,
                                   args.gt_field, args.min_area_ratio, min_coverage=args.min_coverage,
                                   background_label=args.background, image_format=args.image_format)
@@ -614,6 +627,22 @@ _CLI_SPELLINGS: tuple[tuple[str, Any], ...] = (
 )
 
 
+#: Run parameters as a refusal names them, and the flags that set them.
+_FLAGS = {
+    "model_source": "--model/--weights/--layer/--input-size", "method": "--method", "layer": "--layer",
+    "target": "--target", "input_size": "--input-size", "precision": "--precision", "map_dir": "--map-dir",
+    "map_resolution": "--map-resolution", "n": "-n", "size": "--size", "scales": "--scales",
+    "aspect_ratios": "--aspect-ratios", "max_iou": "--max-iou", "min_distance": "--min-distance",
+    "temperature": "--temperature", "epsilon": "--epsilon", "score": "--score", "mode": "--mode",
+    "border": "--border", "seed": "--seed", "label": "--label",
+}
+
+
+def _flags(m: re.Match) -> str:
+    names = [n.strip() for n in m[1].split(",")]
+    return f"other parameters ({', '.join(_FLAGS.get(n, n) for n in names)})"
+
+
 def cli_spelling(message: str) -> str:
     """Rewrites a library message's Python spellings (``overwrite=True``,
     ``engine='tensorflow'``) as the command's flags (``--overwrite``,
@@ -625,9 +654,28 @@ def cli_spelling(message: str) -> str:
     Returns:
         the message for a command-line user
     """
+    message = re.sub(r"export folder (.*) pass overwrite=True", r"export folder \1 pass --export-overwrite", message)
+    message = re.sub(r"other parameters \(([\w, ]+)\)", _flags, message)
     for pattern, repl in _CLI_SPELLINGS:
         message = re.sub(pattern, repl, message)
     return message
+
+
+def _own_warnings_as_lines() -> None:
+    """Prints xpatch's own warnings as one line each, spelled for the command
+    (``xpatch: warning: ...``), not as Python's ``file:line: UserWarning``."""
+    import warnings
+
+    shown = warnings.showwarning
+    here = os.path.dirname(os.path.abspath(__file__))
+
+    def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        if os.path.abspath(filename).startswith(here + os.sep):
+            print(f"xpatch: warning: {cli_spelling(str(message))}", file=sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -647,6 +695,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from xpatch_core.quiet import quiet_third_party
 
         quiet_third_party()
+    _own_warnings_as_lines()
     try:
         if args.command == "run":
             return _cmd_run(args)
@@ -668,6 +717,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("xpatch: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `xpatch runs DS | head`: the reader has gone
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python's exit flush would fail again
+        return 0
     except Exception as e:  # noqa: BLE001 - library errors become one clear line
         from xpatch_core.errors import XpatchError
 

@@ -464,7 +464,8 @@ def _build_application(
                 "(no internet?). Pass weights=PATH to a weights file, or place Keras' file in "
                 f"~/.keras/models/. Details: {'; '.join(errors)}"
             )
-        raise ModelError(f"could not load {ctor_name} weights from {w}: {'; '.join(errors)}")
+        raise ModelError(f"could not load {ctor_name} weights from {w} (a file for another model or input "
+                         f"size?): {'; '.join(e[:300] + (' ...' if len(e) > 300 else '') for e in errors)}")
     info = {
         "kind": "application",
         "model": ctor_name,
@@ -698,7 +699,16 @@ def _input_size(backbone: Any, name: str, input_size: tuple[int, int] | None) ->
     in_shape = tuple(backbone.inputs[0].shape[1:3])
     if None in in_shape:
         if input_size is None:
-            raise ParameterError(f"model {name!r} accepts any input size; pass input_size=")
+            free = ("any input size" if in_shape == (None, None) else
+                    f"any {'height' if in_shape[0] is None else 'width'} (its "
+                    f"{'width' if in_shape[0] is None else 'height'} is {in_shape[1] or in_shape[0]})")
+            raise ParameterError(f"model {name!r} accepts {free}; pass input_size=")
+        fixed = [(d, want, side) for d, want, side in zip(in_shape, input_size, ("height", "width"))
+                 if d is not None and int(d) != int(want)]
+        if fixed:
+            d, want, side = fixed[0]
+            raise ParameterError(f"model {name!r} takes inputs of {side} {d}; the input size asked for has "
+                                 f"{side} {want}")
         return tuple(input_size)
     size = (int(in_shape[0]), int(in_shape[1]))
     if input_size is not None and tuple(input_size) != size:

@@ -172,6 +172,20 @@ class RunKind:
         todo = [i for i in ids if i not in done]
         return todo, len(ids) - len(todo)
 
+    def same_request(self, dataset: Any) -> bool:
+        """Whether the stored run of :attr:`run_key` was asked for with the
+        same arguments (what lets a rerun with nothing to do return at
+        once, without loading anything); by default an exact match of
+        :meth:`request`.
+
+        Args:
+            dataset: the dataset
+
+        Returns:
+            True or False
+        """
+        return records.same_request(dataset, self.run_key, self.kind, self.request())
+
     def recheck(self, dataset: Any, ids: list[str]) -> dict[str, str]:  # noqa: ARG002
         """Checks cheaply, without the model, samples that failed in an
         earlier run of the same request: those that would fail again.
@@ -334,7 +348,7 @@ def execute(run: RunKind, sample_collection: Any, recorder: Any = None) -> Gener
     summary = RunSummary(run_key=run.run_key, field=run.field, type=run.kind, total=len(todo) + skipped,
                          skipped=skipped)
     if not todo and recorder.may_skip and (
-            not summary.total or records.same_request(dataset, run.run_key, run.kind, run.request())):
+            not summary.total or run.same_request(dataset)):
         summary.status = "nothing to do"
         if summary.total:
             _settle(run, view, summary, recorder)
@@ -371,7 +385,7 @@ def _still_failing(run: RunKind, view: Any, todo: list[str], summary: RunSummary
     fails :meth:`RunKind.recheck` again; if so, counts them in ``summary``
     as failed with their reasons (nothing is written)."""
     dataset = view._dataset
-    if not records.same_request(dataset, run.run_key, run.kind, run.request()):
+    if not run.same_request(dataset):
         return False
     failed_before = view.match_tags(colls.FAILED_TAG.format(field=run.field))
     if failed_before.count() < len(todo) or not set(failed_before.values("id")).issuperset(todo):

@@ -156,7 +156,9 @@ def load_results(dataset: Any, run_key: str) -> dict[str, Any]:
 
 
 def check_rerun(dataset: Any, run_key: str, config: RunConfig, overwrite: bool) -> None:
-    """Refuses to resume a run, or to write its field, with other parameters.
+    """Refuses to resume a run, or to write its field, with other parameters
+    (a run that wrote nothing to its field, stopped before its first write,
+    never blocks another).
 
     Args:
         dataset: the dataset
@@ -169,6 +171,9 @@ def check_rerun(dataset: Any, run_key: str, config: RunConfig, overwrite: bool) 
     """
     if overwrite or run_key not in dataset.list_runs():
         return
+    if "." not in config.field and (not dataset.has_sample_field(config.field)
+                                    or not dataset.exists(config.field).count()):
+        return  # nothing of the earlier run is in its field (it stopped before its first write)
     diff = config.differences(run_config(dataset, run_key))
     if diff:
         raise ParameterError(

@@ -39,7 +39,7 @@ from xpatch_core.defaults import CHOICES, HEATMAP, SALIENCY
 from xpatch_core.errors import ParameterError
 from xpatch_core.hardware import ENGINE_SOURCE_KEYS
 from xpatch_core.runs import collections as colls
-from xpatch_core.runs import heatmap_files
+from xpatch_core.runs import heatmap_files, records
 from xpatch_core.runs.lifecycle import Outcome, RunKind, execute
 from xpatch_core.runs.progress import Progress, RunSummary, drive
 from xpatch_core.runs.records import RunConfig
@@ -243,6 +243,18 @@ class SaliencyRun(RunKind):
                 "class_names": list(self.class_names) if self.class_names else None,
                 # given only when asked for, so that older records still match a rerun's request
                 **({"input_size": _size_text(self.input_size)} if self.input_size is not None else {})}
+
+    def same_request(self, dataset: Any) -> bool:
+        """The same request, or one that differs only in asking explicitly
+        for the precision the stored run used (``float32`` after an
+        ``auto`` that gave float32): its results would be the same."""
+        if super().same_request(dataset):
+            return True
+        stored = records.run_config(dataset, self.run_key)
+        if self.precision == "auto" or stored.get("precision_used") != self.precision:
+            return False
+        request = dict(self.request(), precision=(stored.get("request") or {}).get("precision"))
+        return records.same_request(dataset, self.run_key, self.kind, request)
 
     @classmethod
     def speed_key(cls, request: dict[str, Any]) -> str:

@@ -48,8 +48,10 @@ test-oldest: $(OLDEST_STAMP)
 demo: $(STAMP)
 	$(BIN)/xpatch demo
 
+# A private, throw-away mongod: FiftyOne's database service otherwise attaches to any
+# service already running for the user, so tests and a user's own work would share one.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	.ci/private-mongod $(BIN)/python $(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

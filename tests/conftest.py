@@ -9,6 +9,8 @@ import tempfile
 _SESSION_DIR = tempfile.mkdtemp(prefix="xpatch-tests-")
 os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
 os.environ["FIFTYONE_DATABASE_VALIDATION"] = "false"
+# `make test` runs the suite on a private mongod (.ci/private-mongod sets FIFTYONE_DATABASE_URI);
+# without it, FiftyOne's service is used, which attaches to any service already running.
 os.environ.setdefault("FIFTYONE_DATABASE_DIR", os.path.join(_SESSION_DIR, "db"))
 os.environ["FIFTYONE_PLUGINS_DIR"] = os.path.join(_SESSION_DIR, "plugins")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

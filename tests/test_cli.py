@@ -63,6 +63,13 @@ def test_run_on_folder_with_a_corrupt_file(photo_dir, tmp_path, xception_weights
         assert "(1 added)" in out.stdout and "saliency: 1 processed, 5 already done, 1 failed" in out.stdout
         ds.reload()
         assert len(ds) == 7 and ds.count("saliency") == 6
+        # other patch parameters are refused before any work (were: after the new heatmaps)
+        shutil.copy(next(photo_dir.glob("0*.jpg")), photo_dir / "extra2.jpg")
+        other = _xpatch("run", str(photo_dir), "--dataset", name, "--weights", xception_weights,
+                        "-n", "4", "--size", "64", "--contact-sheet", str(sheet), cwd=str(tmp_path))
+        assert other.returncode == 2 and "other parameters (-n); pass --overwrite" in other.stderr, other.stderr
+        assert "processed" not in other.stdout and "added" not in other.stdout, other.stdout
+        (photo_dir / "extra2.jpg").unlink()
         # a non-empty export folder is refused before any work, naming the command's flag
         (tmp_path / "full").mkdir()
         (tmp_path / "full" / "mine.txt").write_text("keep")

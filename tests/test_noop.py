@@ -376,3 +376,25 @@ def test_a_weights_file_of_another_model_gets_a_short_error(xception_weights):
     with pytest.raises(ModelError, match="a file for another model or input size") as caught:
         xp.load_model("mobilenetv2", weights=xception_weights, cache=False)
     assert len(str(caught.value)) < 1200, len(str(caught.value))
+
+
+def test_a_model_without_class_names_at_hand_records_class_numbers(tmp_path, monkeypatch):
+    """ImageNet's class index neither cached nor downloadable (offline, a
+    model with random weights): the run failed after registering; the maps
+    do not need names, so classes are recorded as numbers, with a warning."""
+    from xpatch_core import models
+    from xpatch_core.errors import ModelError
+
+    def offline(model=None):
+        raise ModelError("the ImageNet class index is not cached and cannot be downloaded")
+
+    monkeypatch.setattr(models, "_imagenet_class_names", offline)
+    Image.fromarray(np.random.default_rng(7).integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(tmp_path / "c.png")
+    ds = fo.Dataset()
+    try:
+        ds.add_sample(fo.Sample(filepath=str(tmp_path / "c.png")))
+        with pytest.warns(UserWarning, match="classes are recorded as numbers"):
+            s = runs.run_saliency(ds, "sal", "mobilenetv2", "eigencam", weights="random", input_size=96)
+        assert s.processed == 1 and ds.first()["sal"]["predicted"].isdigit()
+    finally:
+        ds.delete()

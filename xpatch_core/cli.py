@@ -356,10 +356,27 @@ def _check_before_work(args: argparse.Namespace) -> None:
         check_apart(outputs["--contact-sheet"], "--contact-sheet", stored)
         if outputs["--map-dir"]:  # the field's own folder is where its earlier maps are
             check_apart(outputs["--map-dir"], "--map-dir", [p for p in stored if p != real(outputs["--map-dir"])])
+        if args.patches_field in existing.list_runs() and not args.overwrite:
+            _check_patch_rerun(existing, args)
     try:  # a .png name, and never a file of the user's (a sheet we wrote is replaced)
         check_sheet_path(outputs["--contact-sheet"])
     except ParameterError as e:
         raise UsageError(f"--contact-sheet: {e}") from None
+
+
+def _check_patch_rerun(ds: Any, args: argparse.Namespace) -> None:
+    """Refuses other patch parameters on an existing patch run before any
+    work (else found after every new image's heatmap was computed)."""
+    from xpatch_core.errors import ParameterError
+    from xpatch_core.runs import records
+    from xpatch_core.runs.patches_run import PatchesRun
+
+    run = PatchesRun.from_kwargs(heatmap_field=args.heatmap_field, field=args.patches_field, n=args.num_patches,
+                                 size=args.size, **_patch_kwargs(args))
+    try:
+        records.check_rerun(ds, run.run_key, run.setup(ds, []), False)
+    except ParameterError as e:
+        raise UsageError(str(e)) from None
 
 
 def _saliency_step(ds: Any, args: argparse.Namespace, class_names: list[str] | None) -> Any:

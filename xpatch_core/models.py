@@ -375,9 +375,10 @@ def _imagenet_class_names(model: SaliencyModel | None = None) -> list[str]:
             file_hash="c2c37ea517e94d9795004a39431a14cb",
         )
     except Exception as e:  # noqa: BLE001
+        home = os.environ.get("KERAS_HOME") or os.path.join("~", ".keras")
         raise ModelError(
             "the ImageNet class index is not cached and cannot be downloaded; place "
-            "imagenet_class_index.json in ~/.keras/models/"
+            f"imagenet_class_index.json in {os.path.join(home, 'models')}{os.sep}"
         ) from e
     with open(path) as f:
         index = json.load(f)

@@ -352,7 +352,7 @@ class SaliencyRun(RunKind):
 
         items = iter_saliency(self._paths(dataset, ids, paths), self.sm, self.method_cls.name, targets,
                               self.batch_size, map_resolution=self.map_resolution, clock=clock)
-        names = self.sm.class_names if self.sm.has_head else None
+        names = self._class_names()
         while True:
             t = time.perf_counter()
             item = next(items, None)
@@ -366,6 +366,23 @@ class SaliencyRun(RunKind):
                 yield Outcome(sid, reason=item.error, filepath=path)
             else:
                 yield self._stored(sid, path, item, names)
+
+    def _class_names(self) -> list[str] | None:
+        """The model's class names for the ``predicted`` and ``target``
+        attributes; where they cannot be had (ImageNet's class index neither
+        cached nor downloadable, for a model with random weights), class
+        numbers, with a warning: the maps do not need names."""
+        import warnings
+
+        from xpatch_core.errors import XpatchError
+
+        if not self.sm.has_head:
+            return None
+        try:
+            return self.sm.class_names
+        except XpatchError as e:
+            warnings.warn(f"classes are recorded as numbers: {e}", stacklevel=2)
+            return None
 
     def _paths(self, dataset: Any, ids: list[str], paths: dict[int, str | None]) -> Iterator[str | None]:
         """File paths a chunk at a time (None for a sample deleted meanwhile)."""

@@ -592,12 +592,14 @@ def test_the_form_a_weights_file_holds_is_built_first(tmp_path, xception_weights
     whole model built in vain, about a second per load)."""
     import keras
 
-    assert models._file_has_top(xception_weights) is False
+    from xpatch_core import model_files
+
+    assert model_files.weights_have_top(xception_weights) is False
     top = keras.applications.MobileNetV2(input_shape=(96, 96, 3), weights=None, include_top=True, classes=5)
     top.save_weights(str(tmp_path / "top.weights.h5"))
-    assert models._file_has_top(str(tmp_path / "top.weights.h5")) is True
+    assert model_files.weights_have_top(str(tmp_path / "top.weights.h5")) is True
     (tmp_path / "junk.h5").write_bytes(b"not hdf5")
-    assert models._file_has_top(str(tmp_path / "junk.h5")) is None
+    assert model_files.weights_have_top(str(tmp_path / "junk.h5")) is None
     built = []
     real = keras.applications.Xception
 

@@ -543,7 +543,32 @@ def load_saved_model(
     return model
 
 
+def weights_have_top(path: str) -> bool | None:
+    """Whether a weights file holds a classifier top (a dense layer), read
+    from its layer names without loading a weight.
+
+    Args:
+        path: an HDF5 weights file (Keras 3's ``.weights.h5`` or legacy)
+
+    Returns:
+        True or False, or None if unsure (not HDF5, no layer names)
+    """
+    try:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            names = [str(n.decode() if isinstance(n, bytes) else n) for n in f.attrs.get("layer_names", [])]
+            if not names and isinstance(f.get("layers"), h5py.Group):  # Keras 3's .weights.h5
+                names = list(f["layers"].keys())
+    except Exception:  # noqa: BLE001 - not HDF5, or unreadable: try both forms
+        return None
+    if not names:
+        return None
+    return any(n == "predictions" or n.startswith("dense") for n in names)
+
+
 __all__ = [
+    "weights_have_top",
     "FileIdentity",
     "check_hdf5_model",
     "check_keras_archive",

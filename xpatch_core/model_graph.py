@@ -301,3 +301,19 @@ def apply_precision_plan(plan: Sequence[tuple[Any, str]]) -> None:
     """
     for layer, policy in plan:
         layer.dtype_policy = policy
+
+
+def check_fusion(fused: Any, fuse_path: Any) -> None:
+    """Refuses a fuse layer coarser than the target layer.
+
+    Args:
+        fused: the model from the input to ``[target, fine]`` activations
+        fuse_path: the fuse layer's path
+
+    Raises:
+        ModelError: if the fine layer is coarser, or of unknown size
+    """
+    coarse, fine = fused.outputs[0].shape[1:3], fused.outputs[1].shape[1:3]
+    if None in (*coarse, *fine) or fine[0] < coarse[0] or fine[1] < coarse[1]:
+        raise ModelError(f"fuse layer {'/'.join(fuse_path)!r} ({fine}) must be at least as fine as the "
+                         f"target layer ({coarse})")

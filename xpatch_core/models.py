@@ -35,7 +35,6 @@ retrained and saved to the same path is loaded again.
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import threading
 import warnings
@@ -50,15 +49,18 @@ from xpatch_core._tfsetup import setup_tensorflow
 from xpatch_core.defaults import SALIENCY
 from xpatch_core.errors import ModelError, ParameterError
 from xpatch_core.hardware import resolve_engine, resolve_precision
+from xpatch_core.input_size import model_input_size, normalize_input_size, parse_input_size
 from xpatch_core.model_cache import ModelCache, parameter_bytes
 from xpatch_core.model_files import (
     FileIdentity,
     check_weights_file,
     file_identity,
     load_saved_model,
+    weights_have_top,
 )
 from xpatch_core.model_graph import (
     apply_precision_plan,
+    check_fusion,
     find_target_layer,
     is_model,
     layer_candidates,
@@ -68,6 +70,7 @@ from xpatch_core.model_graph import (
     trace,
 )
 from xpatch_core.model_openvino import attach_forward
+from xpatch_core.offline import imagenet_class_names as _imagenet_class_names
 
 # name -> (constructor, preprocessing module, default input size)
 _APPLICATIONS: dict[str, tuple[str, str, int]] = {
@@ -364,32 +367,6 @@ class SaliencyModel:
         raise ParameterError(f"unknown class name {target!r}{hint}")
 
 
-def _imagenet_class_names(model: SaliencyModel | None = None) -> list[str]:
-    import keras
-
-    try:
-        path = keras.utils.get_file(
-            "imagenet_class_index.json",
-            "https://storage.googleapis.com/download.tensorflow.org/data/imagenet_class_index.json",
-            cache_subdir="models",
-            file_hash="c2c37ea517e94d9795004a39431a14cb",
-        )
-    except Exception as e:  # noqa: BLE001
-        home = os.environ.get("KERAS_HOME") or os.path.join("~", ".keras")
-        raise ModelError(
-            "the ImageNet class index is not cached and cannot be downloaded; place "
-            f"imagenet_class_index.json in {os.path.join(home, 'models')}{os.sep}"
-        ) from e
-    with open(path) as f:
-        index = json.load(f)
-    names = [index[str(i)][1] for i in range(len(index))]
-    if model is not None:
-        model.source["wnids"] = [index[str(i)][0] for i in range(len(index))]
-    return names
-
-
-
-
 def _resolve_weights(name: str, weights: str | None) -> tuple[str, str]:
     """Returns ``(weights, source)`` for an application."""
     if weights is None:
@@ -404,30 +381,13 @@ def _resolve_weights(name: str, weights: str | None) -> tuple[str, str]:
     return weights, "file"
 
 
-def _file_has_top(path: str) -> bool | None:
-    """Whether a weights file holds a classifier top (a dense layer), read
-    from its layer names without loading a weight; None if unsure."""
-    try:
-        import h5py
-
-        with h5py.File(path, "r") as f:
-            names = [str(n.decode() if isinstance(n, bytes) else n) for n in f.attrs.get("layer_names", [])]
-            if not names and isinstance(f.get("layers"), h5py.Group):  # Keras 3's .weights.h5
-                names = list(f["layers"].keys())
-    except Exception:  # noqa: BLE001 - not HDF5, or unreadable: try both forms
-        return None
-    if not names:
-        return None
-    return any(n == "predictions" or n.startswith("dense") for n in names)
-
-
 def _construct(ctor: Any, size: tuple[int, int], default: int, w: str) -> tuple[Any, list[str]]:
     """Builds an application with or without its top; returns the model (or
     None) and the errors of the forms tried (the form a weights file holds
     first: building the other one costs about a second)."""
     errors = []
     tops = (True, False) if w != "random" else (True,)
-    if w not in ("random", "imagenet") and _file_has_top(w) is False:
+    if w not in ("random", "imagenet") and weights_have_top(w) is False:
         tops = (False, True)
     for include_top in tops:
         if include_top and size != (default, default) and w != "random":
@@ -512,60 +472,6 @@ class _Request:
     engine_requested: str = "tensorflow"
     engine_reason: str = ""
     identity: FileIdentity | None = None
-
-
-#: The largest network input side accepted (a 8192 x 8192 float32 batch of one is 800 MB).
-MAX_INPUT_SIDE = 8192
-
-
-def normalize_input_size(input_size: Any) -> tuple[int, int]:
-    """Checks a network input size and returns it as ``(height, width)``.
-
-    Args:
-        input_size: an int (a square input) or a pair ``(height, width)``
-
-    Returns:
-        ``(height, width)``
-
-    Raises:
-        ParameterError: if it is not one or two whole numbers from 8 to
-            :data:`MAX_INPUT_SIDE`
-    """
-    if isinstance(input_size, (int, np.integer)) and not isinstance(input_size, bool):
-        input_size = (int(input_size), int(input_size))
-    try:
-        pair = tuple(input_size)
-        ok = len(pair) == 2 and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in pair)
-    except TypeError:
-        ok = False
-    if not ok or not all(8 <= int(v) <= MAX_INPUT_SIDE for v in pair):
-        raise ParameterError(f"input_size must be one or two whole numbers of pixels (height, width) from 8 to "
-                             f"{MAX_INPUT_SIDE}, got {input_size!r}")
-    return int(pair[0]), int(pair[1])
-
-
-def parse_input_size(text: str) -> tuple[int, int]:
-    """Reads an input size as people write it: ``"299"`` or ``"224x320"``
-    (height x width; a comma works too).
-
-    Args:
-        text: the text
-
-    Returns:
-        ``(height, width)``
-
-    Raises:
-        ParameterError: if it is not one or two sides of 8 to
-            :data:`MAX_INPUT_SIDE` pixels
-    """
-    import re
-
-    try:
-        parts = [int(v) for v in re.split(r"\s*[x,]\s*", str(text).strip().lower())]
-        return normalize_input_size(parts[0] if len(parts) == 1 else parts)
-    except (ValueError, ParameterError):
-        raise ParameterError(f"input size must be one or two sides of 8 to {MAX_INPUT_SIDE} pixels, e.g. 299 or "
-                             f"224x320 (height x width), got {text!r}") from None
 
 
 def _request(model: Any, weights: str | None, layer: Any, fuse_layer: str | None, input_size: Any,
@@ -696,36 +602,6 @@ def _split(keras_model: Any, req: _Request, info: dict, in_memory: bool) -> tupl
     return path, fuse_path, parts
 
 
-def _input_size(backbone: Any, name: str, input_size: tuple[int, int] | None) -> tuple[int, int]:
-    in_shape = tuple(backbone.inputs[0].shape[1:3])
-    if None in in_shape:
-        if input_size is None:
-            free = ("any input size" if in_shape == (None, None) else
-                    f"any {'height' if in_shape[0] is None else 'width'} (its "
-                    f"{'width' if in_shape[0] is None else 'height'} is {in_shape[1] or in_shape[0]})")
-            raise ParameterError(f"model {name!r} accepts {free}; pass input_size=")
-        fixed = [(d, want, side) for d, want, side in zip(in_shape, input_size, ("height", "width"))
-                 if d is not None and int(d) != int(want)]
-        if fixed:
-            d, want, side = fixed[0]
-            raise ParameterError(f"model {name!r} takes inputs of {side} {d}; the input size asked for has "
-                                 f"{side} {want}")
-        return tuple(input_size)
-    size = (int(in_shape[0]), int(in_shape[1]))
-    if input_size is not None and tuple(input_size) != size:
-        raise ParameterError(f"model {name!r} takes {size[0]}x{size[1]} inputs (height x width); the input size "
-                             f"asked for, {input_size[0]}x{input_size[1]}, differs")
-    return size
-
-
-def _check_fusion(fused: Any, fuse_path: Any) -> None:
-    """Refuses a fuse layer coarser than the target layer."""
-    coarse, fine = fused.outputs[0].shape[1:3], fused.outputs[1].shape[1:3]
-    if None in (*coarse, *fine) or fine[0] < coarse[0] or fine[1] < coarse[1]:
-        raise ModelError(f"fuse layer {'/'.join(fuse_path)!r} ({fine}) must be at least as fine as the "
-                         f"target layer ({coarse})")
-
-
 def _assemble(req: _Request, keras_model: Any, info: dict, pre_mode: str, name: str,
               in_memory: bool) -> SaliencyModel:
     """Splits the loaded model and builds the :class:`SaliencyModel`."""
@@ -736,10 +612,10 @@ def _assemble(req: _Request, keras_model: Any, info: dict, pre_mode: str, name: 
     else:
         preprocess_fn, pre_name = _preprocess_fn(req.preprocess), req.preprocess
     path, fuse_path, (full, backbone, head, joint, fused, split_info) = _split(keras_model, req, info, in_memory)
-    size = _input_size(backbone, name, req.input_size)
+    size = model_input_size(backbone, name, req.input_size)
     any_size = None in tuple(backbone.inputs[0].shape[1:3])
     if fused is not None and not any_size:
-        _check_fusion(fused, fuse_path)
+        check_fusion(fused, fuse_path)
     info.update(split_info)
     info.update({
         "name": name, "layer": "/".join(path), "input_size": list(size), "preprocess": pre_name,
@@ -761,7 +637,7 @@ def _assemble(req: _Request, keras_model: Any, info: dict, pre_mode: str, name: 
     if any_size:  # a model that takes any size: every part fixed at the size asked for
         sm = sm._retraced(*size)  # a head that cannot be retraced is dropped, with source["head_error"]
         if sm.fused is not None:
-            _check_fusion(sm.fused, fuse_path)
+            check_fusion(sm.fused, fuse_path)
     if info.get("include_top") and n == 1000 and not req.class_names:
         sm._class_loader = lambda: _imagenet_class_names(sm)
     attach_forward(sm, req.engine, req.engine_requested, req.engine_reason, req.precision)

@@ -14,6 +14,7 @@ import csv
 import importlib.util
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from xpatch_core import settings
 
@@ -127,3 +128,44 @@ def extract_xception_weights(dest: str | None = None) -> str:
     model.get_layer("xception").save_weights(tmp)
     os.replace(tmp, dest)
     return dest
+
+
+def imagenet_class_names(model: Any = None) -> list[str]:
+    """ImageNet's 1,000 class names, from Keras' cached class index (it is
+    downloaded once where there is internet).
+
+    Args:
+        model (None): a :class:`xpatch_core.models.SaliencyModel` whose
+            ``source["wnids"]`` receives the WordNet ids
+
+    Returns:
+        the names, in class order
+
+    Raises:
+        ModelError: if the index is neither cached nor downloadable
+    """
+    import json
+
+    import keras
+
+    from xpatch_core.errors import ModelError
+
+    try:
+        path = keras.utils.get_file(
+            "imagenet_class_index.json",
+            "https://storage.googleapis.com/download.tensorflow.org/data/imagenet_class_index.json",
+            cache_subdir="models",
+            file_hash="c2c37ea517e94d9795004a39431a14cb",
+        )
+    except Exception as e:  # noqa: BLE001
+        home = os.environ.get("KERAS_HOME") or os.path.join("~", ".keras")
+        raise ModelError(
+            "the ImageNet class index is not cached and cannot be downloaded; place "
+            f"imagenet_class_index.json in {os.path.join(home, 'models')}{os.sep}"
+        ) from e
+    with open(path) as f:
+        index = json.load(f)
+    names = [index[str(i)][1] for i in range(len(index))]
+    if model is not None:
+        model.source["wnids"] = [index[str(i)][0] for i in range(len(index))]
+    return names

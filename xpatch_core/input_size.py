@@ -23,7 +23,8 @@ def normalize_input_size(input_size: Any) -> tuple[int, int]:
     """Checks a network input size and returns it as ``(height, width)``.
 
     Args:
-        input_size: an int (a square input) or a pair ``(height, width)``
+        input_size: an int (a square input), a pair ``(height, width)``,
+            or text (``"299"``, ``"224x320"``)
 
     Returns:
         ``(height, width)``
@@ -32,6 +33,8 @@ def normalize_input_size(input_size: Any) -> tuple[int, int]:
         ParameterError: if it is not one or two whole numbers from 8 to
             :data:`MAX_INPUT_SIDE`
     """
+    if isinstance(input_size, str):
+        return parse_input_size(input_size)
     if isinstance(input_size, (int, np.integer)) and not isinstance(input_size, bool):
         input_size = (int(input_size), int(input_size))
     try:

@@ -40,6 +40,7 @@ def iter_saliency(
     precision: str = SALIENCY["precision"],
     map_resolution: str = SALIENCY["map_resolution"],
     engine: str = SALIENCY["engine"],
+    input_size: Any = None,
     clock: Callable[[str, float], None] | None = None,
 ) -> Iterator[SaliencyItem]:
     """Computes saliency maps, streaming one :class:`SaliencyItem` per image.
@@ -68,6 +69,8 @@ def iter_saliency(
             :mod:`xpatch_core.highres`)
         engine: what runs the forward pass, ``"auto"``, ``"tensorflow"`` or
             ``"openvino"`` (see :func:`xpatch_core.load_model`)
+        input_size: the network's input, an int or ``(height, width)``, for
+            a model that takes any size (see :func:`xpatch_core.load_model`)
         clock: called as ``clock(stage, seconds)``, from worker threads (it
             must be thread-safe): ``"decode"`` after each image decoded,
             ``"inference"`` after each batch through the model (input
@@ -90,7 +93,8 @@ def iter_saliency(
         raise ParameterError(f"map_resolution must be one of {', '.join(CHOICES['map_resolution'])}, "
                              f"got {map_resolution!r}")
     count = len(images) if hasattr(images, "__len__") else None
-    sm = load_model(model, weights=weights, layer=layer, fuse_layer=fuse_layer, precision=precision, engine=engine)
+    sm = load_model(model, weights=weights, layer=layer, fuse_layer=fuse_layer, precision=precision, engine=engine,
+                    input_size=input_size)
     runner = method_cls(sm)
     targets = resolve_targets(sm, target, count)
     if map_resolution == "high":
@@ -169,7 +173,7 @@ def compute_saliency(
             class, degenerate flag and errors) instead of bare maps
         **kwargs: passed to :func:`iter_saliency` (``weights``, ``layer``,
             ``fuse_layer``, ``num_workers``, ``max_pixels``, ``precision``, ``engine``,
-            ``map_resolution``)
+            ``map_resolution``, ``input_size``)
 
     Returns:
         a list of float32 ``(h, w)`` maps in ``[0, 1]`` (or of items)

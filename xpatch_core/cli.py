@@ -115,8 +115,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="keras.applications name (xception, resnet50, efficientnetb0, mobilenetv2, ...) "
                         "or a saved .keras/.h5 classifier (default: xception)")
     g.add_argument("--weights", default=None,
-                   help="weights file for a named model (offline); default: ImageNet via Keras' cache, "
-                        "or $XPATCH_WEIGHTS for xception")
+                   help="weights file for a named model (offline); 'random' for untrained weights (a quick "
+                        "try of the pipeline); default: ImageNet via Keras' cache, or $XPATCH_WEIGHTS for xception")
     g.add_argument("--method", default=SALIENCY["method"],
                    help="eigencam (default), activation, gradcam or gradcam++")
     g.add_argument("--target", default=None,

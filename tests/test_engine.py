@@ -239,10 +239,10 @@ def test_openvino_sends_no_telemetry_and_writes_nothing_in_home(tmp_path):
 def _tiny_saved(path, seed):
     import keras
 
-    keras.utils.set_random_seed(seed)
+    init = keras.initializers.GlorotUniform(seed=seed)  # seeded here: global seeds would change other tests' models
     inp = keras.Input((32, 32, 3))
-    x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inp)
-    out = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x))
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="conv", kernel_initializer=init)(inp)
+    out = keras.layers.Dense(3, kernel_initializer=init)(keras.layers.GlobalAveragePooling2D()(x))
     keras.Model(inp, out).save(str(path))
     return str(path)
 

@@ -177,6 +177,16 @@ def test_constant_map_is_uniform_and_flagged():
     items = xp.compute_saliency([np.zeros((32, 32, 3))], model=sm, method="activation",
                                 return_items=True)
     assert items[0].degenerate and np.all(items[0].map == 1.0)
+    # a constant map up to float32 rounding (convolutions round a little differently per position) is
+    # constant; a map of tiny values with structure is not (numpy and TensorFlow alike)
+    from xpatch_core.saliency.methods import normalize_maps_tf
+
+    rounding = np.full((3, 4, 4), 0.7, np.float32)
+    rounding[0, 1, 2] = np.nextafter(np.float32(0.7), np.float32(1)) * 1.0000001
+    rounding[1] = 0.0
+    rounding[2] = np.arange(16, dtype=np.float32).reshape(4, 4) * 1e-12
+    for got in (normalize_maps(rounding)[1], np.asarray(normalize_maps_tf(rounding)[1])):
+        assert got.tolist() == [True, True, False], got
 
 
 def test_applications_by_name_have_their_own_preprocessing():

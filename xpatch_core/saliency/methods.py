@@ -26,7 +26,12 @@ import numpy as np
 from xpatch_core.defaults import SALIENCY
 from xpatch_core.errors import ModelError, ParameterError
 
-_EPS = 1e-12
+#: A map is constant when its span is at most this share of its largest
+#: magnitude: float32 rounds at about 1e-7 relative, so a constant image's
+#: map whose convolutions round a little differently per position (a span
+#: of ~3e-8 on values of ~1) is constant, not a map of rounding noise; a map
+#: of tiny values (small gradients) with real structure is not.
+_REL_EPS = 1e-5
 
 
 @dataclass
@@ -70,7 +75,8 @@ def normalize_maps(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     Returns:
         ``(maps, degenerate)``: float32 maps, and a bool array that flags the
-        maps that were constant or held NaN/inf (returned as all ones)
+        maps that were constant (to float32's rounding, :data:`_REL_EPS`)
+        or held NaN/inf (returned as all ones)
     """
     m = np.asarray(maps, dtype=np.float64)
     finite = np.isfinite(m).all(axis=(1, 2))
@@ -78,7 +84,8 @@ def normalize_maps(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     lo = safe.min(axis=(1, 2), keepdims=True)
     hi = safe.max(axis=(1, 2), keepdims=True)
     span = hi - lo
-    degenerate = (~finite) | (span[:, 0, 0] <= _EPS * np.maximum(1.0, np.abs(hi[:, 0, 0])))
+    size = np.maximum(np.abs(hi[:, 0, 0]), np.abs(lo[:, 0, 0]))
+    degenerate = (~finite) | (span[:, 0, 0] <= _REL_EPS * size)
     out = (safe - lo) / np.where(span > 0, span, 1.0)
     out[degenerate] = 1.0
     return out.astype(np.float32), degenerate
@@ -476,7 +483,8 @@ def normalize_maps_tf(maps: Any) -> tuple[Any, Any]:
     lo = tf.reduce_min(safe, axis=(1, 2), keepdims=True)
     hi = tf.reduce_max(safe, axis=(1, 2), keepdims=True)
     span = hi - lo
-    degenerate = ~tf.reduce_all(ok, axis=(1, 2)) | (span[:, 0, 0] <= _EPS * tf.maximum(1.0, tf.abs(hi[:, 0, 0])))
+    size = tf.maximum(tf.abs(hi[:, 0, 0]), tf.abs(lo[:, 0, 0]))
+    degenerate = ~tf.reduce_all(ok, axis=(1, 2)) | (span[:, 0, 0] <= _REL_EPS * size)
     out = (safe - lo) / tf.where(span > 0, span, 1.0)
     return tf.where(degenerate[:, None, None], 1.0, out), degenerate
 

@@ -277,8 +277,11 @@ def test_converted_models_are_kept_on_disk_keyed_by_their_weights(tmp_path, monk
     state, mended = load()
     assert state == "stored" and all(np.array_equal(other[k], mended[k]) for k in other)
     monkeypatch.setattr(model_openvino, "KEEP", 2)
+    (cache / ("f" * 40)).mkdir()  # named like an entry, but a folder of someone else's: never removed
+    (cache / ("f" * 40) / "notes.txt").write_text("mine")
     _tiny_saved(path, 3)
-    assert load()[0] == "stored" and len(os.listdir(cache)) == 2  # the oldest entry went
+    assert load()[0] == "stored" and len(os.listdir(cache)) == 3  # the oldest entry went, not the user's
+    assert (cache / ("f" * 40) / "notes.txt").read_text() == "mine"
     assert not [p for p in cache.iterdir() if p.name.startswith(".tmp-")]
     monkeypatch.setenv("XPATCH_OPENVINO_CACHE", "off")
     assert load()[0] == "off"

@@ -224,7 +224,8 @@ def _read_cached(ov: Any, folder: str, key: str) -> Any:
         os.utime(entry)  # most recently used
         return model
     except Exception:  # noqa: BLE001 - a damaged entry is converted again
-        shutil.rmtree(entry, ignore_errors=True)
+        if _ours(entry):
+            shutil.rmtree(entry, ignore_errors=True)
         return None
 
 
@@ -254,9 +255,21 @@ def _store(ov: Any, converted: Any, folder: str, key: str) -> bool:
         return False
 
 
+def _ours(path: str) -> bool:
+    """Whether a folder holds nothing but a cache entry's files (a folder of
+    anyone else's, in a cache path set to a shared place, is never removed)."""
+    import os
+
+    try:
+        return set(os.listdir(path)) <= set(_ENTRY_FILES)
+    except OSError:
+        return False
+
+
 def _evict(folder: str) -> None:
     """Removes all but the :data:`KEEP` most recently used entries (and
-    temporary folders older than an hour: a writer that died)."""
+    temporary folders older than an hour: a writer that died); only folders
+    named as entries are and holding only an entry's files."""
     import os
     import re
     import shutil
@@ -265,7 +278,7 @@ def _evict(folder: str) -> None:
     entries, now = [], time.time()
     for name in os.listdir(folder):
         path = os.path.join(folder, name)
-        if not os.path.isdir(path) or os.path.islink(path):
+        if not os.path.isdir(path) or os.path.islink(path) or not _ours(path):
             continue
         if name.startswith(".tmp-"):
             if now - os.path.getmtime(path) > 3600:

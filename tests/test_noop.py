@@ -48,6 +48,15 @@ def done_ds(tmp_path, tiny_file):
     ds.delete()
 
 
+def _add_photos(ds, folder, names, rng):
+    """Adds a random 50x40 PNG per name to ``ds`` (the result does not matter)."""
+    paths = []
+    for name in names:
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(folder / f"{name}.png")
+        paths.append(str(folder / f"{name}.png"))
+    ds.add_samples([fo.Sample(filepath=p) for p in paths])
+
+
 _RERUN = """
 import json, sys
 import fiftyone as fo
@@ -93,9 +102,7 @@ def test_a_run_times_loading_decoding_inference_and_writing(tmp_path, tiny_file)
     rng = np.random.default_rng(1)
     ds = fo.Dataset()
     try:
-        for i in range(6):
-            Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(tmp_path / f"t{i}.png")
-        ds.add_samples([fo.Sample(filepath=str(tmp_path / f"t{i}.png")) for i in range(6)])
+        _add_photos(ds, tmp_path, [f"t{i}" for i in range(6)], rng)
         s = runs.run_saliency(ds, "sal", tiny_file, "gradcam", batch_size=4)
         t = s.timings
         assert {"load_model", "compute", "decode", "inference", "write"} <= set(t), t
@@ -134,8 +141,7 @@ def test_a_resumed_run_keeps_the_history_of_its_earlier_parts(tmp_path, tiny_fil
     ds = fo.Dataset()
     try:
         def add(i):
-            Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(tmp_path / f"h{i}.png")
-            ds.add_sample(fo.Sample(filepath=str(tmp_path / f"h{i}.png")))
+            _add_photos(ds, tmp_path, [f"h{i}"], rng)
 
         for i in range(3):
             add(i)
@@ -253,8 +259,7 @@ def test_precision_is_compared_by_what_was_asked_or_what_was_used(tmp_path, tiny
     ds = fo.Dataset()
     try:
         def add(i):
-            Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(tmp_path / f"p{i}.png")
-            ds.add_sample(fo.Sample(filepath=str(tmp_path / f"p{i}.png")))
+            _add_photos(ds, tmp_path, [f"p{i}"], rng)
 
         add(0)
         cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 fma\n\n")  # no bfloat16: auto is float32
@@ -338,9 +343,7 @@ def test_a_run_that_wrote_nothing_never_blocks_other_parameters(tmp_path, tiny_f
     rng = np.random.default_rng(6)
     ds = fo.Dataset()
     try:
-        for i in range(2):
-            Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(tmp_path / f"w{i}.png")
-        ds.add_samples([fo.Sample(filepath=str(tmp_path / f"w{i}.png")) for i in range(2)])
+        _add_photos(ds, tmp_path, ["w0", "w1"], rng)
         assert runs.run_saliency(ds, "sal", tiny_file, "gradcam").processed == 2
         from xpatch_core.errors import ParameterError
 

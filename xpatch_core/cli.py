@@ -338,11 +338,13 @@ def _check_before_work(args: argparse.Namespace) -> None:
         "--export": args.export[1] if args.export else None,
         "--contact-sheet": _sheet_path(args),
     }
-    export_dir = real(outputs["--export"]) if outputs["--export"] else None
-    if export_dir and os.path.isdir(export_dir) and any(os.scandir(export_dir)) and not getattr(
-            args, "export_overwrite", False):
-        raise UsageError(f"export folder {export_dir} is not empty; choose an empty or new folder, or pass "
-                         "--export-overwrite to replace its contents")
+    if outputs["--export"]:  # the library's own check, before any work (its message names --export-overwrite)
+        from xpatch_core.export import check_export_dir
+
+        try:
+            check_export_dir(outputs["--export"], getattr(args, "export_overwrite", False))
+        except ParameterError as e:
+            raise UsageError(str(e)) from None
     if os.path.isdir(outputs["--contact-sheet"]):
         raise UsageError(f"--contact-sheet {real(outputs['--contact-sheet'])} is a folder: give a .png file path")
     check_disjoint(outputs, {"IMAGES_DIR": getattr(args, "images_dir", None)})

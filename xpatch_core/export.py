@@ -41,7 +41,7 @@ import numpy as np
 from xpatch_core.errors import ParameterError, XpatchError
 from xpatch_core.runs import Progress, drive
 
-__all__ = ["FORMATS", "ExportReport", "export_patches", "iter_export_patches", "safe_class_name"]
+__all__ = ["FORMATS", "ExportReport", "check_export_dir", "export_patches", "iter_export_patches", "safe_class_name"]
 
 #: Export formats: name -> FiftyOne dataset type name.
 FORMATS = {"imagefolder": "ImageClassificationDirectoryTree", "coco": "COCODetectionDataset"}
@@ -210,11 +210,19 @@ def _inside(root: str, path: str) -> bool:
     return real != root and os.path.commonpath([root, real]) == root
 
 
-def _prepare_dir(export_dir: Any, overwrite: bool, sources: list[str]) -> tuple[str, int]:
-    """Validates the export folder and empties it if allowed.
+def check_export_dir(export_dir: Any, overwrite: bool = False) -> str:
+    """Checks an export folder before any work: a folder path (not the root
+    or the home folder), and empty unless ``overwrite``. Writes nothing.
+
+    Args:
+        export_dir: the folder
+        overwrite (False): whether its contents may be replaced
 
     Returns:
-        ``(real path, entries removed)``
+        its real path
+
+    Raises:
+        ParameterError: if the folder cannot be used
     """
     if not isinstance(export_dir, (str, os.PathLike)):
         raise ParameterError(f"export_dir must be a folder path, got {type(export_dir).__name__}")
@@ -227,15 +235,27 @@ def _prepare_dir(export_dir: Any, overwrite: bool, sources: list[str]) -> tuple[
     protected = {os.path.realpath(os.sep), os.path.realpath(os.path.expanduser("~"))}
     if root in protected:
         raise ParameterError(f"refusing to export into {root}: choose a dedicated folder")
+    entries = list(os.scandir(root)) if os.path.isdir(root) else []
+    if entries and not overwrite:
+        raise ParameterError(
+            f"export folder {root} is not empty ({len(entries)} entries); "
+            "choose an empty or new folder, or pass overwrite=True to replace its contents"
+        )
+    return root
+
+
+def _prepare_dir(export_dir: Any, overwrite: bool, sources: list[str]) -> tuple[str, int]:
+    """Validates the export folder (:func:`check_export_dir`) and empties it
+    if allowed.
+
+    Returns:
+        ``(real path, entries removed)``
+    """
+    root = check_export_dir(export_dir, overwrite)
     cleared = 0
     if os.path.isdir(root):
         entries = list(os.scandir(root))
         if entries:
-            if not overwrite:
-                raise ParameterError(
-                    f"export folder {root} is not empty ({len(entries)} entries); "
-                    "choose an empty or new folder, or pass overwrite=True to replace its contents"
-                )
             for src in sources:
                 if os.path.commonpath([root, src]) == root:
                     raise ParameterError(f"refusing to clear {root}: it holds source images or files the "

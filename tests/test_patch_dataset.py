@@ -459,7 +459,9 @@ def _cheap_patches(ds, field="pp", n=12):
     for sid, path, w, h in zip(*ds.values(["id", "filepath", "metadata.width", "metadata.height"])):
         with Image.open(path) as img:
             m = np.asarray(ImageOps.exif_transpose(img).convert("L").resize((16, 16)), np.float64)
-        ps = xp.sample_patches(m, (w, h), n, 96, seed=0, key=sid, scales=(1.0, 1.5), aspect_ratios=(1.0, 2.0),
+        # keyed by the file name, not the sample id: the same boxes on every run
+        ps = xp.sample_patches(m, (w, h), n, 96, seed=0, key=os.path.basename(path), scales=(1.0, 1.5),
+                               aspect_ratios=(1.0, 2.0),
                                max_iou=0.5)
         values[sid] = {"_cls": "Detections", "detections": [
             detection_son(label="patch", bounding_box=[float(v) for v in ps.rel_boxes[k]],
@@ -479,23 +481,50 @@ def coco(coco_dir):
     ds.delete()
 
 
+def _placed(mask, rel_box, size):
+    """A detection's mask placed on a ``size`` frame at gt_carry.mask_origin of its box."""
+    W, H = size
+    x, y, w, h = rel_box
+    c0, r0, c1, r1 = gt_carry.mask_origin((x * W, y * H, (x + w) * W, (y + h) * H))
+    m = np.asarray(mask).astype(bool)
+    assert m.shape == (r1 - r0, c1 - c0), (m.shape, (r1 - r0, c1 - c0))
+    out = np.zeros((H, W), bool)
+    out[r0:r1, c0:c1] = m
+    return out
+
+
 def test_instance_masks_match_fiftyones_rendering(coco, tmp_path, made):
+    """Every carried mask is its source mask cut exactly at the patch (both at
+    the corners rounded half up, as FiftyOne's COCO importer cuts them); and
+    FiftyOne's own rendering (``to_segmentation``, which truncates corners and
+    resizes a mask whose shape is off by a pixel) of the patch agrees with its
+    rendering of the whole image up to that rendering's own error."""
     name = _name("masks")
     made.append(name)
     pd = make_patch_dataset(coco, "pp", name, str(tmp_path / "out"), "ground_truth_segmentations", 0.0)
     sources = {s.id: s for s in coco}
-    compared = mismatched = 0
-    for s in pd.match(fo.ViewField("ground_truth_segmentations.detections").length() > 0).limit(40):
+    compared = exact_off = fo_off = fo_own = carried = 0
+    for s in pd.match(fo.ViewField("ground_truth_segmentations.detections").length() > 0):
         src = sources[s.source_sample_id]
+        size = (src.metadata.width, src.metadata.height)
         x0, y0, x1, y1 = s.source_box
         by_id = {d.id: d for d in src.ground_truth_segmentations.detections}
         for d in s.ground_truth_segmentations.detections:
-            whole = by_id[d.source_id].to_segmentation(frame_size=(src.metadata.width, src.metadata.height))
-            want = whole.mask[y0:y1, x0:x1] > 0
+            sd = by_id[d.source_id]
+            placed = _placed(sd.mask, sd.bounding_box, size)[y0:y1, x0:x1]
+            ours = _placed(d.mask, d.bounding_box, (x1 - x0, y1 - y0))
+            exact_off += int((ours != placed).sum())
+            whole = sd.to_segmentation(frame_size=size).mask[y0:y1, x0:x1] > 0
             got = d.to_segmentation(frame_size=(x1 - x0, y1 - y0)).mask > 0
-            compared += want.size
-            mismatched += int((want != got).sum())
-    assert compared > 0 and mismatched / compared < 0.002, (mismatched, compared)
+            fo_off += int((whole != got).sum())
+            fo_own += int((whole != placed).sum())
+            compared += placed.size
+            carried += 1
+    assert carried >= 20, carried
+    assert exact_off == 0, exact_off
+    # measured here: FiftyOne's renders differ on ~0.2% of the pixels, less
+    # than its whole-image render differs from the mask as cut (~0.4%)
+    assert 0 < compared and fo_off / compared < 0.005 and fo_off <= fo_own, (fo_off, fo_own, compared)
 
 
 def test_every_export_format_reads_back(coco, tmp_path, made):

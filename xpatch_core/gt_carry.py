@@ -20,9 +20,14 @@ computes the ratio on the polygon instead of the box when a COCO annotation
 carries one; here the box is used (a ``fo.Detections`` box is what every
 detection dataset has).
 
-**Instance masks** follow FiftyOne's convention: a detection's mask covers
-the pixel rows ``round(y0):round(y1)`` and columns ``round(x0):round(x1)``
-(rounded half up).
+**Instance masks** follow the convention of FiftyOne's COCO importer: a
+detection's mask covers the pixel rows ``round(y0):round(y1)`` and columns
+``round(x0):round(x1)`` (rounded half up here; the importer rounds halves to
+even, so the two differ only on boxes with corners at exactly half a pixel).
+FiftyOne's ``Detection.to_segmentation`` draws masks differently (corners
+truncated, a mask one pixel off in shape resized), so its drawings of a patch
+and of the whole image can differ by a pixel at object edges; the masks as
+stored are exact cuts.
 The carried mask covers the clipped box in the same convention, cut from the
 source mask (pixels the source mask does not cover are False).
 
@@ -165,7 +170,7 @@ def carry_boxes(boxes: np.ndarray, patch: tuple[int, int, int, int], min_area_ra
 
 
 def mask_origin(box: tuple[float, float, float, float]) -> tuple[int, int, int, int]:
-    """The pixel rectangle a detection's mask covers, FiftyOne's convention.
+    """The pixel rectangle a detection's mask covers (the COCO importer's convention).
 
     Args:
         box: ``[x0, y0, x1, y1]`` in pixels

@@ -3,6 +3,7 @@ Xception weights on the kitchenware photos."""
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import fiftyone as fo
@@ -35,7 +36,7 @@ def source(tmp_path):
         else:
             with Image.open(s.filepath) as img:
                 m = np.asarray(ImageOps.exif_transpose(img).convert("L").resize((16, 16)), np.float64)
-            ps = xp.sample_patches(m, (s.metadata.width, s.metadata.height), 6, 160, seed=0, key=s.id)
+            ps = xp.sample_patches(m, (s.metadata.width, s.metadata.height), 6, 160, seed=0, key=os.path.basename(s.filepath))
             boxes = [(list(map(float, b)), float(v)) for b, v in zip(ps.rel_boxes, ps.scores)]
             first = first or boxes
         s["pp"] = fo.Detections(detections=[fo.Detection(label="patch", bounding_box=b, confidence=v)

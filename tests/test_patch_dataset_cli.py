@@ -27,7 +27,7 @@ def source(coco_dir):
     for s in ds:
         with Image.open(s.filepath) as img:
             m = np.asarray(ImageOps.exif_transpose(img).convert("L").resize((16, 16)), np.float64)
-        ps = xp.sample_patches(m, (s.metadata.width, s.metadata.height), 6, 128, seed=0, key=s.id)
+        ps = xp.sample_patches(m, (s.metadata.width, s.metadata.height), 6, 128, seed=0, key=os.path.basename(s.filepath))
         s["pp"] = fo.Detections(detections=[fo.Detection(label="patch", bounding_box=list(map(float, b)),
                                                          score=float(v)) for b, v in zip(ps.rel_boxes, ps.scores)])
         s.save()

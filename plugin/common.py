@@ -302,8 +302,9 @@ def plan_notice(op: DelegableOperator, ctx: Any, inputs: Any) -> Any:
     plan = op.plan(ctx)
     if plan is None:
         return None
-    lines = plan.lines()
-    kind = types.Warning if plan.background else types.Notice
+    lines = [line.replace("pass overwrite=True to redo every sample", "turn on the option below to redo every "
+                          "sample (overwrite)") for line in plan.lines()]
+    kind = types.Warning if plan.background or plan.refused else types.Notice
     inputs.view("plan", kind(label=lines[0], description=" ".join(lines[1:])))
     return plan
 

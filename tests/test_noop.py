@@ -94,6 +94,69 @@ def test_a_changed_request_with_nothing_to_do_still_checks_parameters(done_ds, t
     assert (s.status, s.processed, s.skipped) == ("nothing to do", 0, 5)
 
 
+_OTHER_REQUESTS = """
+import json, sys
+import fiftyone as fo
+from xpatch_core import runs
+from xpatch_core.errors import ParameterError
+ds = fo.load_dataset(sys.argv[1])
+_, photo = sys.argv[2], sys.argv[3]
+ds.add_sample(fo.Sample(filepath=photo))  # work to do: only the parameters stop these runs
+refused = {}
+for name, kwargs in [("method", dict(model=sys.argv[2], method="gradcam++")),
+                     ("target", dict(model=sys.argv[2], method="gradcam", target=2)),
+                     ("resolution", dict(model=sys.argv[2], method="gradcam", map_resolution="high")),
+                     ("application", dict(model="xception", method="gradcam"))]:
+    try:
+        runs.run_saliency(ds, "sal", **kwargs)
+        refused[name] = None
+    except ParameterError as e:
+        refused[name] = str(e)
+print(json.dumps({"tf": "tensorflow" in sys.modules, "keras": "keras" in sys.modules, "refused": refused}))
+"""
+
+
+def test_a_rerun_with_another_method_or_model_is_refused_before_the_model_loads(done_ds, tiny_file, tmp_path):
+    """Another method, target, map resolution or model name on a field
+    holding results is refused from the stored config before any model
+    loads (was: after a load of seconds); the same request runs on."""
+    photo = tmp_path / "new.png"
+    Image.fromarray(np.random.default_rng(5).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(photo)
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(_OTHER_REQUESTS), done_ds.name, tiny_file,
+                          str(photo)], capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    refused = res["refused"]
+    assert "other parameters (method)" in refused["method"], refused
+    assert "other parameters (target)" in refused["target"], refused
+    assert "other parameters (map_resolution)" in refused["resolution"], refused
+    assert "other parameters (model_source)" in refused["application"], refused
+    assert res["tf"] is False and res["keras"] is False, res
+    done_ds.reload()
+    assert len(done_ds) == 6 and done_ds.count("sal") == 5  # nothing written by the refused runs
+    # the same request computes the new sample; overwrite is never refused
+    s = runs.run_saliency(done_ds, "sal", tiny_file, "gradcam")
+    assert (s.processed, s.skipped) == (1, 5), s
+    o = runs.run_saliency(done_ds, "sal", tiny_file, "gradcam++", overwrite=True)
+    assert o.processed == 6
+
+
+def test_the_plan_a_form_shows_says_when_a_run_would_be_refused(done_ds, tiny_file):
+    """The App's forms show a run's plan; a run its field's earlier run
+    would refuse says so there, before it is started or scheduled (a
+    scheduled one used to fail in the worker, after the model loaded)."""
+    plan = runs.plan_run(runs.run_kind("saliency", field="sal", model=tiny_file, method="eigencam"), done_ds)
+    assert plan.refused and "other parameters (method)" in plan.lines()[0], plan.lines()
+    plan = runs.plan_run(runs.run_kind("patches", heatmap_field="sal", field="pp", n=3, size=16), done_ds)
+    assert "other parameters (n)" in plan.lines()[0], plan.lines()
+    # the same parameters, or overwrite, are not refused
+    for kind, kwargs in [("saliency", dict(field="sal", model=tiny_file, method="gradcam")),
+                         ("saliency", dict(field="sal", model=tiny_file, method="eigencam", overwrite=True)),
+                         ("patches", dict(heatmap_field="sal", field="pp", n=2, size=16))]:
+        plan = runs.plan_run(runs.run_kind(kind, **kwargs), done_ds)
+        assert not plan.refused and "refused" not in " ".join(plan.lines()), (kind, kwargs, plan.lines())
+
+
 def test_a_run_times_loading_decoding_inference_and_writing(tmp_path, tiny_file):
     """The summary (and the run record) time each stage; decoding and
     inference run in threads that overlap the rest, and are shown apart."""

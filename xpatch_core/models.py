@@ -148,6 +148,20 @@ def is_application(name: str) -> bool:
     return _norm(name) in _APPLICATIONS
 
 
+def application_constructor(name: str) -> str | None:
+    """The ``keras.applications`` constructor a model name stands for.
+
+    Args:
+        name: a model name such as ``"resnet-50"``
+
+    Returns:
+        the constructor's name (``"ResNet50"``), or None if ``name`` names
+        no application
+    """
+    entry = _APPLICATIONS.get(_norm(name))
+    return entry[0] if entry else None
+
+
 def _preprocess_fn(mode: str) -> Callable[[np.ndarray], np.ndarray]:
     """Returns a NumPy preprocessing function for a mode or application."""
     if mode == "none":
@@ -769,6 +783,7 @@ __all__ = [
     "cached_models",
     "clear_cache",
     "find_target_layer",
+    "application_constructor",
     "is_application",
     "list_applications",
     "load_model",

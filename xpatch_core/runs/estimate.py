@@ -16,6 +16,10 @@ Rules:
     anything. A saliency run that was never timed gets no estimate (timing
     one would load the model into the App's server): the recommendation
     then rests on the number of samples alone.
+-   A run its field's earlier run would refuse (other parameters; see
+    :func:`~xpatch_core.runs.records.check_rerun`) is said so, from what is
+    known without a model (:meth:`~xpatch_core.runs.RunKind.known_differences`;
+    the whole config for kinds whose setup is cheap).
 -   The estimate is the setup time (loading the model) plus the samples to
     process at that speed. It is an estimate: the figures it comes from are
     shown with it.
@@ -51,6 +55,8 @@ class RunPlan:
         source: where the speed comes from, for people
         background: whether running in the background is recommended
         tasks: the recommended number of distributed tasks
+        refused: why the run would be refused for its parameters (its field
+            holds results of a run with other ones), or ``""``
     """
 
     kind: str
@@ -62,6 +68,7 @@ class RunPlan:
     source: str = ""
     background: bool = False
     tasks: int = 1
+    refused: str = ""
 
     def lines(self) -> list[str]:
         """The plan for people: counts, the estimate and its source, the advice.
@@ -70,6 +77,8 @@ class RunPlan:
             a list of sentences
         """
         total = self.todo + self.done
+        if self.refused:
+            return [f"This run would be refused: {self.refused}."]
         if self.todo == 0:
             return [f"Nothing to process: all {total:,} samples already have a result."]
         out = [f"{self.todo:,} of {total:,} samples to process ({self.done:,} already done)."]
@@ -194,6 +203,23 @@ def _probe_rate(run: RunKind, view: Any, todo: list[str]) -> tuple[float, float,
     return speed, 0.0, f"measured now on {count} samples"
 
 
+def _refusal(run: RunKind, view: Any) -> str:
+    """Why the run would be refused for its parameters, or ``""``."""
+    from xpatch_core.errors import ParameterError
+
+    dataset = view._dataset
+    try:
+        if run.cheap_setup:
+            records.check_rerun(dataset, run.run_key, run.setup(view, []), run.overwrite)
+        else:
+            records.check_rerun_early(dataset, run.run_key, run.field, run.known_differences, run.overwrite)
+    except ParameterError as e:
+        return str(e)
+    except Exception:  # noqa: BLE001 - the run reports its own errors
+        return ""
+    return ""
+
+
 def plan_run(run: RunKind, sample_collection: Any, *, probe: bool = True) -> RunPlan:
     """How many samples a run would process, about how long it would take,
     and whether to run it in the background (see the module docstring).
@@ -208,7 +234,7 @@ def plan_run(run: RunKind, sample_collection: Any, *, probe: bool = True) -> Run
         a :class:`RunPlan`
     """
     view, todo, done = select_todo(run, sample_collection)
-    plan = RunPlan(kind=run.kind, todo=len(todo), done=done)
+    plan = RunPlan(kind=run.kind, todo=len(todo), done=done, refused=_refusal(run, view))
     speed = _dataset_rate(view._dataset, run) if todo else None
     if speed is None and todo:
         entry = rates.machine_rate(run.rate_key())

@@ -186,6 +186,20 @@ class RunKind:
         """
         return records.same_request(dataset, self.run_key, self.kind, self.request())
 
+    def known_differences(self, stored: dict[str, Any]) -> list[str]:  # noqa: ARG002
+        """The compared parameters that certainly differ from a stored config,
+        known without :meth:`setup` (so a rerun with one of them is refused
+        before a model loads); the config :meth:`setup` returns is compared
+        in full afterwards.
+
+        Args:
+            stored: the stored run's config
+
+        Returns:
+            a list of parameter names (none by default)
+        """
+        return []
+
     def recheck(self, dataset: Any, ids: list[str]) -> dict[str, str]:  # noqa: ARG002
         """Checks cheaply, without the model, samples that failed in an
         earlier run of the same request: those that would fail again.
@@ -282,6 +296,9 @@ class LocalRecorder:
     #: A run with nothing to do and the same request may return at once
     #: (a shard worker must still record that its range is complete).
     may_skip = True
+    #: compares the parameters with a stored run's (a shard worker does not: its
+    #: parent did)
+    checks_parameters = True
 
     def check(self, dataset: Any, run_key: str, config: records.RunConfig, overwrite: bool) -> None:
         """Refuses other parameters on an existing run (before the lock)."""
@@ -357,6 +374,8 @@ def execute(run: RunKind, sample_collection: Any, recorder: Any = None) -> Gener
         summary.status = "nothing to do"
         _settle(run, view, summary, recorder, "failed")
         return summary
+    if recorder.checks_parameters:
+        records.check_rerun_early(dataset, run.run_key, run.field, run.known_differences, run.overwrite)
     t = time.perf_counter()
     config = run.setup(view, todo)
     summary.add_time(run.setup_stage, time.perf_counter() - t)

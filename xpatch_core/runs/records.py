@@ -22,6 +22,7 @@ Every xpatch run is a FiftyOne run (``register_run``) keyed by its run key
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -155,6 +156,22 @@ def load_results(dataset: Any, run_key: str) -> dict[str, Any]:
     return {k: v for k, v in d.items() if not k.startswith("_") and k not in ("cls", "key", "run_key")}
 
 
+def _holds_results(dataset: Any, run_key: str, field: str, overwrite: bool) -> bool:
+    """Whether a run's earlier results could block a rerun with other parameters."""
+    if overwrite or run_key not in dataset.list_runs():
+        return False
+    # a run with nothing in its field stopped before its first write: it never blocks
+    return "." in field or (dataset.has_sample_field(field) and bool(dataset.exists(field).count()))
+
+
+def _refuse(field: str, diff: list[str]) -> None:
+    if diff:
+        raise ParameterError(
+            f"field {field!r} holds results of a run with other parameters "
+            f"({', '.join(diff)}); pass overwrite=True to redo every sample, or choose another field"
+        )
+
+
 def check_rerun(dataset: Any, run_key: str, config: RunConfig, overwrite: bool) -> None:
     """Refuses to resume a run, or to write its field, with other parameters
     (a run that wrote nothing to its field, stopped before its first write,
@@ -169,17 +186,30 @@ def check_rerun(dataset: Any, run_key: str, config: RunConfig, overwrite: bool) 
     Raises:
         ParameterError: if a compared parameter differs and not ``overwrite``
     """
-    if overwrite or run_key not in dataset.list_runs():
-        return
-    if "." not in config.field and (not dataset.has_sample_field(config.field)
-                                    or not dataset.exists(config.field).count()):
-        return  # nothing of the earlier run is in its field (it stopped before its first write)
-    diff = config.differences(run_config(dataset, run_key))
-    if diff:
-        raise ParameterError(
-            f"field {config.field!r} holds results of a run with other parameters "
-            f"({', '.join(diff)}); pass overwrite=True to redo every sample, or choose another field"
-        )
+    if _holds_results(dataset, run_key, config.field, overwrite):
+        _refuse(config.field, config.differences(run_config(dataset, run_key)))
+
+
+def check_rerun_early(dataset: Any, run_key: str, field: str, differences: Callable[[dict[str, Any]], list[str]],
+                      overwrite: bool) -> None:
+    """:func:`check_rerun` for the parameters known before a run's setup
+    (before a model loads), so that a rerun with, say, another method is
+    refused at once; :func:`check_rerun` still compares the whole config
+    after the setup.
+
+    Args:
+        dataset: the dataset
+        run_key: the run key
+        field: the run's output field
+        differences: the stored config -> the names of the parameters that
+            certainly differ from it (:meth:`RunKind.known_differences`)
+        overwrite: whether every sample will be redone
+
+    Raises:
+        ParameterError: if a known parameter differs and not ``overwrite``
+    """
+    if _holds_results(dataset, run_key, field, overwrite):
+        _refuse(field, differences(run_config(dataset, run_key)))
 
 
 def same_request(dataset: Any, run_key: str, kind: str, request: dict[str, Any]) -> bool:
@@ -271,6 +301,7 @@ __all__ = [
     "MAX_FAILURES_KEPT",
     "RunConfig",
     "check_rerun",
+    "check_rerun_early",
     "fields_of_runs",
     "jsonable",
     "list_runs",

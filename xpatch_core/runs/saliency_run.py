@@ -256,6 +256,37 @@ class SaliencyRun(RunKind):
         request = dict(self.request(), precision=(stored.get("request") or {}).get("precision"))
         return records.same_request(dataset, self.run_key, self.kind, request)
 
+    def known_differences(self, stored: dict[str, Any]) -> list[str]:
+        """The parameters known before the model loads that differ from a
+        stored run's: the method, target, target field, heatmap folder, map
+        resolution, an input size given, and a ``keras.applications`` name
+        (or a model of another kind). The precision and a saved model's
+        file are compared after the load (``auto``, and OpenVINO, decide
+        the precision used; a path's contents decide the model).
+
+        Args:
+            stored: the stored run's config
+
+        Returns:
+            a list of parameter names
+        """
+        from xpatch_core.models import application_constructor
+        from xpatch_core.saliency import get_method
+
+        target = self.target.tolist() if isinstance(self.target, np.ndarray) else self.target
+        method = getattr(self, "method_cls", None) or get_method(self.method)  # before validate: a form's plan
+        mine: dict[str, Any] = {"method": method.name, "target": records.jsonable(target),
+                                "target_field": self.target_field, "map_resolution": self.map_resolution}
+        if self.map_root is not None or not self.map_dir:  # a folder given is compared once prepared
+            mine["map_dir"] = self.map_root
+        if self.input_size is not None:
+            mine["input_size"] = list(self.input_size)
+        source = stored.get("model_source") or {}
+        ctor = application_constructor(self.model) if isinstance(self.model, str) else None
+        kind = "application" if ctor else "saved" if isinstance(self.model, str) else "in-memory"
+        other_model = source.get("kind") not in (None, kind) or (ctor and source.get("model") not in (None, ctor))
+        return ["model_source"] * bool(other_model) + [k for k, v in mine.items() if k in stored and stored[k] != v]
+
     @classmethod
     def speed_key(cls, request: dict[str, Any]) -> str:
         """Saliency runs of one model, method, fusion and input size run at one speed."""

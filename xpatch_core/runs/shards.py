@@ -121,6 +121,7 @@ class ShardPlan:
     register_only = True
     may_skip = False
     id_range = None
+    checks_parameters = True
 
     def __init__(self, num_shards: int) -> None:
         self.num_shards = num_shards
@@ -240,6 +241,8 @@ class ShardWorker:
 
     register_only = False
     may_skip = False
+    #: :meth:`start` compares with the registered run instead
+    checks_parameters = False
 
     def __init__(self, dataset: Any, run_key: str, run_id: str, index: int, lo: str | None,
                  hi: str | None) -> None:

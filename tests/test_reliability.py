@@ -122,9 +122,9 @@ _WORKER = textwrap.dedent(
 
     name, field, model, map_dir, pause, hold = sys.argv[1:7]
 
-    def slow(_progress):
+    def slow(progress):
         time.sleep(float(pause))
-        while hold and os.path.exists(hold):
+        while hold and progress.done and os.path.exists(hold):
             time.sleep(0.05)
 
     ds = fo.load_dataset(name)

@@ -127,10 +127,9 @@ def test_a_rerun_with_another_method_or_model_is_refused_before_the_model_loads(
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
     refused = res["refused"]
-    assert "other parameters (method)" in refused["method"], refused
-    assert "other parameters (target)" in refused["target"], refused
-    assert "other parameters (map_resolution)" in refused["resolution"], refused
-    assert "other parameters (model_source)" in refused["application"], refused
+    for name, what in [("method", "method"), ("target", "target"), ("resolution", "map_resolution"),
+                       ("application", "model_source")]:
+        assert refused[name] and f"other parameters ({what})" in refused[name], (name, refused)
     assert res["tf"] is False and res["keras"] is False, res
     done_ds.reload()
     assert len(done_ds) == 6 and done_ds.count("sal") == 5  # nothing written by the refused runs
@@ -141,6 +140,20 @@ def test_a_rerun_with_another_method_or_model_is_refused_before_the_model_loads(
     assert o.processed == 6
 
 
+def test_a_loaded_model_resumes_its_run_and_is_refused_for_another_method(done_ds, tiny_file, tmp_path):
+    """A model loaded once (``load_model``) and passed to each run is
+    compared by what it is, not by its Python type: the same run resumes."""
+    import xpatch_core as xp
+    from xpatch_core.errors import ParameterError
+
+    sm = xp.load_model(tiny_file)
+    _add_photos(done_ds, tmp_path, ["late"], np.random.default_rng(6))
+    with pytest.raises(ParameterError, match=r"other parameters \(method\)"):
+        runs.run_saliency(done_ds, "sal", sm, "eigencam")
+    s = runs.run_saliency(done_ds, "sal", sm, "gradcam", input_size=(48, 48))  # a loaded model keeps its size
+    assert (s.processed, s.skipped) == (1, 5), s
+
+
 def test_the_plan_a_form_shows_says_when_a_run_would_be_refused(done_ds, tiny_file):
     """The App's forms show a run's plan; a run its field's earlier run
     would refuse says so there, before it is started or scheduled (a
@@ -149,8 +162,20 @@ def test_the_plan_a_form_shows_says_when_a_run_would_be_refused(done_ds, tiny_fi
     assert plan.refused and "other parameters (method)" in plan.lines()[0], plan.lines()
     plan = runs.plan_run(runs.run_kind("patches", heatmap_field="sal", field="pp", n=3, size=16), done_ds)
     assert "other parameters (n)" in plan.lines()[0], plan.lines()
+    # an input size as the form or a script gives it (text, a number) is read as the run reads it
+    plan = runs.plan_run(runs.run_kind("saliency", field="sal", model=tiny_file, method="eigencam",
+                                       input_size=32), done_ds)
+    assert "other parameters (method)" in plan.refused, plan.lines()
+    plan = runs.plan_run(runs.run_kind("saliency", field="sal", model=tiny_file, method="gradcam",
+                                       input_size="48"), done_ds)
+    assert "other parameters (input_size)" in plan.refused, plan.lines()
+    # no samples: such a run does nothing, and is not said to be refused
+    plan = runs.plan_run(runs.run_kind("saliency", field="sal", model=tiny_file, method="eigencam"),
+                         done_ds.limit(0))
+    assert not plan.refused, plan.lines()
     # the same parameters, or overwrite, are not refused
     for kind, kwargs in [("saliency", dict(field="sal", model=tiny_file, method="gradcam")),
+                         ("saliency", dict(field="sal", model=tiny_file, method="gradcam", input_size="32")),
                          ("saliency", dict(field="sal", model=tiny_file, method="eigencam", overwrite=True)),
                          ("patches", dict(heatmap_field="sal", field="pp", n=2, size=16))]:
         plan = runs.plan_run(runs.run_kind(kind, **kwargs), done_ds)

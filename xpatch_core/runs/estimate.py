@@ -234,7 +234,8 @@ def plan_run(run: RunKind, sample_collection: Any, *, probe: bool = True) -> Run
         a :class:`RunPlan`
     """
     view, todo, done = select_todo(run, sample_collection)
-    plan = RunPlan(kind=run.kind, todo=len(todo), done=done, refused=_refusal(run, view))
+    plan = RunPlan(kind=run.kind, todo=len(todo), done=done,
+                   refused=_refusal(run, view) if todo or done else "")  # no samples: the run does nothing
     speed = _dataset_rate(view._dataset, run) if todo else None
     if speed is None and todo:
         entry = rates.machine_rate(run.rate_key())

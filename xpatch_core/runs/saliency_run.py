@@ -270,7 +270,8 @@ class SaliencyRun(RunKind):
         Returns:
             a list of parameter names
         """
-        from xpatch_core.models import application_constructor
+        from xpatch_core.errors import ParameterError
+        from xpatch_core.models import SaliencyModel, application_constructor, normalize_input_size
         from xpatch_core.saliency import get_method
 
         target = self.target.tolist() if isinstance(self.target, np.ndarray) else self.target
@@ -279,12 +280,19 @@ class SaliencyRun(RunKind):
                                 "target_field": self.target_field, "map_resolution": self.map_resolution}
         if self.map_root is not None or not self.map_dir:  # a folder given is compared once prepared
             mine["map_dir"] = self.map_root
-        if self.input_size is not None:
-            mine["input_size"] = list(self.input_size)
         source = stored.get("model_source") or {}
-        ctor = application_constructor(self.model) if isinstance(self.model, str) else None
-        kind = "application" if ctor else "saved" if isinstance(self.model, str) else "in-memory"
-        other_model = source.get("kind") not in (None, kind) or (ctor and source.get("model") not in (None, ctor))
+        if isinstance(self.model, SaliencyModel):  # loaded already: its own source says what it is
+            kind, name = self.model.source.get("kind"), self.model.source.get("model")
+        else:
+            if self.input_size is not None:  # a loaded model keeps its size whatever is asked
+                try:
+                    mine["input_size"] = list(normalize_input_size(self.input_size))
+                except ParameterError:
+                    pass  # validate refuses it
+            name = application_constructor(self.model) if isinstance(self.model, str) else None
+            kind = "application" if name else "saved" if isinstance(self.model, str) else "in-memory"
+        other_model = (kind is not None and source.get("kind") not in (None, kind)) or (
+            kind == "application" and name is not None and source.get("model") not in (None, name))
         return ["model_source"] * bool(other_model) + [k for k, v in mine.items() if k in stored and stored[k] != v]
 
     @classmethod

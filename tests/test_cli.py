@@ -69,6 +69,14 @@ def test_run_on_folder_with_a_corrupt_file(photo_dir, tmp_path, xception_weights
                         "-n", "4", "--size", "64", "--contact-sheet", str(sheet), cwd=str(tmp_path))
         assert other.returncode == 2 and "other parameters (-n); pass --overwrite" in other.stderr, other.stderr
         assert "processed" not in other.stdout and "added" not in other.stdout, other.stdout
+        # and so is another saliency method (was: after ingestion and the model load)
+        other = _xpatch("run", str(photo_dir), "--dataset", name, "--weights", xception_weights, "--method",
+                        "gradcam++", "-n", "5", "--size", "64", "--contact-sheet", str(sheet), cwd=str(tmp_path))
+        assert other.returncode == 2 and "other parameters (--method); pass --overwrite" in other.stderr, \
+            other.stderr
+        assert "processed" not in other.stdout and "added" not in other.stdout, other.stdout
+        ds.reload()
+        assert len(ds) == 7  # extra2.jpg was not ingested
         (photo_dir / "extra2.jpg").unlink()
         # a non-empty export folder is refused before any work, naming the command's flag
         (tmp_path / "full").mkdir()

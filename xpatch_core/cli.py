@@ -358,6 +358,8 @@ def _check_before_work(args: argparse.Namespace) -> None:
         check_apart(outputs["--contact-sheet"], "--contact-sheet", stored)
         if outputs["--map-dir"]:  # the field's own folder is where its earlier maps are
             check_apart(outputs["--map-dir"], "--map-dir", [p for p in stored if p != real(outputs["--map-dir"])])
+        if args.heatmap_field in existing.list_runs() and not args.overwrite:
+            _check_saliency_rerun(existing, args)
         if args.patches_field in existing.list_runs() and not args.overwrite:
             _check_patch_rerun(existing, args)
     try:  # a .png name, and never a file of the user's (a sheet we wrote is replaced)
@@ -377,6 +379,22 @@ def _check_patch_rerun(ds: Any, args: argparse.Namespace) -> None:
                                  size=args.size, **_patch_kwargs(args))
     try:
         records.check_rerun(ds, run.run_key, run.setup(ds, []), False)
+    except ParameterError as e:
+        raise UsageError(str(e)) from None
+
+
+def _check_saliency_rerun(ds: Any, args: argparse.Namespace) -> None:
+    """Refuses another method, target, map resolution, input size or model
+    name on an existing heatmap run before any work (ingestion included)."""
+    from xpatch_core.errors import ParameterError
+    from xpatch_core.runs import records
+    from xpatch_core.runs.saliency_run import SaliencyRun
+
+    run = SaliencyRun(args.heatmap_field, args.model, args.method, target=args.target,
+                      map_resolution=getattr(args, "map_resolution", SALIENCY["map_resolution"]),
+                      input_size=getattr(args, "input_size", None))
+    try:
+        records.check_rerun_early(ds, run.run_key, run.field, run.known_differences, False)
     except ParameterError as e:
         raise UsageError(str(e)) from None
 

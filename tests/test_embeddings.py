@@ -282,8 +282,11 @@ def test_run_stores_what_the_library_computes_and_resumes(patched, xception, xce
     assert info["config"]["layers"] == ["block14_sepconv2_act", "block13_sepconv1_act"]
     assert info["config"]["dim"] == 2048 + 728 and info["results"]["patches"] == 16  # the last run that worked
     # other parameters on the same attribute are refused; overwrite redoes every sample
-    with pytest.raises(ParameterError, match="other parameters"):
+    with pytest.raises(ParameterError, match=r"other parameters \(pooling\)"):
         runs.run_embeddings(ds, "patches", weights=xception_weights, pooling="area")
+    # known before any model loads (was: a ResNet50 load, which fails offline for want of its weights)
+    with pytest.raises(ParameterError, match=r"other parameters \(model_source\)"):
+        runs.run_embeddings(ds, "patches", model="resnet50")
     redo = runs.run_embeddings(ds, "patches", weights=xception_weights, pooling="area", overwrite=True)
     assert redo.processed == 6
     # a new patch run on a sample makes it pending again

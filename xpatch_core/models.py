@@ -524,13 +524,30 @@ def _identify_files(req: _Request) -> None:
             check_weights_file(w)
             req.identity = file_identity(w)
         return
-    if os.path.splitext(req.model)[1].lower() not in (".keras", ".h5", ".hdf5"):
+    check_model_name(req.model)
+    req.identity = file_identity(req.model)
+
+
+def check_model_name(model: Any) -> None:
+    """Checks, without loading anything, that a model given by name names a
+    ``keras.applications`` model or an existing ``.keras``/``.h5`` file.
+
+    Args:
+        model: a run's model argument (anything but a string passes)
+
+    Raises:
+        ModelError: for an unknown name or a missing file
+    """
+    if not isinstance(model, str) or is_application(model):
+        return
+    if os.path.splitext(model)[1].lower() not in (".keras", ".h5", ".hdf5"):
         raise ModelError(
-            f"unknown model {req.model!r}: not a keras.applications name (e.g. "
+            f"unknown model {model!r}: not a keras.applications name (e.g. "
             f"{', '.join(['xception', 'resnet50', 'efficientnetb0', 'mobilenetv2'])}) "
             "nor a .keras/.h5 file"
         )
-    req.identity = file_identity(req.model)
+    if not os.path.exists(model):
+        raise ModelError(f"model file not found: {model}")
 
 
 def _cache_key(req: _Request) -> tuple | None:
@@ -784,6 +801,7 @@ __all__ = [
     "clear_cache",
     "find_target_layer",
     "application_constructor",
+    "check_model_name",
     "is_application",
     "list_applications",
     "load_model",

@@ -165,6 +165,29 @@ class EmbeddingsRun(RunKind):
                 "fine_layer": self.fine_layer, "pooling": self.pooling, "sampling_ratio": self.sampling_ratio,
                 "border": self.border, "precision": self.precision}
 
+    def known_differences(self, stored: dict[str, Any]) -> list[str]:
+        """The parameters known before the model loads that differ from a
+        stored run's: the model's kind or ``keras.applications`` name, the
+        pooling, its sampling ratio and the border rule (the layers are
+        compared after the load).
+
+        Args:
+            stored: the stored run's config
+
+        Returns:
+            a list of parameter names
+        """
+        from xpatch_core.embeddings import PatchEmbedder
+        from xpatch_core.runs.saliency_run import model_differs
+
+        model, mine = self.model, {"border": self.border}
+        if isinstance(model, PatchEmbedder):  # built already: its own pooling is used
+            model = model.model
+        else:
+            mine.update(pooling=self.pooling, sampling_ratio=self.sampling_ratio)
+        return ["model_source"] * model_differs(model, stored.get("model_source") or {}) + [
+            k for k, v in mine.items() if k in stored and stored[k] != v]
+
     @classmethod
     def speed_key(cls, request: dict[str, Any]) -> str:
         """Embedding runs of one model and layers run at about one speed."""

@@ -179,6 +179,36 @@ def _describe_model(model: Any) -> Any:
     return f"<{type(model).__name__} {getattr(model, 'name', '')} at {id(model):x}>"
 
 
+def model_differs(model: Any, source: dict[str, Any]) -> bool:
+    """Whether a model as given (a name, a path, a Keras model, a loaded
+    :class:`~xpatch_core.models.SaliencyModel`) is certainly not the one a
+    stored run's ``model_source`` describes, known without loading it: a
+    model of another kind, or another ``keras.applications`` model.
+
+    Args:
+        model: the model argument of a run
+        source: the stored run's ``model_source``
+
+    Returns:
+        True or False (False when it cannot be told without the model, or
+        when the model cannot be loaded at all)
+    """
+    from xpatch_core.errors import ModelError
+    from xpatch_core.models import SaliencyModel, application_constructor, check_model_name
+
+    try:
+        check_model_name(model)
+    except ModelError:
+        return False  # an unknown name or a missing file: loading it says so
+    if isinstance(model, SaliencyModel):  # loaded already: its own source says what it is
+        kind, name = model.source.get("kind"), model.source.get("model")
+    else:
+        name = application_constructor(model) if isinstance(model, str) else None
+        kind = "application" if name else "saved" if isinstance(model, str) else "in-memory"
+    return bool((kind is not None and source.get("kind") not in (None, kind))
+                or (kind == "application" and name is not None and source.get("model") not in (None, name)))
+
+
 class SaliencyRun(RunKind):
     """A saliency run; see :func:`run_saliency` for the parameters."""
 
@@ -271,7 +301,7 @@ class SaliencyRun(RunKind):
             a list of parameter names
         """
         from xpatch_core.errors import ParameterError
-        from xpatch_core.models import SaliencyModel, application_constructor, normalize_input_size
+        from xpatch_core.models import SaliencyModel, normalize_input_size
         from xpatch_core.saliency import get_method
 
         target = self.target.tolist() if isinstance(self.target, np.ndarray) else self.target
@@ -280,19 +310,12 @@ class SaliencyRun(RunKind):
                                 "target_field": self.target_field, "map_resolution": self.map_resolution}
         if self.map_root is not None or not self.map_dir:  # a folder given is compared once prepared
             mine["map_dir"] = self.map_root
-        source = stored.get("model_source") or {}
-        if isinstance(self.model, SaliencyModel):  # loaded already: its own source says what it is
-            kind, name = self.model.source.get("kind"), self.model.source.get("model")
-        else:
-            if self.input_size is not None:  # a loaded model keeps its size whatever is asked
-                try:
-                    mine["input_size"] = list(normalize_input_size(self.input_size))
-                except ParameterError:
-                    pass  # validate refuses it
-            name = application_constructor(self.model) if isinstance(self.model, str) else None
-            kind = "application" if name else "saved" if isinstance(self.model, str) else "in-memory"
-        other_model = (kind is not None and source.get("kind") not in (None, kind)) or (
-            kind == "application" and name is not None and source.get("model") not in (None, name))
+        if self.input_size is not None and not isinstance(self.model, SaliencyModel):  # a loaded one keeps its size
+            try:
+                mine["input_size"] = list(normalize_input_size(self.input_size))
+            except ParameterError:
+                pass  # validate refuses it
+        other_model = model_differs(self.model, stored.get("model_source") or {})
         return ["model_source"] * bool(other_model) + [k for k, v in mine.items() if k in stored and stored[k] != v]
 
     @classmethod

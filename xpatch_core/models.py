@@ -46,6 +46,14 @@ import numpy as np
 
 from xpatch_core import settings
 from xpatch_core._tfsetup import setup_tensorflow
+from xpatch_core.applications import APPLICATIONS as _APPLICATIONS
+from xpatch_core.applications import (
+    application_constructor,
+    check_model_name,
+    is_application,
+    list_applications,
+)
+from xpatch_core.applications import normalize_name as _norm
 from xpatch_core.defaults import SALIENCY
 from xpatch_core.errors import ModelError, ParameterError
 from xpatch_core.hardware import resolve_engine, resolve_precision
@@ -72,48 +80,6 @@ from xpatch_core.model_graph import (
 from xpatch_core.model_openvino import attach_forward
 from xpatch_core.offline import imagenet_class_names as _imagenet_class_names
 
-# name -> (constructor, preprocessing module, default input size)
-_APPLICATIONS: dict[str, tuple[str, str, int]] = {
-    "xception": ("Xception", "xception", 299),
-    "vgg16": ("VGG16", "vgg16", 224),
-    "vgg19": ("VGG19", "vgg19", 224),
-    "resnet50": ("ResNet50", "resnet", 224),
-    "resnet101": ("ResNet101", "resnet", 224),
-    "resnet152": ("ResNet152", "resnet", 224),
-    "resnet50v2": ("ResNet50V2", "resnet_v2", 224),
-    "resnet101v2": ("ResNet101V2", "resnet_v2", 224),
-    "resnet152v2": ("ResNet152V2", "resnet_v2", 224),
-    "inceptionv3": ("InceptionV3", "inception_v3", 299),
-    "inceptionresnetv2": ("InceptionResNetV2", "inception_resnet_v2", 299),
-    "mobilenet": ("MobileNet", "mobilenet", 224),
-    "mobilenetv2": ("MobileNetV2", "mobilenet_v2", 224),
-    "mobilenetv3small": ("MobileNetV3Small", "mobilenet_v3", 224),
-    "mobilenetv3large": ("MobileNetV3Large", "mobilenet_v3", 224),
-    "densenet121": ("DenseNet121", "densenet", 224),
-    "densenet169": ("DenseNet169", "densenet", 224),
-    "densenet201": ("DenseNet201", "densenet", 224),
-    "nasnetmobile": ("NASNetMobile", "nasnet", 224),
-    "nasnetlarge": ("NASNetLarge", "nasnet", 331),
-    "efficientnetb0": ("EfficientNetB0", "efficientnet", 224),
-    "efficientnetb1": ("EfficientNetB1", "efficientnet", 240),
-    "efficientnetb2": ("EfficientNetB2", "efficientnet", 260),
-    "efficientnetb3": ("EfficientNetB3", "efficientnet", 300),
-    "efficientnetb4": ("EfficientNetB4", "efficientnet", 380),
-    "efficientnetb5": ("EfficientNetB5", "efficientnet", 456),
-    "efficientnetb6": ("EfficientNetB6", "efficientnet", 528),
-    "efficientnetb7": ("EfficientNetB7", "efficientnet", 600),
-    "efficientnetv2b0": ("EfficientNetV2B0", "efficientnet_v2", 224),
-    "efficientnetv2b1": ("EfficientNetV2B1", "efficientnet_v2", 240),
-    "efficientnetv2b2": ("EfficientNetV2B2", "efficientnet_v2", 260),
-    "efficientnetv2b3": ("EfficientNetV2B3", "efficientnet_v2", 300),
-    "efficientnetv2s": ("EfficientNetV2S", "efficientnet_v2", 384),
-    "convnexttiny": ("ConvNeXtTiny", "convnext", 224),
-    "convnextsmall": ("ConvNeXtSmall", "convnext", 224),
-    "convnextbase": ("ConvNeXtBase", "convnext", 224),
-    "regnetx002": ("RegNetX002", "regnet", 224),
-    "regnety002": ("RegNetY002", "regnet", 224),
-}
-
 #: Preprocessing by name, for saved models: ``"tf"`` maps to [-1, 1],
 #: ``"caffe"`` to BGR minus the ImageNet mean, ``"torch"`` to ImageNet
 #: standardisation, ``"none"`` leaves [0, 255]; an application name uses
@@ -121,45 +87,6 @@ _APPLICATIONS: dict[str, tuple[str, str, int]] = {
 PREPROCESS_MODES = ("auto", "tf", "caffe", "torch", "none", "unit")
 
 _CACHE = ModelCache()
-
-
-def _norm(name: str) -> str:
-    return name.lower().replace("_", "").replace("-", "").replace(" ", "")
-
-
-def list_applications() -> list[str]:
-    """Returns the ``keras.applications`` names :func:`load_model` accepts.
-
-    Returns:
-        a sorted list of names
-    """
-    return sorted(_APPLICATIONS)
-
-
-def is_application(name: str) -> bool:
-    """Whether ``name`` names a ``keras.applications`` model.
-
-    Args:
-        name: a model name such as ``"ResNet50"``
-
-    Returns:
-        True or False
-    """
-    return _norm(name) in _APPLICATIONS
-
-
-def application_constructor(name: str) -> str | None:
-    """The ``keras.applications`` constructor a model name stands for.
-
-    Args:
-        name: a model name such as ``"resnet-50"``
-
-    Returns:
-        the constructor's name (``"ResNet50"``), or None if ``name`` names
-        no application
-    """
-    entry = _APPLICATIONS.get(_norm(name))
-    return entry[0] if entry else None
 
 
 def _preprocess_fn(mode: str) -> Callable[[np.ndarray], np.ndarray]:
@@ -526,28 +453,6 @@ def _identify_files(req: _Request) -> None:
         return
     check_model_name(req.model)
     req.identity = file_identity(req.model)
-
-
-def check_model_name(model: Any) -> None:
-    """Checks, without loading anything, that a model given by name names a
-    ``keras.applications`` model or an existing ``.keras``/``.h5`` file.
-
-    Args:
-        model: a run's model argument (anything but a string passes)
-
-    Raises:
-        ModelError: for an unknown name or a missing file
-    """
-    if not isinstance(model, str) or is_application(model):
-        return
-    if os.path.splitext(model)[1].lower() not in (".keras", ".h5", ".hdf5"):
-        raise ModelError(
-            f"unknown model {model!r}: not a keras.applications name (e.g. "
-            f"{', '.join(['xception', 'resnet50', 'efficientnetb0', 'mobilenetv2'])}) "
-            "nor a .keras/.h5 file"
-        )
-    if not os.path.exists(model):
-        raise ModelError(f"model file not found: {model}")
 
 
 def _cache_key(req: _Request) -> tuple | None:

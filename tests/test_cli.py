@@ -236,6 +236,8 @@ def test_library_messages_are_spelled_as_flags():
         "export folder /e is not empty (2 entries); choose an empty or new folder, or pass overwrite=True to":
             "export folder /e is not empty (2 entries); choose an empty or new folder, or pass --export-overwrite to",
         "a file named overwrite=Truex stays": "a file named overwrite=Truex stays",  # words, not parts
+        "was made with other settings: min_area_ratio=0.1 (now 0.5); output_dir='/a' (now '/b')":
+            "was made with other settings: --min-area-ratio 0.1 (now 0.5); --out '/a' (now '/b')",
     }
     for message, expected in cases.items():
         assert cli_spelling(message) == expected, (message, cli_spelling(message))

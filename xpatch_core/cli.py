@@ -661,6 +661,10 @@ _CLI_SPELLINGS: tuple[tuple[str, Any], ...] = (
     (r"\b(engine|precision|map_resolution|border|mode)=['\"]([\w+-]+)['\"]",
      lambda m: f"--{m[1].replace('_', '-')} {m[2]}"),
     (r"\b(input_size|layer)=(?=[\s,.;)]|$)", lambda m: f"--{m[1].replace('_', '-')}"),
+    # a patch dataset's settings (`xpatch patch-dataset`)
+    (r"\b(patches_field|gt_field|min_area_ratio|min_coverage|background_label|image_format|output_dir)=",
+     lambda m: {"background_label": "--background ", "output_dir": "--out "}.get(
+         m[1], f"--{m[1].replace('_', '-')} ")),
 )
 
 

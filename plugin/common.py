@@ -286,6 +286,12 @@ def run_result_lines(summary: Any, what: str) -> tuple[str, list[str]]:
     return title, lines
 
 
+def _app_wording(message: str) -> str:
+    """A library message as the App's forms say it."""
+    return message.replace("pass overwrite=True to redo every sample",
+                           "turn on the option below to redo every sample (overwrite)")
+
+
 def plan_notice(op: DelegableOperator, ctx: Any, inputs: Any) -> Any:
     """Shows the run's plan at the top of a form: the samples it will
     process and those already done, the estimated time and where it comes
@@ -302,8 +308,7 @@ def plan_notice(op: DelegableOperator, ctx: Any, inputs: Any) -> Any:
     plan = op.plan(ctx)
     if plan is None:
         return None
-    lines = [line.replace("pass overwrite=True to redo every sample", "turn on the option below to redo every "
-                          "sample (overwrite)") for line in plan.lines()]
+    lines = [_app_wording(line) for line in plan.lines()]
     kind = types.Warning if plan.background or plan.refused else types.Notice
     inputs.view("plan", kind(label=lines[0], description=" ".join(lines[1:])))
     return plan
@@ -429,8 +434,12 @@ def fields_of(ctx: Any, doc_type: Any) -> list[str]:
     return sorted(schema)
 
 
-def field_name_input(ctx: Any, inputs: Any, name: str, default: str, kind: str, label: str) -> str:
-    """Adds a validated field-name input and returns its current value."""
+def field_name_input(ctx: Any, inputs: Any, name: str, default: str, kind: str, label: str,
+                     plan: Any = None) -> str:
+    """Adds a validated field-name input and returns its current value; a
+    run its field's earlier run would refuse (``plan.refused``, other
+    parameters) makes the input invalid too, so the form can be neither run
+    nor scheduled until the parameters, the field or ``overwrite`` change."""
     value = ctx.params.get(name) or default
     error = None
     try:
@@ -440,6 +449,8 @@ def field_name_input(ctx: Any, inputs: Any, name: str, default: str, kind: str, 
             validate_field_name(ctx.dataset, value, kind)
     except Exception as e:  # noqa: BLE001 - shown in the form
         error = str(e)
+    if error is None and plan is not None and plan.refused:
+        error = _app_wording(plan.refused)
     inputs.str(
         name,
         default=default,

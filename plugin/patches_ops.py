@@ -123,9 +123,9 @@ class SamplePatches(DelegableOperator):
             inputs.view("noheat", types.Error(label="No heatmap field",
                                               description="Run 'Compute saliency' first"))
             return types.Property(inputs, invalid=True)
-        plan_notice(self, ctx, inputs)
+        plan = plan_notice(self, ctx, inputs)
         inputs.enum("heatmap_field", heatmaps, default=heatmaps[0], required=True, label="Heatmap field")
-        field_name_input(ctx, inputs, "field", PATCHES["field"], "patches", "Patches field")
+        field_name_input(ctx, inputs, "field", PATCHES["field"], "patches", "Patches field", plan=plan)
         inputs.int("n", default=PATCHES["n"], min=1, label="Patches per image")
         sm = types.RadioGroup()
         sm.add_choice("pixels", label="Pixels")

@@ -125,7 +125,7 @@ class ComputeSaliency(DelegableOperator):
     def resolve_input(self, ctx: Any) -> types.Property:
         inputs = types.Object()
         offer_view_target(ctx, inputs)  # dataset / current view / selected samples
-        plan_notice(self, ctx, inputs)
+        plan = plan_notice(self, ctx, inputs)
         picked = model_inputs(ctx, inputs, SALIENCY["model"])
         if picked == "saved":
             inputs.str("class_names", label="Class names",
@@ -178,7 +178,7 @@ class ComputeSaliency(DelegableOperator):
             eng.add_choice(value, label=label)
         inputs.enum("engine", eng.values(), default=SALIENCY["engine"], view=eng)
         inputs.int("batch_size", default=SALIENCY["batch_size"], label="Batch size", min=1, max=1024)
-        field_name_input(ctx, inputs, "field", SALIENCY["field"], "saliency", "Heatmap field")
+        field_name_input(ctx, inputs, "field", SALIENCY["field"], "saliency", "Heatmap field", plan=plan)
         storage = types.RadioGroup()
         storage.add_choice("database", label="In the database (small maps)")
         storage.add_choice("png", label="8-bit PNG files in a folder")

@@ -182,6 +182,27 @@ def test_the_plan_a_form_shows_says_when_a_run_would_be_refused(done_ds, tiny_fi
         assert not plan.refused and "refused" not in " ".join(plan.lines()), (kind, kwargs, plan.lines())
 
 
+def test_the_app_form_cannot_run_or_schedule_a_run_that_would_be_refused(done_ds, tiny_file):
+    """The form's field input is invalid while the run would be refused, so
+    FiftyOne's own validation stops it before it runs or is scheduled (a
+    scheduled one used to fail later, in the worker, after the model load)."""
+    import fiftyone.operators as foo
+    from fiftyone.operators.delegated import DelegatedOperationService
+    from fiftyone.operators.executor import ExecutionError
+
+    op = foo.get_operator("@xpatch/xpatch/compute_saliency")
+    queued = len(DelegatedOperationService().list_operations(dataset_name=done_ds.name))
+    for delegate in (False, True):
+        with pytest.raises(ExecutionError, match=r"Validation error. Path: field. .*other parameters \(method\); "
+                                                 r"turn on the option below to redo every sample"):
+            op(done_ds, "sal", tiny_file, "eigencam", delegate=delegate)
+    assert len(DelegatedOperationService().list_operations(dataset_name=done_ds.name)) == queued
+    # with overwrite the form is valid, and the run redoes every sample
+    result = op(done_ds, "sal", tiny_file, "eigencam", overwrite=True)
+    assert result.error is None, result.error
+    assert runs.get_run_info(done_ds, "sal")["config"]["method"] == "eigencam"
+
+
 def test_a_run_times_loading_decoding_inference_and_writing(tmp_path, tiny_file):
     """The summary (and the run record) time each stage; decoding and
     inference run in threads that overlap the rest, and are shown apart."""

@@ -390,7 +390,7 @@ def _check_saliency_rerun(ds: Any, args: argparse.Namespace) -> None:
     from xpatch_core.runs import records
     from xpatch_core.runs.saliency_run import SaliencyRun
 
-    run = SaliencyRun(args.heatmap_field, args.model, args.method, target=args.target,
+    run = SaliencyRun(args.heatmap_field, args.model, args.method, target=args.target, map_dir=args.map_dir,
                       map_resolution=getattr(args, "map_resolution", SALIENCY["map_resolution"]),
                       input_size=getattr(args, "input_size", None))
     try:

@@ -194,17 +194,20 @@ class DelegableOperator(foo.Operator):
         import json
         import time
 
-        from xpatch_core.runs import plan_run, run_kind
+        from xpatch_core.runs import plan_run, records, run_kind
 
         try:
             kwargs = self.run_kwargs(ctx)
+            run = run_kind(self.run_kind, **kwargs)
+            # the stored run's registration time: a run started, redone or deleted since is planned anew
+            started = records.run_config(ctx.dataset, run.run_key).get("started_at")
             key = json.dumps([self.uri, ctx.dataset_name, ctx.request_params.get("view"),
                               ctx.request_params.get("view_target"), ctx.selected, kwargs,
-                              ctx.params.get("view_target")], sort_keys=True, default=str)
+                              ctx.params.get("view_target"), started], sort_keys=True, default=str)
             hit = _PLANS.get(key)
             if hit is not None and time.monotonic() - hit[0] < _PLAN_TTL:
                 return hit[1]
-            plan = plan_run(run_kind(self.run_kind, **kwargs), target_images(ctx))
+            plan = plan_run(run, target_images(ctx))
         except Exception:  # noqa: BLE001 - the form shows the parameter errors itself
             return None
         _PLANS[key] = (time.monotonic(), plan)

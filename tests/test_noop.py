@@ -203,6 +203,30 @@ def test_the_app_form_cannot_run_or_schedule_a_run_that_would_be_refused(done_ds
     assert runs.get_run_info(done_ds, "sal")["config"]["method"] == "eigencam"
 
 
+def test_a_forms_refusal_is_not_kept_after_the_run_it_came_from_changes(done_ds):
+    """The form's plan is cached a few seconds (the App asks for the form
+    and the execution options apart); a run redone or deleted since must not
+    leave the form blocked by the refusal it had before."""
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext, ValidationContext
+
+    op = foo.get_operator("@xpatch/xpatch/sample_patches")
+    params = {"heatmap_field": "sal", "field": "pp", "n": 3, "size": 16}
+
+    def form_invalid():
+        ctx = ExecutionContext(request_params={"dataset_name": done_ds.name, "params": params,
+                                               "view_target": "DATASET"})
+        return ValidationContext(ctx, op.resolve_input(ctx), op).invalid
+
+    assert form_invalid()  # n=3 on a field made with n=2
+    runs.run_patches(done_ds, "sal", "pp", n=3, size=16, overwrite=True)
+    assert not form_invalid()  # at once, not after the cache's 10 s
+    params["n"] = 2
+    assert form_invalid()
+    runs.delete_run(done_ds, "pp")
+    assert not form_invalid()
+
+
 def test_a_run_times_loading_decoding_inference_and_writing(tmp_path, tiny_file):
     """The summary (and the run record) time each stage; decoding and
     inference run in threads that overlap the rest, and are shown apart."""

@@ -227,6 +227,33 @@ def test_a_forms_refusal_is_not_kept_after_the_run_it_came_from_changes(done_ds)
     assert not form_invalid()
 
 
+def test_a_class_index_given_as_text_resumes_a_run_given_it_as_a_number(tmp_path, tiny_file):
+    """The CLI and the App's form give a target as text ("1"); a run started
+    from Python with the index 1 is the same run (was: refused as other
+    parameters, so the App's form stayed blocked)."""
+    from xpatch_core.errors import ParameterError
+
+    rng = np.random.default_rng(8)
+    ds = fo.Dataset()
+    try:
+        _add_photos(ds, tmp_path, ["t0", "t1"], rng)
+        assert runs.run_saliency(ds, "sal", tiny_file, "gradcam", target=1).processed == 2
+        assert runs.get_run_info(ds, "sal")["config"]["target"] == 1
+        for target in ("1", np.int64(1), " 1"):
+            plan = runs.plan_run(runs.run_kind("saliency", field="sal", model=tiny_file, method="gradcam",
+                                               target=target), ds)
+            assert not plan.refused and plan.todo == 0, (target, plan.lines())
+            s = runs.run_saliency(ds, "sal", tiny_file, "gradcam", target=target)
+            assert s.status == "nothing to do", (target, s.status)
+        _add_photos(ds, tmp_path, ["t2"], rng)
+        s = runs.run_saliency(ds, "sal", tiny_file, "gradcam", target="1")
+        assert (s.processed, s.skipped) == (1, 2), s
+        with pytest.raises(ParameterError, match=r"other parameters \(target\)"):
+            runs.run_saliency(ds, "sal", tiny_file, "gradcam", target="2")
+    finally:
+        ds.delete()
+
+
 def test_a_run_times_loading_decoding_inference_and_writing(tmp_path, tiny_file):
     """The summary (and the run record) time each stage; decoding and
     inference run in threads that overlap the rest, and are shown apart."""

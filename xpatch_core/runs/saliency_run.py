@@ -109,6 +109,8 @@ class SaliencyConfig(RunConfig):
         diff = super().differences(stored)
         if "precision" in diff and stored.get("precision_used") == self.precision_used:
             diff.remove("precision")
+        if "target" in diff and canonical_target(stored.get("target")) == canonical_target(self.target):
+            diff.remove("target")  # "3" (an older record, from the CLI) is the index 3
         return diff
 
 
@@ -179,6 +181,29 @@ def _describe_model(model: Any) -> Any:
     return f"<{type(model).__name__} {getattr(model, 'name', '')} at {id(model):x}>"
 
 
+def canonical_target(target: Any) -> Any:
+    """A target as runs store and compare it: a class index given as text
+    (``"3"``, as the command line and the App's form give it) or as a NumPy
+    number is the int it names (:meth:`~xpatch_core.models.SaliencyModel.class_index`
+    reads it so), a sequence a list; anything else as given.
+
+    Args:
+        target: a run's ``target``
+
+    Returns:
+        the target
+    """
+    if isinstance(target, np.ndarray):
+        target = target.tolist()
+    if isinstance(target, (list, tuple)):
+        return [canonical_target(t) for t in target]
+    if isinstance(target, np.integer):
+        return int(target)
+    if isinstance(target, str) and target.strip().isdigit():
+        return int(target)
+    return target
+
+
 def model_differs(model: Any, source: dict[str, Any]) -> bool:
     """Whether a model as given (a name, a path, a Keras model, a loaded
     :class:`~xpatch_core.models.SaliencyModel`) is certainly not the one a
@@ -225,7 +250,8 @@ class SaliencyRun(RunKind):
                  engine: str = SALIENCY["engine"], input_size: Any = None, **common: Any) -> None:
         super().__init__(field, **common)
         self.input_size = input_size
-        self.model, self.method, self.target, self.target_field = model, method, target, target_field
+        self.model, self.method, self.target_field = model, method, target_field
+        self.target = canonical_target(target)  # "3" from the CLI or the App is the index 3
         self.weights, self.layer, self.fuse_layer = weights, layer, fuse_layer
         self.batch_size, self.map_dir, self.class_names = batch_size, map_dir, class_names
         self.allow_unsafe, self.precision, self.map_resolution = allow_unsafe, precision, map_resolution
@@ -277,14 +303,19 @@ class SaliencyRun(RunKind):
     def same_request(self, dataset: Any) -> bool:
         """The same request, or one that differs only in asking explicitly
         for the precision the stored run used (``float32`` after an
-        ``auto`` that gave float32): its results would be the same."""
+        ``auto`` that gave float32), or in spelling a class index as text
+        (``"3"``, an older record's): its results would be the same."""
         if super().same_request(dataset):
             return True
         stored = records.run_config(dataset, self.run_key)
-        if self.precision == "auto" or stored.get("precision_used") != self.precision:
+        old = dict(stored.get("request") or {})
+        if stored.get("xpatch_type") != self.kind or not old:
             return False
-        request = dict(self.request(), precision=(stored.get("request") or {}).get("precision"))
-        return records.same_request(dataset, self.run_key, self.kind, request)
+        old["target"] = records.jsonable(canonical_target(old.get("target")))
+        mine = records.jsonable(self.request())
+        if self.precision != "auto" and stored.get("precision_used") == self.precision:
+            mine["precision"] = old.get("precision")
+        return mine == old
 
     def known_differences(self, stored: dict[str, Any]) -> list[str]:
         """The parameters known before the model loads that differ from a
@@ -316,7 +347,8 @@ class SaliencyRun(RunKind):
             except ParameterError:
                 pass  # validate refuses it
         other_model = model_differs(self.model, stored.get("model_source") or {})
-        return ["model_source"] * bool(other_model) + [k for k, v in mine.items() if k in stored and stored[k] != v]
+        theirs = dict(stored, target=canonical_target(stored.get("target")))
+        return ["model_source"] * bool(other_model) + [k for k, v in mine.items() if k in stored and theirs[k] != v]
 
     @classmethod
     def speed_key(cls, request: dict[str, Any]) -> str:

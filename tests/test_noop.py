@@ -250,6 +250,14 @@ def test_a_class_index_given_as_text_resumes_a_run_given_it_as_a_number(tmp_path
         assert (s.processed, s.skipped) == (1, 2), s
         with pytest.raises(ParameterError, match=r"other parameters \(target\)"):
             runs.run_saliency(ds, "sal", tiny_file, "gradcam", target="2")
+        # a record of an older version, which stored the text, still matches (request and config)
+        info = ds.get_run_info("sal")
+        info.config.target, info.config.request = "1", dict(info.config.request, target="1")
+        ds.update_run_config("sal", info.config)
+        assert runs.get_run_info(ds, "sal")["config"]["target"] == "1"
+        assert runs.run_saliency(ds, "sal", tiny_file, "gradcam", target=1).status == "nothing to do"
+        _add_photos(ds, tmp_path, ["t3"], rng)
+        assert runs.run_saliency(ds, "sal", tiny_file, "gradcam", target=1).processed == 1
     finally:
         ds.delete()
 

@@ -176,6 +176,8 @@ class DelegableOperator(foo.Operator):
 
     #: The kind of library run (``"saliency"``, ``"patches"``), or None.
     run_kind: str | None = None
+    #: The label of the form's ``overwrite`` option (messages name it).
+    overwrite_label: str = "Recompute"
 
     def run_kwargs(self, ctx: Any) -> dict[str, Any]:
         """The run's keyword arguments, validated from ``ctx.params``."""
@@ -289,10 +291,11 @@ def run_result_lines(summary: Any, what: str) -> tuple[str, list[str]]:
     return title, lines
 
 
-def _app_wording(message: str) -> str:
-    """A library message as the App's forms say it."""
+def _app_wording(message: str, overwrite_label: str) -> str:
+    """A library message as the App's forms say it (their overwrite option
+    named by its label)."""
     return message.replace("pass overwrite=True to redo every sample",
-                           "turn on the option below to redo every sample (overwrite)")
+                           f"tick \u201c{overwrite_label}\u201d below to redo every sample")
 
 
 def plan_notice(op: DelegableOperator, ctx: Any, inputs: Any) -> Any:
@@ -311,7 +314,7 @@ def plan_notice(op: DelegableOperator, ctx: Any, inputs: Any) -> Any:
     plan = op.plan(ctx)
     if plan is None:
         return None
-    lines = [_app_wording(line) for line in plan.lines()]
+    lines = [_app_wording(line, op.overwrite_label) for line in plan.lines()]
     kind = types.Warning if plan.background or plan.refused else types.Notice
     inputs.view("plan", kind(label=lines[0], description=" ".join(lines[1:])))
     return plan
@@ -438,7 +441,7 @@ def fields_of(ctx: Any, doc_type: Any) -> list[str]:
 
 
 def field_name_input(ctx: Any, inputs: Any, name: str, default: str, kind: str, label: str,
-                     plan: Any = None) -> str:
+                     plan: Any = None, overwrite_label: str = "Recompute") -> str:
     """Adds a validated field-name input and returns its current value; a
     run its field's earlier run would refuse (``plan.refused``, other
     parameters) makes the input invalid too, so the form can be neither run
@@ -453,7 +456,7 @@ def field_name_input(ctx: Any, inputs: Any, name: str, default: str, kind: str, 
     except Exception as e:  # noqa: BLE001 - shown in the form
         error = str(e)
     if error is None and plan is not None and plan.refused:
-        error = _app_wording(plan.refused)
+        error = _app_wording(plan.refused, overwrite_label)
     inputs.str(
         name,
         default=default,

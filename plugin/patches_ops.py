@@ -93,6 +93,7 @@ class SamplePatches(DelegableOperator):
     ``fo.Detections`` field, then opens the patches view sorted by score."""
 
     run_kind = "patches"
+    overwrite_label = "Redo samples that already have patches"
 
     @property
     def config(self) -> foo.OperatorConfig:
@@ -125,7 +126,8 @@ class SamplePatches(DelegableOperator):
             return types.Property(inputs, invalid=True)
         plan = plan_notice(self, ctx, inputs)
         inputs.enum("heatmap_field", heatmaps, default=heatmaps[0], required=True, label="Heatmap field")
-        field_name_input(ctx, inputs, "field", PATCHES["field"], "patches", "Patches field", plan=plan)
+        field_name_input(ctx, inputs, "field", PATCHES["field"], "patches", "Patches field", plan=plan,
+                         overwrite_label=self.overwrite_label)
         inputs.int("n", default=PATCHES["n"], min=1, label="Patches per image")
         sm = types.RadioGroup()
         sm.add_choice("pixels", label="Pixels")
@@ -170,7 +172,7 @@ class SamplePatches(DelegableOperator):
         inputs.enum("label_mode", lm.values(), default="predicted", label="Label", view=lm)
         if ctx.params.get("label_mode") == "text":
             inputs.str("label", default="patch", label="Label text")
-        inputs.bool("overwrite", default=False, label="Redo samples that already have patches")
+        inputs.bool("overwrite", default=False, label=self.overwrite_label)
         inputs.bool("open_view", default=True, label="Open the patches view when done")
         shards_input(inputs)
         return types.Property(inputs, view=types.View(label="Sample patches"))

@@ -110,6 +110,7 @@ class ComputeSaliency(DelegableOperator):
     """
 
     run_kind = "saliency"
+    overwrite_label = "Recompute samples that already have a heatmap"
 
     @property
     def config(self) -> foo.OperatorConfig:
@@ -178,14 +179,15 @@ class ComputeSaliency(DelegableOperator):
             eng.add_choice(value, label=label)
         inputs.enum("engine", eng.values(), default=SALIENCY["engine"], view=eng)
         inputs.int("batch_size", default=SALIENCY["batch_size"], label="Batch size", min=1, max=1024)
-        field_name_input(ctx, inputs, "field", SALIENCY["field"], "saliency", "Heatmap field", plan=plan)
+        field_name_input(ctx, inputs, "field", SALIENCY["field"], "saliency", "Heatmap field", plan=plan,
+                         overwrite_label=self.overwrite_label)
         storage = types.RadioGroup()
         storage.add_choice("database", label="In the database (small maps)")
         storage.add_choice("png", label="8-bit PNG files in a folder")
         inputs.enum("storage", storage.values(), default="database", label="Storage", view=storage)
         if ctx.params.get("storage") == "png":
             inputs.str("map_dir", required=True, label="Heatmap folder")
-        inputs.bool("overwrite", default=False, label="Recompute samples that already have a heatmap")
+        inputs.bool("overwrite", default=False, label=self.overwrite_label)
         shards_input(inputs)
         return types.Property(inputs, view=types.View(label="Compute saliency"))
 

@@ -193,8 +193,8 @@ def test_the_app_form_cannot_run_or_schedule_a_run_that_would_be_refused(done_ds
     op = foo.get_operator("@xpatch/xpatch/compute_saliency")
     queued = len(DelegatedOperationService().list_operations(dataset_name=done_ds.name))
     for delegate in (False, True):
-        with pytest.raises(ExecutionError, match=r"Validation error. Path: field. .*other parameters \(method\); "
-                                                 r"turn on the option below to redo every sample"):
+        with pytest.raises(ExecutionError, match=r"Validation error. Path: field. .*other parameters \(method\); tick "
+                                                 r".Recompute samples that already have a heatmap. below to redo"):
             op(done_ds, "sal", tiny_file, "eigencam", delegate=delegate)
     assert len(DelegatedOperationService().list_operations(dataset_name=done_ds.name)) == queued
     # with overwrite the form is valid, and the run redoes every sample

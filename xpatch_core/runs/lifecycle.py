@@ -20,7 +20,10 @@ in order, the same for every kind:
     ``failed`` if nothing was written in its last part, as a run that ends
     with every sample failed is);
 3.  **setup**: heavy preparation (loading a model) and the typed
-    :class:`~xpatch_core.runs.records.RunConfig`;
+    :class:`~xpatch_core.runs.records.RunConfig`; before it, the parameters
+    known without it (:meth:`RunKind.known_differences`) are compared with
+    the field's existing run, so that another method or model is refused
+    without a model load;
 4.  **check** that an existing run of the field has the same parameters
     (else refuse unless ``overwrite``), then **lock** the field (or the
     shard's id range) and **start** the record;

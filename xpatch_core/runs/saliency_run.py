@@ -291,8 +291,7 @@ class SaliencyRun(RunKind):
 
     def request(self) -> dict[str, Any]:
         """The arguments as given (the batch size aside: it changes no result)."""
-        target = self.target.tolist() if isinstance(self.target, np.ndarray) else self.target
-        return {"model": _describe_model(self.model), "method": self.method, "target": target,
+        return {"model": _describe_model(self.model), "method": self.method, "target": self.target,
                 "target_field": self.target_field, "weights": self.weights, "layer": self.layer,
                 "fuse_layer": self.fuse_layer, "map_dir": self.map_root, "precision": self.precision,
                 "map_resolution": self.map_resolution,
@@ -335,9 +334,8 @@ class SaliencyRun(RunKind):
         from xpatch_core.models import SaliencyModel, normalize_input_size
         from xpatch_core.saliency import get_method
 
-        target = self.target.tolist() if isinstance(self.target, np.ndarray) else self.target
         method = getattr(self, "method_cls", None) or get_method(self.method)  # before validate: a form's plan
-        mine: dict[str, Any] = {"method": method.name, "target": records.jsonable(target),
+        mine: dict[str, Any] = {"method": method.name, "target": records.jsonable(self.target),
                                 "target_field": self.target_field, "map_resolution": self.map_resolution}
         if self.map_root is not None or not self.map_dir:  # a folder given is compared once prepared
             mine["map_dir"] = self.map_root
@@ -374,11 +372,10 @@ class SaliencyRun(RunKind):
             self.targets: Any = resolve_targets(sm, self.target, None)
         else:
             self.targets = self._field_targets(view, todo)
-        target = self.target.tolist() if isinstance(self.target, np.ndarray) else self.target
         return SaliencyConfig(
             field=self.field, request=self.request(),
             model_source={k: v for k, v in sm.source.items() if k not in _MACHINE_KEYS},
-            method=self.method_cls.name, layer=self.runner.layer_description, target=target,
+            method=self.method_cls.name, layer=self.runner.layer_description, target=self.target,
             target_field=self.target_field, batch_size=int(self.batch_size), input_size=list(sm.input_size),
             precision=self.precision, precision_used=str(sm.source.get("precision", self.precision)),
             engine_used=_engine_used(sm, self.map_resolution),

@@ -218,8 +218,9 @@ def model_differs(model: Any, source: dict[str, Any]) -> bool:
         True or False (False when it cannot be told without the model, or
         when the model cannot be loaded at all)
     """
+    from xpatch_core.applications import application_constructor, check_model_name
     from xpatch_core.errors import ModelError
-    from xpatch_core.models import SaliencyModel, application_constructor, check_model_name
+    from xpatch_core.models import SaliencyModel
 
     try:
         check_model_name(model)
